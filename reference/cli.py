@@ -1,0 +1,99 @@
+"""The `minifaas` command line: one subcommand per process of the seed, plus `up`, `inject`, `bench`.
+
+Each subcommand parses its arguments here and hands the namespace to the module that owns it,
+so a reader finds the whole command line in one page.
+"""
+
+import argparse
+import logging
+import sys
+
+from reference import config
+
+
+def _sockets(p):
+    p.add_argument("--lb-sock", default=None,
+                   help="balancer socket (env FAAS_LB_SOCK, default %s)" % config.DEFAULT_LB_SOCK)
+    p.add_argument("--server-sock", default=None,
+                   help="server socket (env FAAS_SERVER_SOCK, default %s)" % config.DEFAULT_SERVER_SOCK)
+
+
+def _balancer_args(p):
+    p.add_argument("--strategy", default="RR", help="RR, FIFO, WEIGHTED, LEAST or WARM (default RR)")
+    p.add_argument("--weights", default=None, help="per-worker weights for WEIGHTED, e.g. 1,1,2,2")
+
+
+def _server_args(p):
+    p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS,
+                   help="worker processes to pre-fork (default %d)" % config.DEFAULT_WORKERS)
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="invocations waiting at once before answering 429 (default 1024)")
+
+
+def _gateway_args(p):
+    p.add_argument("--host", default=config.DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
+    p.add_argument("--functions", default=config.DEFAULT_FUNCTIONS_DIR,
+                   help="where deployed functions are stored (default ./functions)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
+    p.add_argument("--threads", type=int, default=16, help="HTTP server threads (default 16)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minifaas", description="Mini FaaS: a small Function-as-a-Service platform")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="balancer, server (+ workers) and gateway in one foreground command")
+    _sockets(p); _balancer_args(p); _server_args(p); _gateway_args(p)
+
+    p = sub.add_parser("balancer", help="the load balancer alone")
+    _sockets(p); _balancer_args(p)
+
+    p = sub.add_parser("server", help="the server and its pre-forked workers")
+    _sockets(p); _server_args(p)
+
+    p = sub.add_parser("gateway", help="the HTTP gateway")
+    _sockets(p); _gateway_args(p)
+
+    p = sub.add_parser("languages", help="each language with the toolchain found, or what is missing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("inject", help="the seed's load injector: THREADS x REQS invocations of FN")
+    from harness import injector
+    injector.add_arguments(p)
+
+    p = sub.add_parser("bench", help="run scenarios against fresh stacks and write reports")
+    from harness import bench
+    bench.add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if args.command == "balancer":
+        from reference import balancer
+        return balancer.serve(args)
+    if args.command == "server":
+        from reference import server
+        return server.serve(args)
+    if args.command == "gateway":
+        from reference import gateway
+        return gateway.serve(args)
+    if args.command == "up":
+        from reference import supervisor
+        return supervisor.up(args)
+    if args.command == "languages":
+        from reference import toolchains
+        return toolchains.cli(args)
+    if args.command == "inject":
+        from harness import injector
+        return injector.cli(args)
+    if args.command == "bench":
+        from harness import bench
+        return bench.cli(args)
+    raise AssertionError(args.command)

