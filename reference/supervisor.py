@@ -1,0 +1,119 @@
+"""`minifaas up`: the balancer, the server (with its workers) and the gateway in one command.
+
+The supervisor starts the three components as child processes, restarts one that dies so
+service resumes by itself, and on Ctrl-C or SIGTERM stops them gateway first, balancer last
+(TERM, wait, KILL), then removes the sockets. Signal handlers only record the signal; the
+main loop does the work.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from reference import config
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+STOP_GRACE_S = 8.0
+# A component that dies this many times within RESTART_WINDOW_S is broken: give up.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 30.0
+
+
+def component_commands(args):
+    """The three command lines, in start order: the seed's three terminals."""
+    base = [sys.executable, "-m", "reference", "--log-level", args.log_level]
+    socks = ["--lb-sock", config.lb_sock(args.lb_sock), "--server-sock", config.server_sock(args.server_sock)]
+    balancer = base + ["balancer", "--strategy", args.strategy] + socks
+    if args.weights:
+        balancer += ["--weights", args.weights]
+    server = base + ["server", "--workers", str(args.workers), "--max-queue", str(args.max_queue)] + socks
+    gateway = base + ["gateway", "--host", args.host, "--port", str(args.port),
+                      "--functions", args.functions, "--threads", str(args.threads)] + socks
+    return {"balancer": balancer, "server": server, "gateway": gateway}
+
+
+class Supervisor:
+    def __init__(self, commands, sockets):
+        self.commands = commands
+        self.sockets = sockets
+        self.procs = {}
+        self.deaths = {name: [] for name in commands}
+        self.signals = []
+
+    def record_signal(self, signum, frame):
+        self.signals.append(signum)
+
+    def start(self, name):
+        # Same process group as the supervisor: Ctrl-C reaches everyone, and killing the group
+        # from outside (tests, CI) leaves nothing behind.
+        self.procs[name] = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL)
+        log.info("started %s (pid %d)", name, self.procs[name].pid)
+
+    def run(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.record_signal)
+        for name in self.commands:
+            self.start(name)
+        try:
+            while not self.signals:
+                self.restart_the_dead()
+                time.sleep(POLL_S)
+        except GiveUp as exc:
+            log.error("%s", exc)
+            return self.stop(1)
+        log.info("stopping on %s", signal.Signals(self.signals[0]).name)
+        return self.stop(0)
+
+    def restart_the_dead(self):
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            recent = [t for t in self.deaths[name] if now - t < RESTART_WINDOW_S] + [now]
+            self.deaths[name] = recent
+            if len(recent) > MAX_RESTARTS:
+                raise GiveUp("%s died %d times in %.0f s (last exit code %s): giving up"
+                             % (name, len(recent), RESTART_WINDOW_S, code))
+            log.warning("%s exited with code %s: restarting it", name, code)
+            self.start(name)
+
+    def stop(self, code):
+        for name in reversed(list(self.commands)):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s: killing it", name, STOP_GRACE_S)
+                proc.kill()
+                proc.wait()
+        for path in self.sockets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("stopped")
+        return code
+
+
+class GiveUp(Exception):
+    pass
+
+
+def up(args):
+    if args.api_key:
+        # Through the environment, not the command line, where `ps` would show it to everyone.
+        os.environ["FAAS_API_KEY"] = args.api_key
+    sockets = [config.lb_sock(args.lb_sock), config.server_sock(args.server_sock)]
+    supervisor = Supervisor(component_commands(args), sockets)
+    print("Mini FaaS: %s strategy, %d workers, http://%s:%d (Ctrl-C stops everything)"
+          % (args.strategy, args.workers, args.host, args.port), file=sys.stderr, flush=True)
+    return supervisor.run()
