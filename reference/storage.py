@@ -1,0 +1,273 @@
+"""The functions tree on disk (the seed's layout): atomic deploy, lookup by name or id, restart-proof.
+
+    functions/<id>/code.<ext>        the source as deployed
+    functions/<id>/code.wasm         compiled languages: the WASI module ...
+    functions/<id>/code.cwasm        ... and wasmtime's precompiled artifact of it
+    functions/<id>/metadata.json     id, name, lang, size, created, wasm, limits, sha256, ...
+    functions/.names/<name> -> <id>  the claim on a name (a symlink)
+
+How a deploy stays atomic without any lock: every file is written and fsynced in a private
+temporary directory (`.tmp-*`), which is renamed to `<id>` in one step; only then is the name
+claimed with `os.symlink(id, .names/<name>)`, which fails with EEXIST when another deploy got
+there first. A function exists if and only if its name link points at a complete directory, so
+a crash at any moment leaves either nothing or a directory nobody points at: invisible, never
+in the way of a later deploy of the same name, and swept away by the next Storage() once old
+enough (a younger one may be a deploy in progress in another process).
+"""
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from reference import config, languages
+from reference.errors import BadRequest, Conflict, FaasError
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}_[0-9]+")
+FILE_RE = re.compile(r"code\.[a-z]+")
+NAMES_DIR = ".names"
+TMP_PREFIX = ".tmp-"
+METADATA = "metadata.json"
+# Leftovers younger than this may belong to a deploy still running in another process.
+STALE_AFTER_S = 60.0
+
+
+def check_name(name):
+    """The name itself if it is a valid function name; BadRequest saying the rule otherwise."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise BadRequest(
+            "invalid function name %r: use 1 to 64 letters, digits, '_' or '-', "
+            "starting with a letter or digit" % (name,)
+        )
+    return name
+
+
+def _taken(name):
+    return Conflict("function name '%s' already exists, please choose another name" % name)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path, data):
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Storage:
+    """The functions tree under `root`. Safe to share between threads and between processes.
+
+    Functions are never modified once deployed, so metadata read once is cached for good.
+    """
+
+    def __init__(self, root, limits=config.LIMITS):
+        self.root = os.path.abspath(root)
+        self.names = os.path.join(self.root, NAMES_DIR)
+        self.limits = limits
+        self._cache = {}  # id -> metadata (with "dir"); only complete, claimed functions
+        try:
+            os.makedirs(self.names, exist_ok=True)
+        except OSError as exc:
+            raise FaasError("cannot create the functions directory %s: %s" % (self.root, exc)) from None
+        self.sweep(STALE_AFTER_S)
+
+    # -- deploy ---------------------------------------------------------------------------
+
+    def deploy(self, name, lang, files, meta=None):
+        """Store a new function and return its metadata (as written to metadata.json).
+
+        `files` maps file names (`code.<ext>`, `code.wasm`, `code.cwasm`) to their bytes and
+        must hold the source `code.<ext>`; `meta` adds fields (compile_ms, toolchain, wasm_size,
+        timeout_ms, memory_mb, ...). Raises BadRequest for a bad name or file set, Conflict when
+        the name is taken (even by a deploy that won a race a moment ago).
+        """
+        check_name(name)
+        language = languages.resolve(lang)
+        source_file = "code.%s" % language.ext
+        if source_file not in files:
+            raise BadRequest("the files of a %s function must include %s" % (language.name, source_file))
+        for filename in files:
+            if not FILE_RE.fullmatch(filename):
+                raise BadRequest("invalid file name %r for a function" % (filename,))
+        if self.exists(name):
+            raise _taken(name)
+
+        created = int(time.time())
+        fn_id = "%s_%d" % (name, created)
+        source = files[source_file]
+        metadata = {
+            "timeout_ms": self.limits.timeout_ms,
+            "memory_mb": self.limits.memory_mb,
+        }
+        metadata.update({k: v for k, v in (meta or {}).items() if k != "dir"})
+        metadata.update({
+            "id": fn_id,
+            "name": name,
+            "lang": language.name,
+            "size": len(source),
+            "created": created,
+            "wasm": "code.wasm" in files,
+            "sha256": hashlib.sha256(source).hexdigest(),
+        })
+
+        final = os.path.join(self.root, fn_id)
+        tmp = self._write_tmp(files, metadata)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # A directory already holds this id: the same name deployed in the same second.
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise _taken(name) from None
+            raise FaasError("cannot store function %r: %s" % (name, exc)) from None
+        _fsync_dir(self.root)
+
+        try:
+            os.symlink(fn_id, os.path.join(self.names, name))
+        except OSError as exc:
+            # Lost the race for the name (or the disk failed): our directory is an orphan.
+            shutil.rmtree(final, ignore_errors=True)
+            if exc.errno == errno.EEXIST:
+                raise _taken(name) from None
+            raise FaasError("cannot store function %r: %s" % (name, exc)) from None
+        _fsync_dir(self.names)
+        log.info("deployed %s (%s, %d bytes)", fn_id, language.name, len(source))
+        return dict(metadata)
+
+    def _write_tmp(self, files, metadata):
+        """A complete, fsynced function directory under a temporary name; its path."""
+        try:
+            tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root)
+        except OSError as exc:
+            raise FaasError("cannot store function: %s" % exc) from None
+        try:
+            for filename, data in files.items():
+                _write_file(os.path.join(tmp, filename), data)
+            text = json.dumps(metadata, indent=2, sort_keys=True).encode()
+            _write_file(os.path.join(tmp, METADATA), text)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; workers may run as another user
+            _fsync_dir(tmp)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise FaasError("cannot store function: %s" % exc) from None
+            raise
+        return tmp
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def get(self, name_or_id):
+        """The metadata of a function, found by id or by name, plus "dir"; None if unknown."""
+        if not isinstance(name_or_id, str):
+            return None
+        meta = self._cache.get(name_or_id)
+        if meta is not None:
+            return dict(meta)
+        # An id is tried first: it is what deploy answered, and it names exactly one directory.
+        if ID_RE.fullmatch(name_or_id):
+            meta = self._load(name_or_id)
+            if meta is not None:
+                return dict(meta)
+        if NAME_RE.fullmatch(name_or_id):
+            fn_id = self._claimed_id(name_or_id)
+            if fn_id is not None:
+                meta = self._load(fn_id)
+                if meta is not None:
+                    return dict(meta)
+        return None
+
+    def exists(self, name):
+        """Whether a complete function holds this name."""
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            return False
+        fn_id = self._claimed_id(name)
+        return fn_id is not None and self._load(fn_id) is not None
+
+    def code(self, meta):
+        """The source bytes of a function, from its metadata."""
+        ext = languages.resolve(meta["lang"]).ext
+        with open(os.path.join(self.root, meta["id"], "code.%s" % ext), "rb") as f:
+            return f.read()
+
+    def list(self):
+        """The metadata (with "dir") of every function, sorted by name."""
+        try:
+            names = sorted(os.listdir(self.names))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            fn_id = self._claimed_id(name)
+            meta = self._load(fn_id) if fn_id else None
+            if meta is not None:
+                found.append(dict(meta))
+        return found
+
+    def _claimed_id(self, name):
+        try:
+            fn_id = os.readlink(os.path.join(self.names, name))
+        except OSError:
+            return None
+        return fn_id if ID_RE.fullmatch(fn_id) else None
+
+    def _load(self, fn_id):
+        """Metadata of a complete function whose name link points at it; None otherwise."""
+        meta = self._cache.get(fn_id)
+        if meta is not None:
+            return meta
+        directory = os.path.join(self.root, fn_id)
+        try:
+            with open(os.path.join(directory, METADATA), "rb") as f:
+                meta = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("id") != fn_id:
+            return None
+        # A directory nobody's name points at is a crash leftover or a race loser: not a function.
+        if self._claimed_id(str(meta.get("name"))) != fn_id:
+            return None
+        meta["dir"] = directory
+        self._cache[fn_id] = meta
+        return meta
+
+    # -- cleaning -------------------------------------------------------------------------
+
+    def sweep(self, min_age_s=STALE_AFTER_S):
+        """Remove leftovers of interrupted deploys older than `min_age_s`: temporary
+        directories, directories no name points at, and name links pointing at nothing.
+        Returns how many entries were removed."""
+        now = time.time()
+        removed = 0
+        for entry in os.scandir(self.root):
+            if entry.name == NAMES_DIR or not entry.is_dir(follow_symlinks=False):
+                continue
+            is_tmp = entry.name.startswith(TMP_PREFIX)
+            if not is_tmp and (not ID_RE.fullmatch(entry.name) or self._load(entry.name)):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+                continue
+            log.info("removing leftover of an interrupted deploy: %s", entry.name)
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        for entry in os.scandir(self.names):
+            if entry.is_symlink() and not os.path.isdir(os.path.join(self.root, os.readlink(entry.path))):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
+                    log.info("removing a name link to nothing: %s", entry.name)
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
