@@ -75,7 +75,7 @@ class ServerClient:
             raise Timeout("no answer from the server within %.0f s" % timeout)
         if slot.error is not None:
             raise slot.error
-        if "error" in slot.header:
+        if "fault" in slot.header:
             raise from_wire(slot.header)
         return slot.header, slot.body
 

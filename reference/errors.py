@@ -23,7 +23,8 @@ class FaasError(Exception):
         return body
 
     def to_wire(self):
-        return {"error": self.kind, "message": self.message, "extra": self.extra}
+        # "fault", not "error": an Outcome's own `error` field names a function's limit.
+        return {"fault": self.kind, "message": self.message, "extra": self.extra}
 
 
 class BadRequest(FaasError):
@@ -100,5 +101,5 @@ _BY_KIND[FaasError.kind] = FaasError
 
 def from_wire(wire):
     """Rebuild the error another process sent with `to_wire`."""
-    cls = _BY_KIND.get(wire.get("error"), FaasError)
+    cls = _BY_KIND.get(wire.get("fault"), FaasError)
     return cls(wire.get("message", "internal error"), **(wire.get("extra") or {}))
