@@ -1,0 +1,4 @@
+// Does not compile: for the compile error path.
+int main(void) {
+    return undefined_variable
+}

@@ -1,0 +1,2 @@
+// Prints its environment as JSON: it must be (almost) empty.
+console.log(JSON.stringify(process.env));

@@ -1,0 +1,3 @@
+# Never ends: for the timeout.
+while True:
+    pass
