@@ -1,0 +1,365 @@
+"""The HTTP gateway: a bottle app whose thin routes sit over storage, toolchains and the server client.
+
+`make_app` builds the WSGI app (tests drive it in-process); `serve` runs it under waitress.
+Every answer is JSON with "ok"; every failure is a FaasError turned into its status in one place.
+"""
+
+import functools
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+
+import bottle
+from bottle import request, response
+
+from reference import config, languages
+from reference.errors import (BadRequest, Conflict, FaasError, FunctionFailed, MemoryLimit,
+                              NotFound, PayloadTooLarge, Timeout, Unauthorized, Unavailable)
+from reference.storage import Storage, check_name
+
+log = logging.getLogger(__name__)
+
+# Fields of a function's metadata that are the server's business, not the user's.
+PRIVATE_FIELDS = ("dir",)
+
+
+# -- the one place where errors become HTTP answers ---------------------------------------
+
+def _answer_errors(callback):
+    """Bottle plugin: a FaasError becomes its status and JSON body; anything else a 500
+    without a traceback (the traceback goes to the log)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except FaasError as exc:
+            response.status = exc.status
+            return exc.to_dict()
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response.status = 500
+            return {"ok": False, "kind": "internal",
+                    "error": "internal error in the gateway; its log has the details"}
+
+    return wrapper
+
+
+_HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def _json_error_page(res):
+    """Bottle's own errors (no route, wrong method, unreadable body) as JSON, not HTML."""
+    if res.status_code == 404:
+        message = "no such endpoint: %s %s" % (request.method, request.path)
+    elif res.status_code == 405:
+        message = "method %s not allowed on %s (allowed: %s)" % (
+            request.method, request.path, res.headers.get("Allow", "?"))
+    elif res.status_code >= 500:
+        message = "internal error in the gateway; its log has the details"
+    else:
+        message = str(res.body or res.status_line)
+    response.content_type = "application/json"
+    body = {"ok": False, "error": message, "kind": _HTTP_KINDS.get(res.status_code, "http_error")}
+    return json.dumps(body)
+
+
+# -- request helpers ------------------------------------------------------------------------
+
+def _read_body(limit, what):
+    """The request body, refusing more than `limit` bytes (before reading when the size is known)."""
+    if request.content_length > limit:
+        raise PayloadTooLarge("%s too large: %d bytes, the limit is %d bytes"
+                              % (what, request.content_length, limit), limit=limit)
+    body = request.body.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge("%s too large: the limit is %d bytes" % (what, limit), limit=limit)
+    return body
+
+
+def _query(name):
+    value = request.query.getunicode(name)
+    if value is None and name in request.query:
+        raise BadRequest("query parameter %r is not valid UTF-8" % name)
+    return value
+
+
+def _limit(value, name, ceiling):
+    """A per-function limit from the query (a string) or JSON (a number): an int in 1..ceiling."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
+        raise BadRequest("%s must be a whole number from 1 to %d, got %r" % (name, ceiling, value))
+    return value
+
+
+def decode_input(body):
+    """The function's stdin from an invoke body, per the contract: a JSON object with "input"
+    gives that string's UTF-8 bytes or any other value's JSON text; any other body goes as is."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return body
+    if not isinstance(doc, dict) or "input" not in doc:
+        return body
+    value = doc["input"]
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("input holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text") from None
+
+
+def _public(meta):
+    return {k: v for k, v in meta.items() if k not in PRIVATE_FIELDS}
+
+
+# -- make_app -------------------------------------------------------------------------------
+
+def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke=False,
+             compile_to_wasm=None, precompile=None):
+    """The gateway's WSGI app.
+
+    storage: a Storage; client: anything with invoke(meta, payload) -> Outcome, stats(), health()
+    (a ServerClient). api_key: when set, deploy needs `Authorization: Bearer KEY`, and invoke
+    too if protect_invoke. compile_to_wasm / precompile default to reference.toolchains and
+    reference.wasm, imported on first use so the gateway starts without them.
+    """
+    app = bottle.Bottle()
+    app.install(_answer_errors)
+    app.default_error_handler = _json_error_page
+
+    def authorize():
+        if not api_key:
+            return
+        given = request.get_header("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            response.set_header("WWW-Authenticate", "Bearer")
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
+
+    def lookup(name_or_id):
+        meta = storage.get(name_or_id) if name_or_id else None
+        if meta is None:
+            raise NotFound("function not found", fn=name_or_id)
+        return meta
+
+    def compile_source(lang, source):
+        """code.wasm and code.cwasm for a compiled language, and what to add to the metadata."""
+        compiler, precompiler = compile_to_wasm, precompile
+        if compiler is None:
+            from reference import toolchains
+            compiler = toolchains.compile_to_wasm
+        if precompiler is None:
+            from reference import wasm
+            precompiler = wasm.precompile
+        compiled = compiler(lang.name, source)
+        files = {"code.wasm": compiled.wasm, "code.cwasm": precompiler(compiled.wasm)}
+        extra = {"compile_ms": round(compiled.compile_ms, 1), "toolchain": compiled.toolchain,
+                 "wasm_size": len(compiled.wasm)}
+        return files, extra
+
+    def run(meta, payload):
+        """Invoke through the server; the Outcome, or the FaasError its failure maps to."""
+        started = time.perf_counter()
+        outcome = client.invoke(meta, payload)
+        duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        response.set_header("X-Worker", str(outcome.worker))
+        response.set_header("X-Queue-Ms", "%.3f" % outcome.queue_ms)
+        response.set_header("X-Exec-Ms", "%.3f" % outcome.exec_ms)
+        fields = {
+            "output": outcome.stdout.decode("utf-8", errors="replace"),
+            "stderr": outcome.stderr.decode("utf-8", errors="replace"),
+            "exit_code": outcome.exit_code,
+            "duration_ms": duration_ms,
+            "worker": outcome.worker,
+            "truncated": outcome.truncated,
+            "cold": outcome.cold,
+            "queue_ms": outcome.queue_ms,
+            "init_ms": outcome.init_ms,
+            "exec_ms": outcome.exec_ms,
+        }
+        if outcome.error == "timeout":
+            raise Timeout("function timed out after %d ms (its timeout_ms limit)"
+                          % meta["timeout_ms"], timeout_ms=meta["timeout_ms"], **fields)
+        if outcome.error == "memory":
+            raise MemoryLimit("function went over its memory limit of %d MiB (memory_mb)"
+                              % meta["memory_mb"], memory_mb=meta["memory_mb"], **fields)
+        if outcome.error:
+            raise FunctionFailed("function could not run: %s" % (outcome.message or outcome.error),
+                                 reason=outcome.error, **fields)
+        if outcome.exit_code != 0:
+            raise FunctionFailed("function exited with code %d" % outcome.exit_code, **fields)
+        return fields
+
+    @app.post("/deploy")
+    def deploy():
+        """Source as the body with ?name=N&lang=L, or a JSON object {name, lang, code, ...}."""
+        authorize()
+        if "name" in request.query:
+            form = {key: _query(key) for key in ("name", "lang", "timeout_ms", "memory_mb")}
+            code = _read_body(limits.code_bytes, "code")
+        else:
+            # JSON escapes make the body longer than the code; the code's own size is checked below.
+            form = _json_deploy_form(_read_body(limits.payload_bytes, "deploy body"))
+            code = form["code"]
+        name = check_name(form["name"])
+        lang = languages.resolve(form["lang"])
+        if not code:
+            raise BadRequest("the function's code is empty")
+        if len(code) > limits.code_bytes:
+            raise PayloadTooLarge("code too large: %d bytes, the limit is %d bytes"
+                                  % (len(code), limits.code_bytes), limit=limits.code_bytes)
+        meta = {
+            "timeout_ms": _limit(form["timeout_ms"], "timeout_ms", limits.max_timeout_ms) or limits.timeout_ms,
+            "memory_mb": _limit(form["memory_mb"], "memory_mb", limits.max_memory_mb) or limits.memory_mb,
+        }
+        if storage.exists(name):
+            # Answered before compiling: a conflict should not cost a compilation.
+            raise _conflict(name)
+        files = {"code.%s" % lang.ext: code}
+        if lang.compiled:
+            wasm_files, extra = compile_source(lang, code)
+            files.update(wasm_files)
+            meta.update(extra)
+        stored = storage.deploy(name, lang.name, files, meta)
+        response.status = 201
+        return dict(_public(stored), ok=True)
+
+    @app.post("/invoke")
+    def invoke():
+        """Run a function (?fn=ID, or its name) on the body; its output, or why it failed."""
+        if protect_invoke:
+            authorize()
+        fn = _query("fn")
+        if not fn:
+            raise BadRequest("say which function to run: POST /invoke?fn=ID")
+        meta = lookup(fn)
+        payload = decode_input(_read_body(limits.payload_bytes, "payload"))
+        return dict(run(meta, payload), ok=True)
+
+    @app.get("/function/<name>")
+    def function(name):
+        meta = lookup(name)
+        code = storage.code(meta).decode("utf-8", errors="replace")
+        return dict(_public(meta), ok=True, code=code)
+
+    @app.get("/functions")
+    def functions():
+        found = [_public(meta) for meta in storage.list()]
+        return {"ok": True, "count": len(found), "functions": found}
+
+    @app.get("/stats")
+    def stats():
+        answer = {k: v for k, v in client.stats().items() if k != "req"}
+        if answer.get("balancer") is False:
+            raise Unavailable("balancer unavailable: the server cannot reach it", **answer)
+        return dict(answer, ok=True)
+
+    @app.get("/health")
+    def health():
+        """200 when the gateway, server, balancer and workers all answer; 503 naming what does not."""
+        try:
+            answer = {k: v for k, v in client.health().items() if k != "req"}
+        except FaasError as exc:
+            raise Unavailable("down: server (%s)" % exc, gateway=True, server=False,
+                              down=["server"]) from None
+        down = [part for part in ("server", "balancer", "workers") if not answer.get(part)]
+        if down:
+            raise Unavailable("down: %s" % ", ".join(down), gateway=True, down=down, **answer)
+        return dict(answer, ok=True, gateway=True)
+
+    @app.get("/languages")
+    def languages_report():
+        from reference import toolchains
+        return {"ok": True, "languages": toolchains.report()}
+
+    @app.get("/run/<name>")
+    def run_in_browser(name):
+        """For a browser: an HTML function's page as text/html; any other function is invoked
+        with ?input=TEXT (as its raw stdin) and its output answered as text/plain. Failures
+        stay JSON, like everywhere else."""
+        meta = lookup(name)
+        if meta["lang"] == "html":
+            response.content_type = "text/html; charset=utf-8"
+            return storage.code(meta)
+        payload = (_query("input") or "").encode("utf-8")
+        if len(payload) > limits.payload_bytes:
+            raise PayloadTooLarge("input too large: the limit is %d bytes" % limits.payload_bytes)
+        fields = run(meta, payload)
+        response.content_type = "text/plain; charset=utf-8"
+        return fields["output"]
+
+    return app
+
+
+def _conflict(name):
+    return Conflict("function name '%s' already exists, please choose another name" % name)
+
+
+def _json_deploy_form(body):
+    """name, lang, code (bytes), timeout_ms, memory_mb from a JSON deploy body; BadRequest if malformed."""
+    usage = ("send the source as the body of POST /deploy?name=N&lang=L, "
+             "or a JSON object {\"name\", \"lang\", \"code\"}")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("deploy body is not valid JSON: %s" % usage) from None
+    if not isinstance(doc, dict):
+        raise BadRequest("deploy body is not a JSON object: %s" % usage)
+    for key in ("name", "lang", "code"):
+        if not isinstance(doc.get(key), str):
+            raise BadRequest("deploy needs %r as a JSON string: %s" % (key, usage))
+    try:
+        code = doc["code"].encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("code holds a lone UTF-16 surrogate: not valid text") from None
+    return {"name": doc["name"], "lang": doc["lang"], "code": code,
+            "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb")}
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+def serve(args):
+    """`minifaas gateway`: the app under waitress until SIGTERM or SIGINT. Returns the exit code."""
+    from waitress.server import create_server
+
+    from reference.client import ServerClient
+
+    limits = config.LIMITS
+    storage = Storage(args.functions, limits)
+    # ServerClient connects on first use and reconnects after a loss, so the gateway may start
+    # before the server and answers 503 'server unavailable' until it is there.
+    client = ServerClient(config.server_sock(args.server_sock))
+    api_key = args.api_key or os.environ.get("FAAS_API_KEY") or None
+    app = make_app(storage, client, limits, api_key=api_key)
+    server = create_server(
+        app, host=args.host, port=args.port, threads=args.threads, ident="minifaas",
+        # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
+        max_request_body_size=limits.payload_bytes + config.MIB,
+    )
+    # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+    def stop(signum, frame):
+        # waitress's run() turns SystemExit into a clean shutdown of its loop and threads.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on http://%s:%s", server.effective_host, server.effective_port)
+    try:
+        server.run()
+    finally:
+        server.close()
+        client.close()
+    log.info("stopped")
+    return 0
