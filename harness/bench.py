@@ -1,15 +1,102 @@
-"""`minifaas bench`: run scenarios against fresh stacks and write results, reports and plots."""
+"""`minifaas bench`: run scenarios against fresh stacks and write results, reports and plots.
 
+Every scenario file is validated before the first stack starts. Each scenario then runs once
+per strategy on its own stack; a failure is recorded in the result and the run moves on.
+"""
+
+import glob
 import logging
+import os
+import sys
+import time
+
+from harness import plots, report, results, runner, scenario
 
 log = logging.getLogger(__name__)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIO_DIR = os.path.join(ROOT, "scenarios")
+
+
+def default_scenarios():
+    """Every scenarios/*.toml: the default set `tox -e scenarios` runs."""
+    return sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.toml")))
+
 
 def add_arguments(parser):
-    parser.add_argument("scenarios", nargs="*", help="scenario files (default: the default set in scenarios/)")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO.toml",
+                        help="scenario files (default: every scenarios/*.toml)")
     parser.add_argument("--out", default="results", help="output directory (default results)")
+    parser.add_argument("--strategies", default=None,
+                        help="comma-separated strategies overriding the files' lists, e.g. RR,FIFO")
+
+
+def run_scenario(sc, progress=None, strategies=None):
+    """Run `sc` for every strategy and return its result document (not yet written)."""
+    progress = progress or runner.Progress()
+    result = {
+        "format_version": results.FORMAT_VERSION,
+        "metadata": results.metadata(),
+        "scenario": {"name": sc.name, "description": sc.description, "file": _shown_path(sc.path),
+                     "workers": sc.workers, "strategies": list(strategies or sc.strategies),
+                     "repeat": sc.repeat, "phases": [p.name for p in sc.phases], "definition": sc.raw},
+        "strategies": {},
+        "ok": True,
+        "errors": [],
+    }
+    for strategy in result["scenario"]["strategies"]:
+        outcome = runner.run_strategy(sc, strategy, progress)
+        result["strategies"][strategy] = outcome
+        if not outcome["ok"]:
+            result["ok"] = False
+            result["errors"] += ["%s: %s" % (strategy, e) for e in outcome["errors"]]
+    return result
+
+
+def _shown_path(path):
+    """The scenario's path relative to the repository when it lives there (results are committed)."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
+def write_all(result, directory):
+    """The result file, then the report and plots drawn from what was written."""
+    path = results.write(result, directory)
+    stored = results.load(path)
+    report.write(stored, directory)
+    plots.draw_all(stored, directory)
+    return path
 
 
 def cli(args):
-    log.error("the bench is not written yet")
-    return 2
+    paths = args.scenarios or default_scenarios()
+    if not paths:
+        print("minifaas bench: no scenario files given and none in %s" % SCENARIO_DIR, file=sys.stderr)
+        return 2
+    try:
+        scenarios = [scenario.load(p) for p in paths]
+    except scenario.ScenarioError as e:
+        print("minifaas bench: %s" % e, file=sys.stderr)
+        return 2
+    strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    progress = runner.Progress()
+    failed = []
+    started = time.monotonic()
+    for i, sc in enumerate(scenarios, 1):
+        progress.say("== scenario %d/%d: %s (%s)" % (i, len(scenarios), sc.name, sc.path))
+        result = run_scenario(sc, progress, strategies)
+        directory = os.path.join(args.out, sc.name)
+        try:
+            path = write_all(result, directory)
+        except Exception:   # a broken plot must not hide the figures already measured
+            log.exception("writing the report of %s failed", sc.name)
+            failed.append(sc.name)
+            continue
+        progress.say("== %s: %s (%s)" % (sc.name, "ok" if result["ok"] else "FAILED", path))
+        for e in result["errors"]:
+            progress.say("   %s" % e.splitlines()[0] if e else e)
+        if not result["ok"]:
+            failed.append(sc.name)
+    progress.say("== %d scenario(s) in %.0f s, %d failed%s" % (
+        len(scenarios), time.monotonic() - started, len(failed), (": " + ", ".join(failed)) if failed else ""))
+    return 1 if failed else 0

@@ -1,0 +1,120 @@
+"""PNG plots of one result file (matplotlib, Agg backend: no display needed).
+
+throughput per strategy, latency distribution (CDF), throughput over time, per-worker load;
+one panel per phase in each figure.
+"""
+
+import logging
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+log = logging.getLogger(__name__)
+
+
+def _strategies(result):
+    return [s for s in result["scenario"]["strategies"] if s in result["strategies"]]
+
+
+def _runs(result, strategy, phase):
+    return result["strategies"][strategy]["phases"].get(phase, {}).get("runs", [])
+
+
+def _figure(result, title):
+    phases = result["scenario"]["phases"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(max(5.0, 4.5 * len(phases)), 4.0), squeeze=False)
+    fig.suptitle("%s: %s" % (result["scenario"]["name"], title))
+    return fig, list(zip(phases, axes[0]))
+
+
+def _save(fig, directory, name):
+    path = os.path.join(directory, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def throughput(result, directory):
+    fig, panels = _figure(result, "throughput (mean over runs, bar = stdev)")
+    strategies = _strategies(result)
+    for phase, ax in panels:
+        means, errs = [], []
+        for s in strategies:
+            values = [r["throughput_rps"] for r in _runs(result, s, phase)]
+            mean = sum(values) / len(values) if values else 0.0
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+            means.append(mean)
+            errs.append(sd)
+        ax.bar(strategies, means, yerr=errs, capsize=4, color=["C%d" % i for i in range(len(strategies))])
+        ax.set_title(phase)
+        ax.set_ylabel("successful requests / s")
+    return _save(fig, directory, "throughput.png")
+
+
+def latency_cdf(result, directory):
+    fig, panels = _figure(result, "latency distribution (each line one run)")
+    for phase, ax in panels:
+        for i, s in enumerate(_strategies(result)):
+            for j, r in enumerate(_runs(result, s, phase)):
+                q = r.get("latency_quantiles_ms") or []
+                if q:
+                    fractions = [k / (len(q) - 1) if len(q) > 1 else 1.0 for k in range(len(q))]
+                    ax.plot(q, fractions, color="C%d" % i, alpha=0.8, label=s if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(phase)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return _save(fig, directory, "latency_cdf.png")
+
+
+def timeline(result, directory):
+    fig, panels = _figure(result, "successful requests per second over time")
+    for phase, ax in panels:
+        for i, s in enumerate(_strategies(result)):
+            for j, r in enumerate(_runs(result, s, phase)):
+                buckets = r.get("timeline", [])
+                ax.plot([b["t"] for b in buckets], [b["ok"] for b in buckets], color="C%d" % i,
+                        alpha=0.8, label=s if j == 0 else None)
+        ax.set_xlabel("seconds since the phase started")
+        ax.set_ylabel("ok / s")
+        ax.set_title(phase)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return _save(fig, directory, "timeline.png")
+
+
+def workers(result, directory):
+    fig, panels = _figure(result, "requests served per worker (all runs)")
+    strategies = _strategies(result)
+    for phase, ax in panels:
+        counts = {}
+        for s in strategies:
+            for r in _runs(result, s, phase):
+                for w, n in r.get("workers", {}).items():
+                    counts.setdefault(w, {}).setdefault(s, 0)
+                    counts[w][s] += n
+        ids = sorted(counts, key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w))
+        width = 0.8 / max(1, len(strategies))
+        for i, s in enumerate(strategies):
+            ax.bar([k + i * width for k in range(len(ids))], [counts[w].get(s, 0) for w in ids],
+                   width=width, label=s, color="C%d" % i)
+        ax.set_xticks([k + width * (len(strategies) - 1) / 2 for k in range(len(ids))])
+        ax.set_xticklabels(ids)
+        ax.set_xlabel("worker")
+        ax.set_ylabel("requests")
+        ax.set_title(phase)
+        ax.legend()
+    return _save(fig, directory, "workers.png")
+
+
+def draw_all(result, directory):
+    """Every plot for `result` into `directory`; returns the paths written."""
+    os.makedirs(directory, exist_ok=True)
+    return [draw(result, directory) for draw in (throughput, latency_cdf, timeline, workers)]

@@ -1,0 +1,209 @@
+"""The Markdown report of one result file: comparison tables and whether differences are significant.
+
+Reads only the result file, so `python -m harness.report results/X/result.json` redraws the
+report and the plots of an old run without rerunning it.
+"""
+
+import argparse
+import itertools
+import logging
+import os
+import sys
+
+from harness import results, stats
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.md"
+COMPARED = (("throughput_rps", None, "throughput (req/s)"),
+            ("latency_ms", "p50", "p50 latency (ms)"),
+            ("latency_ms", "p99", "p99 latency (ms)"))
+
+
+def fmt(value, digits=1):
+    return "n/a" if value is None else "%.*f" % (digits, value)
+
+
+def fmt_spread(s, digits=1):
+    """'mean ± stdev' over repeats, or the single value."""
+    if s is None or s["mean"] is None:
+        return "n/a"
+    if s["stdev"] is None:
+        return fmt(s["mean"], digits)
+    return "%s ± %s" % (fmt(s["mean"], digits), fmt(s["stdev"], digits))
+
+
+def run_values(phase, key, sub):
+    return [r[key][sub] if sub else r[key] for r in phase.get("runs", [])]
+
+
+def compare(result):
+    """Every pair of strategies, every phase, every compared metric: means and Welch's test over repeats."""
+    out = []
+    names = [s for s in result["scenario"]["strategies"] if s in result["strategies"]]
+    phases = result["scenario"]["phases"]
+    for phase in phases:
+        for a, b in itertools.combinations(names, 2):
+            pa = result["strategies"][a]["phases"].get(phase, {})
+            pb = result["strategies"][b]["phases"].get(phase, {})
+            if not pa.get("runs") or not pb.get("runs"):
+                continue
+            for key, sub, label in COMPARED:
+                va, vb = run_values(pa, key, sub), run_values(pb, key, sub)
+                test = stats.welch(va, vb)
+                out.append({"phase": phase, "a": a, "b": b, "metric": label,
+                            "mean_a": stats.spread(va)["mean"], "mean_b": stats.spread(vb)["mean"],
+                            "n_a": len(va), "n_b": len(vb), **test})
+    return out
+
+
+def verdict(c):
+    if c["p"] is None:
+        return "no test: %d run(s) each (set repeat >= 2)" % min(c["n_a"], c["n_b"])
+    if c["significant"]:
+        better = _better(c)
+        return "**significant** (p = %.3g): %s is better" % (c["p"], better)
+    return "not significant (p = %.3g): no difference shown" % c["p"]
+
+
+def _better(c):
+    higher_is_better = c["metric"].startswith("throughput")
+    a_higher = c["mean_a"] > c["mean_b"]
+    return c["a"] if a_higher == higher_is_better else c["b"]
+
+
+def render(result):
+    sc = result["scenario"]
+    md = result["metadata"]
+    lines = ["# Scenario `%s`" % sc["name"], ""]
+    if sc.get("description"):
+        lines += [sc["description"], ""]
+    lines += ["Workers: %d; strategies: %s; repeat: %d; file: `%s`." % (
+        sc["workers"], ", ".join(sc["strategies"]), sc["repeat"], sc.get("file", "?")), "",
+        "Run on %s (%s cores, %s), Python %s, wasmtime %s, commit %s, %s." % (
+            md.get("host"), md.get("cores"), md.get("platform"), md.get("python"), md.get("wasmtime"),
+            (md.get("git_commit") or "?")[:12], md.get("date")), ""]
+    if not result.get("ok", True):
+        lines += ["## Failures", ""]
+        lines += ["- %s" % e.replace("\n", " ")[:500] for e in result.get("errors", [])]
+        lines.append("")
+
+    strategies = [s for s in sc["strategies"] if s in result["strategies"]]
+    for phase in sc["phases"]:
+        lines += ["## Phase `%s`" % phase, ""]
+        lines += ["| strategy | kind | runs | requests | ok | errors | throughput (req/s) | p50 ms | p90 ms "
+                  "| p99 ms | max ms | mean ms | late |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in strategies:
+            entry = result["strategies"][s]["phases"].get(phase)
+            if not entry or not entry.get("runs"):
+                reason = (entry or {}).get("skipped") or "not run"
+                lines.append("| %s | | 0 | | | | %s | | | | | | |" % (s, reason))
+                continue
+            agg = entry["aggregate"]
+            lat = agg["latency_ms"]
+            errors = ", ".join("%s %d" % kv for kv in sorted(agg["errors"].items())) or "0"
+            late = sum(r.get("late", 0) for r in entry["runs"]) if entry["kind"] != "closed" else "-"
+            lines.append("| %s | %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                s, entry["kind"], agg["runs"], agg["requests"], agg["ok"], errors,
+                fmt_spread(agg["throughput_rps"]), fmt_spread(lat["p50"]), fmt_spread(lat["p90"]),
+                fmt_spread(lat["p99"]), fmt_spread(lat["max"]), fmt_spread(lat["mean"]), late))
+        lines.append("")
+        lines += _per_function(result, strategies, phase)
+        comparisons = [c for c in compare(result) if c["phase"] == phase]
+        if comparisons:
+            lines += ["Comparison over repeats (Welch's t-test, 5% level):", ""]
+            for c in comparisons:
+                lines.append("- %s, %s vs %s: %s vs %s: %s" % (
+                    c["metric"], c["a"], c["b"], fmt(c["mean_a"]), fmt(c["mean_b"]), verdict(c)))
+            lines.append("")
+        lines += _per_worker(result, strategies, phase)
+
+    lines += ["## First invocation after deploy (cold start)", "",
+              "| function | strategy | latency ms | cold | init ms | ok |", "|---|---|---|---|---|---|"]
+    for s in strategies:
+        for fn, cold in sorted(result["strategies"][s].get("cold", {}).items()):
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                fn, s, fmt(cold.get("latency_ms")), cold.get("cold", "?"), fmt(cold.get("init_ms")),
+                "yes" if cold.get("ok") else "no: %s" % cold.get("kind")))
+    lines.append("")
+    lines += ["## Deploys", "", "| function | strategy | lang | ok | deploy ms | error |", "|---|---|---|---|---|---|"]
+    for s in strategies:
+        for fn, d in sorted(result["strategies"][s].get("deploy", {}).items()):
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                fn, s, d.get("lang"), "yes" if d.get("ok") else "no", fmt(d.get("deploy_ms")),
+                (d.get("error") or "").replace("\n", " ").replace("|", "/")[:200]))
+    lines += ["", "Plots: `throughput.png`, `latency_cdf.png`, `timeline.png`, `workers.png`.", ""]
+    return "\n".join(lines)
+
+
+def _per_function(result, strategies, phase):
+    """Latency per function, for phases mixing several: where FIFO and RR differ most."""
+    names = set()
+    for s in strategies:
+        for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", []):
+            names.update(r.get("per_function", {}))
+    if len(names) < 2:
+        return []
+    lines = ["Per function (mean over runs):", "",
+             "| function | strategy | requests | ok | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
+    for fn in sorted(names):
+        for s in strategies:
+            runs = [r["per_function"][fn] for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", [])
+                    if fn in r.get("per_function", {})]
+            if not runs:
+                continue
+            mean = lambda k: stats.spread([r["latency_ms"][k] for r in runs])
+            lines.append("| %s | %s | %d | %d | %s | %s | %s |" % (
+                fn, s, sum(r["requests"] for r in runs), sum(r["ok"] for r in runs),
+                fmt_spread(mean("p50")), fmt_spread(mean("p99")), fmt_spread(mean("max"))))
+    return lines + [""]
+
+
+def _per_worker(result, strategies, phase):
+    lines = []
+    for s in strategies:
+        counts = {}
+        for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", []):
+            for w, n in r.get("workers", {}).items():
+                counts[w] = counts.get(w, 0) + n
+        if counts:
+            lines.append("Per-worker load, %s: %s" % (s, ", ".join(
+                "worker %s: %d" % (w, counts[w]) for w in sorted(counts, key=_worker_key))))
+    return lines + [""] if lines else []
+
+
+def _worker_key(w):
+    return (0, int(w), w) if w.lstrip("-").isdigit() else (1, 0, w)
+
+
+def write(result, directory):
+    path = os.path.join(directory, REPORT_FILE)
+    with open(path, "w") as f:
+        f.write(render(result))
+    return path
+
+
+def main(argv=None):
+    """Redraw report.md and the plots next to each given result file."""
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=main.__doc__)
+    parser.add_argument("files", nargs="+", metavar="RESULT.json")
+    args = parser.parse_args(argv)
+    from harness import plots
+    status = 0
+    for path in args.files:
+        try:
+            result = results.load(path)
+        except results.ResultError as e:
+            print(e, file=sys.stderr)
+            status = 1
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        print(write(result, directory))
+        for png in plots.draw_all(result, directory):
+            print(png)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

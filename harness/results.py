@@ -1,0 +1,71 @@
+"""Result files: one versioned JSON document per scenario, with the run's metadata.
+
+Reports and plots read only these files; `load` refuses a format version it does not know
+rather than drawing a wrong picture from fields that changed meaning.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+
+FORMAT_VERSION = 1
+RESULT_FILE = "result.json"
+
+
+class ResultError(ValueError):
+    """A result file that cannot be read by this version of the harness."""
+
+
+def metadata():
+    """Where and with what the run happened, so two result files can be compared fairly."""
+    try:
+        wasmtime = importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:
+        wasmtime = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "wasmtime": wasmtime,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def write(result, directory):
+    """Write `result` as DIR/result.json (sorted keys, atomically) and return the path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, RESULT_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(path):
+    """Read a result file; raise ResultError for an unknown format_version or a file that is not one."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResultError("%s: cannot read a result: %s" % (path, e)) from None
+    version = result.get("format_version") if isinstance(result, dict) else None
+    if version != FORMAT_VERSION:
+        raise ResultError("%s: format_version %r is not supported (this harness reads version %d); "
+                          "rerun the scenario or use the harness that wrote it" % (path, version, FORMAT_VERSION))
+    return result
