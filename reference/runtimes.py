@@ -1,0 +1,434 @@
+"""Running one Job inside a worker: WASI modules in wasmtime, scripts under node, python3 or php
+in a locked-down child process, and static HTML. `WorkerRuntimes` is made after the fork."""
+
+import ctypes
+import logging
+import math
+import os
+import pwd
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+
+from reference import toolchains
+from reference.jobs import Outcome
+from reference.languages import LANGUAGES
+
+log = logging.getLogger(__name__)
+
+EPOCH_TICK_S = 0.005        # the wasm ticker's period: a timeout fires within about one tick
+MODULE_CACHE = 64           # compiled modules kept per worker
+WASM_PAGE = 64 * 1024
+KILL_GRACE_S = 1.0          # how long to drain pipes after the function's processes are killed
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Capture:
+    """A byte sink that keeps at most `limit` bytes and remembers whether it dropped any."""
+
+    def __init__(self, limit):
+        self.limit, self.chunks, self.size, self.truncated = limit, [], 0, False
+
+    def write(self, data):
+        room = self.limit - self.size
+        if len(data) > room:
+            self.truncated = True
+            data = data[:max(room, 0)]
+        if data:
+            self.chunks.append(bytes(data))
+            self.size += len(data)
+
+    def value(self):
+        return b"".join(self.chunks)
+
+
+def _ms(since):
+    return (time.perf_counter() - since) * 1000
+
+
+# --- WebAssembly -----------------------------------------------------------------------------
+
+class WasmRuntime:
+    """C, Rust and Go compiled to WASI: a fresh Store and instance per call, modules cached per fn_id."""
+
+    def __init__(self, scratch):
+        import wasmtime  # here, not at import time: only workers that run wasm need it
+
+        from reference import wasm
+
+        self.wasmtime, self.wasm, self.scratch = wasmtime, wasm, scratch
+        self.engine = wasm.make_engine()
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
+        self.cache = OrderedDict()      # fn_id -> InstancePre (the linking is done once)
+        self.stopping = threading.Event()
+        # The ticker lives in the worker, after the fork: threads do not survive a fork.
+        self.ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self.ticker.start()
+
+    def _tick(self):
+        while not self.stopping.wait(EPOCH_TICK_S):
+            self.engine.increment_epoch()
+
+    def _instance_pre(self, job):
+        pre = self.cache.get(job.fn_id)
+        if pre is None:
+            module = self.wasm.load_module(self.engine, job.fn_dir)
+            pre = self.linker.instantiate_pre(module)
+            self.cache[job.fn_id] = pre
+            if len(self.cache) > MODULE_CACHE:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(job.fn_id)
+        return pre
+
+    def run(self, job):
+        wasmtime = self.wasmtime
+        started = time.perf_counter()
+        pre = self._instance_pre(job)
+        stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
+        # WASI reads stdin only from a file: the input goes through one in the worker's scratch dir.
+        stdin_path = os.path.join(self.scratch, "stdin-%d" % job.job_id)
+        with open(stdin_path, "wb") as f:
+            f.write(job.input)
+        store = wasmtime.Store(self.engine)
+        limit = job.memory_mb << 20
+        out = Outcome()
+        try:
+            config = wasmtime.WasiConfig()
+            config.argv = ["function"]
+            config.stdin_file = stdin_path
+            config.stdout_custom = stdout.write
+            config.stderr_custom = stderr.write
+            store.set_wasi(config)
+            store.set_limits(memory_size=limit)
+            store.set_epoch_deadline(math.ceil(job.timeout_ms / 1000 / EPOCH_TICK_S) + 1)
+            try:
+                instance = pre.instantiate(store)
+            except wasmtime.WasmtimeError as exc:
+                out.error, out.message = _instantiate_error(exc, job)
+                return out
+            out.init_ms = _ms(started)
+            run_started = time.perf_counter()
+            try:
+                instance.exports(store)["_start"](store)
+            except wasmtime.ExitTrap as exc:
+                out.exit_code = exc.code
+            except wasmtime.Trap as exc:
+                out.exit_code = 1
+                if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+                    out.error = "timeout"
+                    out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
+                else:
+                    out.error = "runtime"
+                    what = exc.trap_code.name.lower().replace("_", " ") if exc.trap_code else exc.message.splitlines()[0]
+                    out.message = "the function trapped: %s" % what
+            except wasmtime.WasmtimeError as exc:
+                out.exit_code, out.error = 1, "runtime"
+                out.message = "the function failed: %s" % str(exc).splitlines()[0]
+            out.exec_ms = _ms(run_started)
+            if out.error in (None, "runtime") and (out.exit_code or out.error) and _near_limit(instance, store, limit):
+                # A refused memory.grow is not a trap: malloc returns NULL and the program
+                # fails its own way. Failing with its memory at the ceiling is the tell.
+                out.error = "memory"
+                out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
+            return out
+        finally:
+            out.stdout, out.stderr = stdout.value(), stderr.value()
+            out.truncated = stdout.truncated or stderr.truncated
+            os.unlink(stdin_path)
+            store.close()
+
+    def close(self):
+        self.stopping.set()
+        self.ticker.join(timeout=1)
+        self.cache.clear()
+
+
+def _instantiate_error(exc, job):
+    text = str(exc).splitlines()[0]
+    if "memory" in text and ("limit" in text or "minimum" in text or "exceeds" in text):
+        return "memory", "the module needs more memory than its %d MiB limit: %s" % (job.memory_mb, text)
+    return "runtime", "the module could not start: %s" % text
+
+
+def _near_limit(instance, store, limit):
+    memory = instance.exports(store).get("memory")
+    if memory is None:
+        return False
+    used = memory.data_len(store)
+    # Allocators grow by the block they need: within 1/8 of the ceiling (or a few pages) counts.
+    return used + max(limit // 8, 4 * WASM_PAGE) >= limit
+
+
+# --- interpreters ----------------------------------------------------------------------------
+
+def _sandbox_user():
+    """(uid, gid) to run functions as when the platform is root, else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("nobody", "nfsnobody"):
+        try:
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            pass
+    return 65534, 65534
+
+
+class ProcessRuntime:
+    """A script run by an interpreter in a child process: empty environment, private scratch
+    directory, rlimits, its own process group, an unprivileged user when we are root."""
+
+    lang = None
+    memory_words = ()           # words in stderr that mean the interpreter ran out of memory
+
+    def __init__(self, scratch):
+        self.scratch = scratch
+        self.user = _sandbox_user()
+        tc = toolchains.find(self.lang)
+        self.interpreter = tc.path if tc else None
+
+    def argv(self, job, script):
+        raise NotImplementedError
+
+    def address_space(self, job):
+        return job.memory_mb << 20
+
+    def run(self, job):
+        if self.interpreter is None:
+            return Outcome(exit_code=1, error="runtime",
+                           message="no %s interpreter on this server: %s" % (self.lang, toolchains.install_hint(self.lang)))
+        started = time.perf_counter()
+        call_dir = tempfile.mkdtemp(prefix="call-", dir=self.scratch)
+        try:
+            script = os.path.join(call_dir, "code." + LANGUAGES[self.lang].ext)
+            shutil.copyfile(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), script)
+            if self.user:
+                for path in (call_dir, script):
+                    os.chown(path, *self.user)
+            return self._run_child(job, self.argv(job, script), call_dir, started)
+        finally:
+            shutil.rmtree(call_dir, ignore_errors=True)
+
+    def _preexec(self, job):
+        cpu = math.ceil(job.timeout_ms / 1000) + 1
+        limits = [(resource.RLIMIT_AS, self.address_space(job)), (resource.RLIMIT_CPU, cpu),
+                  (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)]
+        if self.user:
+            # Counted per user (threads too), so only meaningful for the shared sandbox user.
+            limits.append((resource.RLIMIT_NPROC, 512))
+
+        def preexec():
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+        return preexec
+
+    def _run_child(self, job, argv, cwd, started):
+        stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
+        user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(job.input)
+            stdin.seek(0)
+            try:
+                proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                                        env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
+                                        preexec_fn=self._preexec(job), **user)
+            except OSError as exc:
+                return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
+        init_ms = _ms(started)
+        run_started = time.perf_counter()
+        timed_out = self._collect(proc, job, stdout, stderr)
+        out = Outcome(stdout=stdout.value(), stderr=stderr.value(), truncated=stdout.truncated or stderr.truncated,
+                      init_ms=init_ms, exec_ms=_ms(run_started))
+        code = proc.returncode
+        out.exit_code = code if code >= 0 else 128 - code
+        if timed_out or code == -signal.SIGXCPU:
+            out.error = "timeout"
+            out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
+        elif code != 0 and any(w in out.stderr for w in self.memory_words):
+            out.error = "memory"
+            out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
+        elif code < 0:
+            out.error = "runtime"
+            out.message = "the function was killed by signal %s" % signal.Signals(-code).name
+        return out
+
+    def _collect(self, proc, job, stdout, stderr):
+        """Read both pipes until the deadline; True when it was reached. Afterwards the whole
+        process group and any escaped descendants are dead, and the child is reaped."""
+        deadline = time.monotonic() + job.timeout_ms / 1000
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, stdout)
+        sel.register(proc.stderr, selectors.EVENT_READ, stderr)
+        timed_out, exited_at = False, None
+        try:
+            while sel.get_map():
+                now = time.monotonic()
+                if exited_at is None and proc.poll() is not None:
+                    # Whatever it left running still holds the pipes: end it, then drain a little.
+                    _kill_tree(proc)
+                    exited_at = now
+                if exited_at is not None and now - exited_at > KILL_GRACE_S:
+                    break
+                if exited_at is None and now >= deadline:
+                    timed_out = True
+                    break
+                for key, _ in sel.select(timeout=max(0.0, min(deadline - now, 0.05))):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        key.data.write(data)    # past the limit it is read and dropped, so the writer never blocks
+                    else:
+                        sel.unregister(key.fileobj)
+        finally:
+            sel.close()
+            _kill_tree(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+        return timed_out
+
+    def close(self):
+        pass
+
+
+def _kill_tree(proc):
+    """SIGKILL the child's process group, reap it, then the descendants that left the group
+    (setsid, double fork): as subreaper the worker inherits them once their parents die."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for _ in range(10):
+        strays = _stray_children()
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def _stray_children():
+    """Our children other than ourselves' threads: in a worker every child process is left
+    over from a finished call (the worker keeps no other child while it runs a job)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+class NodeRuntime(ProcessRuntime):
+    lang = "js"
+    memory_words = (b"heap out of memory", b"Allocation failed", b"out of memory")
+
+    def argv(self, job, script):
+        return [self.interpreter, "--max-old-space-size=%d" % job.memory_mb, script]
+
+    def address_space(self, job):
+        # V8 reserves a large virtual cage up front: the heap flag holds the real limit,
+        # the address-space cap only stops runaway native allocations.
+        return (job.memory_mb + 2048) << 20
+
+
+class PythonRuntime(ProcessRuntime):
+    lang = "python"
+    memory_words = (b"MemoryError",)
+
+    def argv(self, job, script):
+        return [self.interpreter, "-I", "-B", script]
+
+
+class PhpRuntime(ProcessRuntime):
+    lang = "php"
+    memory_words = (b"Allowed memory size", b"Out of memory")
+
+    def argv(self, job, script):
+        return [self.interpreter, "-n", "-d", "memory_limit=%dM" % job.memory_mb,
+                "-d", "display_errors=stderr", script]
+
+
+class HtmlRuntime:
+    """A static page: the stored code is the output."""
+
+    def __init__(self, scratch):
+        pass
+
+    def run(self, job):
+        stdout = Capture(job.output_limit)
+        with open(os.path.join(job.fn_dir, "code.html"), "rb") as f:
+            stdout.write(f.read())
+        return Outcome(stdout=stdout.value(), truncated=stdout.truncated)
+
+    def close(self):
+        pass
+
+
+RUNTIMES = {"wasm": WasmRuntime, "node": NodeRuntime, "python": PythonRuntime, "php": PhpRuntime, "html": HtmlRuntime}
+RUNTIME_OF = {"c": "wasm", "rust": "wasm", "go": "wasm", "js": "node", "python": "python", "php": "php", "html": "html"}
+
+
+def _become_subreaper():
+    # Descendants that escape the function's process group are re-parented to us, not to init,
+    # so they can be found and killed after the call.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot become a child subreaper: %s", exc)
+
+
+class WorkerRuntimes:
+    """Every runtime of one worker, made lazily. Create it after the fork; `run` never raises
+    for the function's fault, `close` releases the engine and the scratch directory."""
+
+    def __init__(self):
+        _become_subreaper()
+        # 0711: the sandbox user may enter its own call directory but cannot list the others.
+        self.scratch = tempfile.mkdtemp(prefix="minifaas-worker-")
+        os.chmod(self.scratch, 0o711)
+        self.runtimes = {}
+        self.seen = set()
+
+    def runtime(self, lang):
+        name = RUNTIME_OF[lang]
+        if name not in self.runtimes:
+            self.runtimes[name] = RUNTIMES[name](self.scratch)
+        return self.runtimes[name]
+
+    def run(self, job):
+        cold = job.fn_id not in self.seen
+        try:
+            out = self.runtime(job.lang).run(job)
+        except Exception as exc:  # a broken function directory must not take the worker down
+            log.exception("job %s (%s) failed in the runtime", job.job_id, job.fn_id)
+            out = Outcome(exit_code=1, error="runtime", message="the function could not run: %s" % exc)
+        else:
+            self.seen.add(job.fn_id)
+        out.cold = cold
+        return out
+
+    def close(self):
+        for runtime in self.runtimes.values():
+            runtime.close()
+        self.runtimes.clear()
+        shutil.rmtree(self.scratch, ignore_errors=True)
