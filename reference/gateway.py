@@ -212,6 +212,8 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
             form = _json_deploy_form(_read_body(limits.payload_bytes, "deploy body"))
             code = form["code"]
         name = check_name(form["name"])
+        if not form["lang"]:
+            raise BadRequest("say the function's language: lang=c, rust, go, js, python, php or html")
         lang = languages.resolve(form["lang"])
         if not code:
             raise BadRequest("the function's code is empty")

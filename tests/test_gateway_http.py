@@ -172,7 +172,7 @@ def test_deploy_real_c_compiles(store, client):
     ("name=&lang=python", HELLO_PY, "invalid function name"),
     ("name=%s&lang=python" % ("x" * 65), HELLO_PY, "invalid function name"),
     ("name=ok&lang=cobol", HELLO_PY, "unknown language"),
-    ("name=ok", HELLO_PY, "unknown language"),
+    ("name=ok", HELLO_PY, "language"),
     ("name=ok&lang=python", b"", "empty"),
     ("name=ok&lang=python&timeout_ms=0", HELLO_PY, "timeout_ms"),
     ("name=ok&lang=python&timeout_ms=999999999", HELLO_PY, "timeout_ms"),
