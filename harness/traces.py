@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class Invocation:
     at: float          # seconds from the first start, in trace time
     func: str          # the trace's function identity (app/func)
