@@ -93,8 +93,11 @@ def _limit(value, name, ceiling):
     """A per-function limit from the query (a string) or JSON (a number): an int in 1..ceiling."""
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass  # refused just below, with the value in the message
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
         raise BadRequest("%s must be a whole number from 1 to %d, got %r" % (name, ceiling, value))
     return value
@@ -111,7 +114,7 @@ def decode_input(body):
         return body
     value = doc["input"]
     if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        value = json.dumps(value)  # Python's default form, e.g. '{"a": 1}'; ASCII-only
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError:

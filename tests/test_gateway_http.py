@@ -177,6 +177,7 @@ def test_deploy_real_c_compiles(store, client):
     ("name=ok&lang=python&timeout_ms=0", HELLO_PY, "timeout_ms"),
     ("name=ok&lang=python&timeout_ms=999999999", HELLO_PY, "timeout_ms"),
     ("name=ok&lang=python&memory_mb=lots", HELLO_PY, "memory_mb"),
+    ("name=ok&lang=python&memory_mb=%C2%B2", HELLO_PY, "memory_mb"),  # '²' is a digit to isdigit()
 ])
 def test_deploy_bad_requests(app, store, query, body, fragment):
     answer = call(app, "POST", "/deploy", body, query=query)
@@ -279,7 +280,8 @@ def test_invoke_by_plain_name(app, client):
 @pytest.mark.parametrize("body, expected", [
     (b'{"input": "test data"}', b"test data"),
     ('{"input": "h\u00e9"}'.encode(), "h\u00e9".encode()),
-    (b'{"input": {"a": 1, "b": [2, 3]}}', b'{"a":1,"b":[2,3]}'),
+    (b'{"input": {"a": 1, "b": [2, 3]}}', b'{"a": 1, "b": [2, 3]}'),
+    ('{"input": ["\u00e9"]}'.encode(), b'["\\u00e9"]'),
     (b'{"input": 42}', b"42"),
     (b'{"input": null}', b"null"),
     (b'{"other": 1}', b'{"other": 1}'),
