@@ -48,13 +48,22 @@ def compare(result):
             pb = result["strategies"][b]["phases"].get(phase, {})
             if not pa.get("runs") or not pb.get("runs"):
                 continue
-            for key, sub, label in COMPARED:
-                va, vb = run_values(pa, key, sub), run_values(pb, key, sub)
+            metrics = [(label, run_values(pa, key, sub), run_values(pb, key, sub)) for key, sub, label in COMPARED]
+            functions = sorted(set(pa["runs"][0].get("per_function", {})) & set(pb["runs"][0].get("per_function", {})))
+            if len(functions) > 1:
+                # In a mix, one function's tail is where strategies differ (short jobs behind long ones).
+                for fn in functions:
+                    metrics.append(("p99 latency of %s (ms)" % fn, _fn_p99(pa, fn), _fn_p99(pb, fn)))
+            for label, va, vb in metrics:
                 test = stats.welch(va, vb)
                 out.append({"phase": phase, "a": a, "b": b, "metric": label,
                             "mean_a": stats.spread(va)["mean"], "mean_b": stats.spread(vb)["mean"],
                             "n_a": len(va), "n_b": len(vb), **test})
     return out
+
+
+def _fn_p99(phase, fn):
+    return [r["per_function"][fn]["latency_ms"]["p99"] for r in phase["runs"] if fn in r.get("per_function", {})]
 
 
 def verdict(c):
