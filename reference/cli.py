@@ -40,7 +40,7 @@ def _gateway_args(p):
     p.add_argument("--threads", type=int, default=16, help="HTTP server threads (default 16)")
 
 
-def build_parser():
+def build_parser(argv=()):
     parser = argparse.ArgumentParser(prog="minifaas", description="Mini FaaS: a small Function-as-a-Service platform")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,18 +60,23 @@ def build_parser():
     p = sub.add_parser("languages", help="each language with the toolchain found, or what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    # The harness's arguments are added only when asked for: importing it (matplotlib) would
+    # cost every component a second of start-up.
     p = sub.add_parser("inject", help="the seed's load injector: THREADS x REQS invocations of FN")
-    from harness import injector
-    injector.add_arguments(p)
+    if "inject" in argv:
+        from harness import injector
+        injector.add_arguments(p)
 
     p = sub.add_parser("bench", help="run scenarios against fresh stacks and write reports")
-    from harness import bench
-    bench.add_arguments(p)
+    if "bench" in argv:
+        from harness import bench
+        bench.add_arguments(p)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)

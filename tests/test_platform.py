@@ -131,7 +131,10 @@ def test_components_started_one_by_one_in_any_order_find_each_other(tmp_path):
         deadline = time.monotonic() + 30
         status = None
         while time.monotonic() < deadline:
-            status, body, _ = http("GET", url + "/health", timeout=2)
+            try:
+                status, body, _ = http("GET", url + "/health", timeout=2)
+            except OSError:  # the gateway is not listening yet
+                status = None
             if status == 200:
                 break
             time.sleep(0.1)
