@@ -40,6 +40,8 @@ def _answer_errors(callback):
             raise
         except FaasError as exc:
             response.status = exc.status
+            if "retry_after" in exc.extra:  # overloaded: tell clients when to come back
+                response.set_header("Retry-After", str(exc.extra["retry_after"]))
             return exc.to_dict()
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
