@@ -27,6 +27,8 @@ MODULE_CACHE = 64           # compiled modules kept per worker
 WASM_PAGE = 64 * 1024
 KILL_GRACE_S = 1.0          # how long to drain pipes after the function's processes are killed
 PR_SET_CHILD_SUBREAPER = 36
+# What the dynamic loader says when the address-space limit is too small to even start.
+LOADER_MEMORY_WORDS = (b"failed to map segment", b"Cannot allocate memory")
 
 
 class Capture:
@@ -213,7 +215,10 @@ class ProcessRuntime:
             if self.user:
                 for path in (call_dir, script):
                     os.chown(path, *self.user)
-            return self._run_child(job, self.argv(job, script), call_dir, started)
+            out = self._run_child(job, self.argv(job, script), call_dir, started)
+            # Tracebacks name the script by its scratch path, which means nothing to the user.
+            out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
+            return out
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
 
@@ -252,7 +257,7 @@ class ProcessRuntime:
         if timed_out or code == -signal.SIGXCPU:
             out.error = "timeout"
             out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
-        elif code != 0 and any(w in out.stderr for w in self.memory_words):
+        elif code != 0 and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS):
             out.error = "memory"
             out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
         elif code < 0:
@@ -318,8 +323,8 @@ def _kill_tree(proc):
 
 
 def _stray_children():
-    """Our children other than ourselves' threads: in a worker every child process is left
-    over from a finished call (the worker keeps no other child while it runs a job)."""
+    """Pids of our child processes: in a worker each one is left over from the call that just
+    ended (a worker keeps no other child of its own)."""
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -360,6 +365,10 @@ class PythonRuntime(ProcessRuntime):
 class PhpRuntime(ProcessRuntime):
     lang = "php"
     memory_words = (b"Allowed memory size", b"Out of memory")
+
+    def address_space(self, job):
+        # php's own memory_limit is the real limit; its shared libraries (ICU) need room beyond it.
+        return (job.memory_mb + 128) << 20
 
     def argv(self, job, script):
         return [self.interpreter, "-n", "-d", "memory_limit=%dM" % job.memory_mb,

@@ -150,13 +150,18 @@ def test_nonzero_exit_keeps_output_and_stderr(tmp_path, lang, file):
     assert out["stdout"] == b"partial output\n" and out["stderr"] == b"something went wrong\n"
 
 
+def test_tracebacks_do_not_show_scratch_paths(tmp_path):
+    out = run_one(tmp_path, "python", FUNCTIONS / "memhog.py", memory_mb=64)
+    assert b'File "code.py"' in out["stderr"] and b"minifaas-worker-" not in out["stderr"]
+
+
 def test_a_trap_is_a_runtime_error(tmp_path):
     out = run_one(tmp_path, "c", FUNCTIONS / "trap.c")
     assert out["error"] == "runtime" and out["exit_code"] != 0
     assert "trapped" in out["message"]
 
 
-@pytest.mark.parametrize("lang,file", [("c", "loop.c"), ("python", "loop.py")])
+@pytest.mark.parametrize("lang,file", [("c", "loop.c"), ("python", "loop.py"), ("js", "loop.js")])
 def test_timeout_stops_the_function_and_the_worker_carries_on(tmp_path, lang, file):
     loop_dir = make_function(tmp_path, "loop", lang, FUNCTIONS / file)
     hello_dir = make_function(tmp_path, "hello", "c", EXAMPLES / "hello.c")
@@ -167,7 +172,8 @@ def test_timeout_stops_the_function_and_the_worker_carries_on(tmp_path, lang, fi
     assert after["error"] is None and after["stdout"] == b"Hello from FAAS!\n"
 
 
-@pytest.mark.parametrize("lang,file,memory_mb", [("c", "memhog.c", 32), ("python", "memhog.py", 64)])
+@pytest.mark.parametrize("lang,file,memory_mb", [("c", "memhog.c", 32), ("python", "memhog.py", 64),
+                                                  ("js", "memhog.js", 64), ("php", "memhog.php", 32)])
 def test_memory_limit(tmp_path, lang, file, memory_mb):
     out = run_one(tmp_path, lang, FUNCTIONS / file, memory_mb=memory_mb)
     assert out["error"] == "memory", out
