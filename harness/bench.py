@@ -19,8 +19,16 @@ SCENARIO_DIR = os.path.join(ROOT, "scenarios")
 
 
 def default_scenarios():
-    """Every scenarios/*.toml: the default set `tox -e scenarios` runs."""
-    return sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.toml")))
+    """Every scenarios/*.toml: the default set `tox -e scenarios` runs.
+
+    ./scenarios comes first: under tox the package is installed, and the files live in the
+    checkout tox runs from, not next to the installed module.
+    """
+    for directory in (os.path.join(os.getcwd(), "scenarios"), SCENARIO_DIR):
+        found = sorted(glob.glob(os.path.join(directory, "*.toml")))
+        if found:
+            return found
+    return []
 
 
 def add_arguments(parser):
@@ -56,7 +64,10 @@ def run_scenario(sc, progress=None, strategies=None):
 def _shown_path(path):
     """The scenario's path relative to the repository when it lives there (results are committed)."""
     path = os.path.abspath(path)
-    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+    for root in (os.getcwd(), ROOT):
+        if path.startswith(root + os.sep):
+            return os.path.relpath(path, root)
+    return path
 
 
 def write_all(result, directory):

@@ -27,6 +27,7 @@ class Progress:
         self.every = every
         self.lock = threading.Lock()
         self.label, self.total, self.done, self.last = "", 0, 0, 0.0
+        self.strategy = ""   # set by run_strategy, shown in every phase label
 
     def say(self, text):
         with self.lock:
