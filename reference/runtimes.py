@@ -10,6 +10,7 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -96,7 +97,7 @@ class WasmRuntime:
         pre = self._instance_pre(job)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
         # WASI reads stdin only from a file: the input goes through one in the worker's scratch dir.
-        stdin_path = os.path.join(self.scratch, "stdin-%d" % job.job_id)
+        stdin_path = os.path.join(self.scratch, "stdin-%d-%d" % (os.getpid(), job.job_id))
         with open(stdin_path, "wb") as f:
             f.write(job.input)
         store = wasmtime.Store(self.engine)
@@ -412,9 +413,7 @@ class WorkerRuntimes:
 
     def __init__(self):
         _become_subreaper()
-        # 0711: the sandbox user may enter its own call directory but cannot list the others.
-        self.scratch = tempfile.mkdtemp(prefix="minifaas-worker-")
-        os.chmod(self.scratch, 0o711)
+        self.scratch = _scratch_root()
         self.runtimes = {}
         self.seen = set()
 
@@ -440,4 +439,21 @@ class WorkerRuntimes:
         for runtime in self.runtimes.values():
             runtime.close()
         self.runtimes.clear()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _scratch_root():
+    """The directory that holds every call's private directory. One shared, fixed place, so a
+    worker killed mid-call leaves at most one call directory behind, not a directory per worker.
+    0711: the sandbox user may enter its own call directory (random name) but list none."""
+    path = os.path.join(tempfile.gettempdir(), "minifaas-calls-%d" % os.geteuid())
+    try:
+        os.mkdir(path, 0o711)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    # Someone else's directory (or a symlink) in a shared /tmp is not to be trusted.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        log.warning("%s is not ours; using a private scratch directory", path)
+        path = tempfile.mkdtemp(prefix="minifaas-calls-")
+    os.chmod(path, 0o711)
+    return path
