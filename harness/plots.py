@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import ticker  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,15 @@ def _runs(result, strategy, phase):
 
 def _figure(result, title):
     phases = result["scenario"]["phases"]
-    fig, axes = plt.subplots(1, len(phases), figsize=(max(5.0, 4.5 * len(phases)), 4.0), squeeze=False)
+    # At most 4 panels a row, so a scenario with many phases stays readable.
+    cols = min(4, len(phases))
+    rows = -(-len(phases) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 4.5 * cols), 4.0 * rows), squeeze=False)
     fig.suptitle("%s: %s" % (result["scenario"]["name"], title))
-    return fig, list(zip(phases, axes[0]))
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(phases):]:
+        ax.set_visible(False)
+    return fig, list(zip(phases, flat))
 
 
 def _save(fig, directory, name):
@@ -65,6 +72,9 @@ def latency_cdf(result, directory):
                     fractions = [k / (len(q) - 1) if len(q) > 1 else 1.0 for k in range(len(q))]
                     ax.plot(q, fractions, color="C%d" % i, alpha=0.8, label=s if j == 0 else None)
         ax.set_xscale("log")
+        # Plain numbers on the major ticks only: log-scale minor labels overlap on narrow ranges.
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("latency (ms, log)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(phase)
