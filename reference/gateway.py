@@ -305,6 +305,8 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
         response.content_type = "text/plain; charset=utf-8"
         return fields["output"]
 
+    from reference import dashboard
+    dashboard.install(app)
     return app
 
 
