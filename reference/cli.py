@@ -28,6 +28,13 @@ def _server_args(p):
                    help="worker processes to pre-fork (default %d)" % config.DEFAULT_WORKERS)
     p.add_argument("--max-queue", type=int, default=1024,
                    help="invocations waiting at once before answering 429 (default 1024)")
+    p.add_argument("--min-workers", type=int, default=None,
+                   help="auto-scaling: never fewer workers than this (default: --workers)")
+    p.add_argument("--max-workers", type=int, default=None,
+                   help="auto-scaling: add workers while jobs wait, up to this many (default: --workers)")
+    p.add_argument("--executor", choices=("local", "nats"), default="local",
+                   help="local: pre-forked workers on pipes (default); nats: worker hosts through NATS JetStream")
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL for --executor nats")
 
 
 def _gateway_args(p):
@@ -56,6 +63,12 @@ def build_parser(argv=()):
 
     p = sub.add_parser("gateway", help="the HTTP gateway")
     _sockets(p); _gateway_args(p)
+
+    p = sub.add_parser("worker-host", help="pre-forked workers on this machine taking jobs from NATS")
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS)
+    p.add_argument("--host-id", default=None, help="this host's name (default: hostname and pid)")
+    p.add_argument("--cache", default=None, help="where fetched functions are cached (default: a temp dir)")
 
     p = sub.add_parser("languages", help="each language with the toolchain found, or what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -92,6 +105,9 @@ def main(argv=None):
     if args.command == "up":
         from reference import supervisor
         return supervisor.up(args)
+    if args.command == "worker-host":
+        from reference import worker_host
+        return worker_host.serve(args)
     if args.command == "languages":
         from reference import toolchains
         return toolchains.cli(args)

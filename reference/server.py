@@ -33,12 +33,21 @@ class Pending:
         self.job, self.reply, self.arrived, self.worker = job, reply, time.monotonic(), None
 
 
+def make_executor(args, on_up, on_down):
+    """The executor seam: whatever runs jobs offers start, submit, alive, snapshot and stop."""
+    if getattr(args, "executor", "local") == "nats":
+        from reference.nats_executor import NatsWorkers
+
+        return NatsWorkers(args.nats, on_up=on_up, on_down=on_down)
+    return LocalWorkers(args.workers, on_up=on_up, on_down=on_down)
+
+
 class Server:
-    def __init__(self, server_sock, lb_sock, workers, max_queue):
+    def __init__(self, server_sock, lb_sock, args):
         self.server_sock = server_sock
         self.lb_sock = lb_sock
-        self.max_queue = max_queue
-        self.pool = LocalWorkers(workers, on_up=self._worker_up, on_down=self._worker_down)
+        self.max_queue = args.max_queue
+        self.pool = make_executor(args, self._worker_up, self._worker_down)
         self.pending = {}            # job id -> Pending, from arrival to answer
         self.unassigned = set()      # job ids submitted to the balancer and not yet assigned
         self.job_ids = itertools.count(1)
@@ -223,7 +232,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        self.pool.start()  # fork before any other task runs: the children start from a quiet process
+        started = self.pool.start()  # fork before any other task runs: the children start from a quiet process
+        if asyncio.iscoroutine(started):
+            await started
         remove_stale_socket(self.server_sock)
         old_umask = os.umask(0o177)  # the socket is born 0600
         try:
@@ -268,6 +279,5 @@ def unlink_quietly(path):
 
 
 def serve(args):
-    server = Server(config.server_sock(args.server_sock), config.lb_sock(args.lb_sock),
-                    args.workers, args.max_queue)
+    server = Server(config.server_sock(args.server_sock), config.lb_sock(args.lb_sock), args)
     return asyncio.run(server.run())

@@ -31,7 +31,11 @@ def component_commands(args):
     balancer = base + ["balancer", "--strategy", args.strategy] + socks
     if args.weights:
         balancer += ["--weights", args.weights]
-    server = base + ["server", "--workers", str(args.workers), "--max-queue", str(args.max_queue)] + socks
+    server = base + ["server", "--workers", str(args.workers), "--max-queue", str(args.max_queue),
+                     "--executor", args.executor, "--nats", args.nats] + socks
+    for flag in ("min_workers", "max_workers"):
+        if getattr(args, flag) is not None:
+            server += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     gateway = base + ["gateway", "--host", args.host, "--port", str(args.port),
                       "--functions", args.functions, "--threads", str(args.threads)] + socks
     return {"balancer": balancer, "server": server, "gateway": gateway}
