@@ -32,6 +32,8 @@ def _server_args(p):
                    help="auto-scaling: never fewer workers than this (default: --workers)")
     p.add_argument("--max-workers", type=int, default=None,
                    help="auto-scaling: add workers while jobs wait, up to this many (default: --workers)")
+    p.add_argument("--scale-cooldown", type=float, default=5.0,
+                   help="auto-scaling: retire a worker idle this many seconds (default 5)")
     p.add_argument("--executor", choices=("local", "nats"), default="local",
                    help="local: pre-forked workers on pipes (default); nats: worker hosts through NATS JetStream")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL for --executor nats")

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 BALANCER_RETRY_S = 0.2
 STATS_TIMEOUT_S = 1.0
+# Auto-scaling looks at the queues this often, and retires a worker idle this long.
+SCALE_EVERY_S = 0.25
 
 
 class Pending:
@@ -39,7 +41,8 @@ def make_executor(args, on_up, on_down):
         from reference.nats_executor import NatsWorkers
 
         return NatsWorkers(args.nats, on_up=on_up, on_down=on_down)
-    return LocalWorkers(args.workers, on_up=on_up, on_down=on_down)
+    return LocalWorkers(args.workers, on_up=on_up, on_down=on_down,
+                        min_size=getattr(args, "min_workers", None), max_size=getattr(args, "max_workers", None))
 
 
 class Server:
@@ -47,6 +50,7 @@ class Server:
         self.server_sock = server_sock
         self.lb_sock = lb_sock
         self.max_queue = args.max_queue
+        self.scale_cooldown = getattr(args, "scale_cooldown", 5.0)
         self.pool = make_executor(args, self._worker_up, self._worker_down)
         self.pending = {}            # job id -> Pending, from arrival to answer
         self.unassigned = set()      # job ids submitted to the balancer and not yet assigned
@@ -226,6 +230,23 @@ class Server:
             elif job.job_id in self.pending:
                 self.answer(job.job_id, error=Unavailable("balancer unavailable"))
 
+    # -- auto-scaling ----------------------------------------------------------------------
+
+    async def autoscale(self):
+        """Add a worker while jobs wait and every worker is busy; retire one idle for a while.
+
+        Off the request path: a periodic look at the queues, one step per look, so the pool
+        grows and shrinks gradually instead of chasing every burst."""
+        pool = self.pool
+        while True:
+            await asyncio.sleep(SCALE_EVERY_S)
+            waiting = len(self.unassigned) + pool.waiting()
+            busy = all(w["state"] == "busy" for w in pool.snapshot() if w["state"] in ("idle", "busy"))
+            if waiting and busy:
+                pool.grow()
+            elif not waiting:
+                pool.retire_idle(self.scale_cooldown)
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self):
@@ -242,11 +263,17 @@ class Server:
         finally:
             os.umask(old_umask)
         link = loop.create_task(self.balancer_link())
+        scaler = None
+        if getattr(self.pool, "max_size", 0) > getattr(self.pool, "min_size", 0):
+            scaler = loop.create_task(self.autoscale())
+            log.info("auto-scaling between %d and %d workers", self.pool.min_size, self.pool.max_size)
         log.info("server listening on %s with %d workers", self.server_sock, self.pool.size)
         await self.stopping.wait()
         log.info("server stopping")
         listener.close()
         link.cancel()
+        if scaler:
+            scaler.cancel()
         await self.pool.stop()
         for job_id in list(self.pending):
             self.answer(job_id, error=Unavailable("server unavailable: it is shutting down"))

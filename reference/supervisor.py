@@ -32,7 +32,8 @@ def component_commands(args):
     if args.weights:
         balancer += ["--weights", args.weights]
     server = base + ["server", "--workers", str(args.workers), "--max-queue", str(args.max_queue),
-                     "--executor", args.executor, "--nats", args.nats] + socks
+                     "--executor", args.executor, "--nats", args.nats,
+                     "--scale-cooldown", str(args.scale_cooldown)] + socks
     for flag in ("min_workers", "max_workers"):
         if getattr(args, flag) is not None:
             server += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]

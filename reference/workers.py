@@ -13,6 +13,7 @@ answers exactly one Outcome frame on its result pipe, and exits when the job pip
 import asyncio
 import collections
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -84,6 +85,8 @@ class Worker:
         self.pid = None
         self.born = 0.0
         self.state = "starting"      # starting, idle, busy, dead
+        self.retiring = False        # auto-scaling took it out: it exits once idle, not replaced
+        self.idle_since = time.monotonic()
         self.jobs = 0                # invocations answered since the pool started
         self.queue = collections.deque()  # (job, future) assigned to this worker, not yet sent
         self.current = None          # (job, future) being run
@@ -92,7 +95,8 @@ class Worker:
         self.watchdog = None
 
     def snapshot(self):
-        return {"id": self.id, "pid": self.pid, "state": self.state, "jobs": self.jobs,
+        state = "retiring" if self.retiring and self.state != "dead" else self.state
+        return {"id": self.id, "pid": self.pid, "state": state, "jobs": self.jobs,
                 "queue": len(self.queue)}
 
 
@@ -104,8 +108,10 @@ class LocalWorkers:
     server schedules again.
     """
 
-    def __init__(self, size, on_up, on_down):
-        self.size = size
+    def __init__(self, size, on_up, on_down, min_size=None, max_size=None):
+        self.min_size = size if min_size is None else min_size
+        self.max_size = size if max_size is None else max_size
+        self.size = max(self.min_size, min(size, self.max_size))
         self.on_up = on_up
         self.on_down = on_down
         self.workers = {}
@@ -127,7 +133,43 @@ class LocalWorkers:
         return future
 
     def alive(self):
-        return [w.id for w in self.workers.values() if w.state in ("idle", "busy")]
+        return [w.id for w in self.workers.values() if w.state in ("idle", "busy") and not w.retiring]
+
+    # -- auto-scaling --------------------------------------------------------------------
+
+    def grow(self):
+        """Add one worker, up to max_size; True if one was added."""
+        if self.stopping or self.size >= self.max_size:
+            return False
+        wid = next(i for i in itertools.count() if i not in self.workers)
+        self.size += 1
+        log.info("scaling up to %d workers", self.size)
+        self._spawn(wid)
+        return True
+
+    def retire_idle(self, cooldown_s):
+        """Retire one worker idle for cooldown_s, down to min_size; True if one was retired.
+
+        The server hears on_down first, so the balancer stops naming it; the worker then
+        finishes whatever it was already given and exits at the end of its job pipe."""
+        if self.stopping or self.size <= self.min_size:
+            return False
+        now = time.monotonic()
+        idle = [w for w in self.workers.values()
+                if w.state == "idle" and not w.retiring and not w.queue and now - w.idle_since >= cooldown_s]
+        if not idle:
+            return False
+        worker = max(idle, key=lambda w: w.id)
+        worker.retiring = True
+        self.size -= 1
+        log.info("scaling down to %d workers (retiring worker %d)", self.size, worker.id)
+        self.on_down(worker.id, [])
+        self._feed(worker)
+        return True
+
+    def waiting(self):
+        """Jobs assigned to a worker and not yet started."""
+        return sum(len(w.queue) for w in self.workers.values())
 
     def snapshot(self):
         return [w.snapshot() for w in sorted(self.workers.values(), key=lambda w: w.id)]
@@ -165,7 +207,7 @@ class LocalWorkers:
         worker = self.workers.get(wid) or Worker(wid)
         self.workers[wid] = worker
         worker.pid, worker.born, worker.state = pid, time.monotonic(), "idle"
-        worker.current = None
+        worker.current, worker.idle_since = None, time.monotonic()
         loop = asyncio.get_running_loop()
         worker.reader_task = loop.create_task(self._read_results(worker, job_w, result_r))
         log.info("worker %d started (pid %d)", wid, pid)
@@ -188,6 +230,10 @@ class LocalWorkers:
 
     def _feed(self, worker):
         """Send the worker its next job if it is idle: it runs one at a time."""
+        if worker.retiring and worker.state == "idle" and not worker.queue and worker.writer is not None:
+            worker.writer.close()  # end of its job pipe: the worker exits, and is not replaced
+            worker.writer = None
+            return
         if worker.state != "idle" or worker.writer is None or not worker.queue:
             return
         job, future = worker.queue.popleft()
@@ -205,6 +251,7 @@ class LocalWorkers:
             worker.watchdog.cancel()
         job, future = worker.current
         worker.current, worker.state = None, "idle"
+        worker.idle_since = time.monotonic()
         worker.jobs += 1
         outcome.worker = worker.id
         if not future.done():
@@ -237,6 +284,10 @@ class LocalWorkers:
             worker.current = None
         orphans = list(worker.queue)
         worker.queue.clear()
+        if worker.retiring:
+            del self.workers[worker.id]
+            log.info("worker %d retired", worker.id)
+            return
         self.on_down(worker.id, orphans)
         if self.stopping:
             return
