@@ -153,3 +153,22 @@ def test_components_started_one_by_one_in_any_order_find_each_other(tmp_path):
                     break
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
+
+
+def test_up_with_an_api_key_protects_deploy(start_stack):
+    stack = start_stack(workers=1, env={"FAAS_API_KEY": "s3cret"})
+    url = stack.url + "/deploy?name=guarded&lang=python"
+    status, body, headers = http("POST", url, b"print('in')")
+    assert status == 401 and "API key" in body["error"]
+    status, body, _ = http("POST", url, b"print('in')", {"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, body, _ = http("POST", url, b"print('in')", {"Authorization": "Bearer s3cret"})
+    assert status == 201, body
+    # The key travels in the environment, never on a command line that `ps` shows everyone.
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    assert b"s3cret" not in f.read()
+            except OSError:
+                pass
