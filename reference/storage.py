@@ -4,7 +4,8 @@
     functions/<id>/code.wasm         compiled languages: the WASI module ...
     functions/<id>/code.cwasm        ... and wasmtime's precompiled artifact of it
     functions/<id>/metadata.json     id, name, lang, size, created, wasm, limits, sha256, ...
-    functions/.names/<name> -> <id>  the claim on a name (a symlink)
+    functions/.names/<name> -> <id>  the claim on a name (a symlink): its current version
+    functions/.names/.lock           serializes updates and deletes (flock), never deploys
 
 How a deploy stays atomic without any lock: every file is written and fsynced in a private
 temporary directory (`.tmp-*`), which is renamed to `<id>` in one step; only then is the name
@@ -13,9 +14,18 @@ there first. A function exists if and only if its name link points at a complete
 a crash at any moment leaves either nothing or a directory nobody points at: invisible, never
 in the way of a later deploy of the same name, and swept away by the next Storage() once old
 enough (a younger one may be a deploy in progress in another process).
+
+Versions: an update (`replace`) writes a new directory the same way, whose metadata names the
+`previous` id and the next `version` number, then re-points the name by renaming a fresh link
+over the old one (rename is atomic: a reader sees the old id or the new one, never nothing).
+Old versions are kept until the function is deleted, so an invocation that already holds the
+old directory finishes on it, and an old id stays invocable. A directory belongs to a function
+when its id is on the chain of `previous` links from the name's current version.
 """
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -26,7 +36,7 @@ import tempfile
 import time
 
 from reference import config, languages
-from reference.errors import BadRequest, Conflict, FaasError
+from reference.errors import BadRequest, Conflict, FaasError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,7 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}_[0-9]+")
 FILE_RE = re.compile(r"code\.[a-z]+")
 NAMES_DIR = ".names"
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"  # inside .names: a name never starts with a dot
 METADATA = "metadata.json"
 # Leftovers younger than this may belong to a deploy still running in another process.
 STALE_AFTER_S = 60.0
@@ -62,6 +73,13 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _write_file(path, data):
     with open(path, "xb") as f:
         f.write(data)
@@ -72,14 +90,15 @@ def _write_file(path, data):
 class Storage:
     """The functions tree under `root`. Safe to share between threads and between processes.
 
-    Functions are never modified once deployed, so metadata read once is cached for good.
+    A version's directory never changes once written, so its metadata read once is cached;
+    which version a name points at is read from its link at every lookup.
     """
 
     def __init__(self, root, limits=config.LIMITS):
         self.root = os.path.abspath(root)
         self.names = os.path.join(self.root, NAMES_DIR)
         self.limits = limits
-        self._cache = {}  # id -> metadata (with "dir"); only complete, claimed functions
+        self._cache = {}  # id -> metadata (with "dir") of complete version directories
         try:
             os.makedirs(self.names, exist_ok=True)
         except OSError as exc:
@@ -96,6 +115,78 @@ class Storage:
         timeout_ms, memory_mb, ...). Raises BadRequest for a bad name or file set, Conflict when
         the name is taken (even by a deploy that won a race a moment ago).
         """
+        language = self._check_files(name, lang, files)
+        if self.exists(name):
+            raise _taken(name)
+        created = int(time.time())
+        fn_id = "%s_%d" % (name, created)
+        metadata = self._metadata(fn_id, name, language, files, meta, created, version=1)
+        self._store_version(fn_id, files, metadata)
+        try:
+            os.symlink(fn_id, os.path.join(self.names, name))
+        except OSError as exc:
+            # Lost the race for the name (or the disk failed): our directory is an orphan.
+            shutil.rmtree(os.path.join(self.root, fn_id), ignore_errors=True)
+            if exc.errno == errno.EEXIST:
+                raise _taken(name) from None
+            raise FaasError("cannot store function %r: %s" % (name, exc)) from None
+        _fsync_dir(self.names)
+        log.info("deployed %s (%s, %d bytes)", fn_id, language.name, metadata["size"])
+        return dict(metadata)
+
+    def replace(self, name, lang, files, meta=None):
+        """Store a new version of an existing function and point its name at it; the new
+        metadata (with `version` and `previous`). Same `files` and `meta` as deploy; raises
+        NotFound when no function holds the name. Concurrent updates are serialized, each
+        getting its own version number."""
+        language = self._check_files(name, lang, files)
+        with self._locked():
+            current_id = self._claimed_id(name)
+            current = self._load(current_id) if current_id else None
+            if current is None:
+                raise NotFound("function not found", fn=name)
+            created = int(time.time())
+            fn_id = "%s_%d" % (name, created)
+            # Several versions within one second: the id takes a suffix (still unique, still sorted).
+            suffix = 2
+            while os.path.lexists(os.path.join(self.root, fn_id)):
+                fn_id = "%s_%d_%d" % (name, created, suffix)
+                suffix += 1
+            metadata = self._metadata(fn_id, name, language, files, meta, created,
+                                      version=current.get("version", 1) + 1)
+            metadata["previous"] = current["id"]
+            self._store_version(fn_id, files, metadata)
+            link = os.path.join(self.names, name)
+            tmp_link = os.path.join(self.names, "%s%s-%d" % (TMP_PREFIX, name, os.getpid()))
+            try:
+                os.symlink(fn_id, tmp_link)
+                os.rename(tmp_link, link)
+            except OSError as exc:
+                _unlink_quietly(tmp_link)
+                shutil.rmtree(os.path.join(self.root, fn_id), ignore_errors=True)
+                raise FaasError("cannot update function %r: %s" % (name, exc)) from None
+            _fsync_dir(self.names)
+        log.info("updated %s to version %d (%s)", name, metadata["version"], fn_id)
+        return dict(metadata)
+
+    def delete(self, name):
+        """Remove a function: its name first (new calls see 404 at once), then every version's
+        directory. Returns the removed ids, newest first; NotFound if no function holds the name."""
+        check_name(name)
+        with self._locked():
+            ids = [meta["id"] for meta in self.versions(name)]
+            if not ids:
+                raise NotFound("function not found", fn=name)
+            os.unlink(os.path.join(self.names, name))
+            _fsync_dir(self.names)
+            for fn_id in ids:
+                self._cache.pop(fn_id, None)
+                # A crash in this loop leaves directories no name points at: the sweep's business.
+                shutil.rmtree(os.path.join(self.root, fn_id), ignore_errors=True)
+        log.info("deleted %s (%d version%s)", name, len(ids), "" if len(ids) == 1 else "s")
+        return ids
+
+    def _check_files(self, name, lang, files):
         check_name(name)
         language = languages.resolve(lang)
         source_file = "code.%s" % language.ext
@@ -104,17 +195,15 @@ class Storage:
         for filename in files:
             if not FILE_RE.fullmatch(filename):
                 raise BadRequest("invalid file name %r for a function" % (filename,))
-        if self.exists(name):
-            raise _taken(name)
+        return language
 
-        created = int(time.time())
-        fn_id = "%s_%d" % (name, created)
-        source = files[source_file]
+    def _metadata(self, fn_id, name, language, files, meta, created, version):
+        source = files["code.%s" % language.ext]
         metadata = {
             "timeout_ms": self.limits.timeout_ms,
             "memory_mb": self.limits.memory_mb,
         }
-        metadata.update({k: v for k, v in (meta or {}).items() if k != "dir"})
+        metadata.update({k: v for k, v in (meta or {}).items() if k not in ("dir", "previous")})
         metadata.update({
             "id": fn_id,
             "name": name,
@@ -123,8 +212,12 @@ class Storage:
             "created": created,
             "wasm": "code.wasm" in files,
             "sha256": hashlib.sha256(source).hexdigest(),
+            "version": version,
         })
+        return metadata
 
+    def _store_version(self, fn_id, files, metadata):
+        """Write a complete directory under a temporary name and rename it to `fn_id`."""
         final = os.path.join(self.root, fn_id)
         tmp = self._write_tmp(files, metadata)
         try:
@@ -133,21 +226,20 @@ class Storage:
             shutil.rmtree(tmp, ignore_errors=True)
             # A directory already holds this id: the same name deployed in the same second.
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise _taken(name) from None
-            raise FaasError("cannot store function %r: %s" % (name, exc)) from None
+                raise _taken(metadata["name"]) from None
+            raise FaasError("cannot store function %r: %s" % (metadata["name"], exc)) from None
         _fsync_dir(self.root)
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive flock: updates and deletes wait for each other, across threads and
+        processes (each open file description is a lock owner of its own)."""
+        fd = os.open(os.path.join(self.names, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.symlink(fn_id, os.path.join(self.names, name))
-        except OSError as exc:
-            # Lost the race for the name (or the disk failed): our directory is an orphan.
-            shutil.rmtree(final, ignore_errors=True)
-            if exc.errno == errno.EEXIST:
-                raise _taken(name) from None
-            raise FaasError("cannot store function %r: %s" % (name, exc)) from None
-        _fsync_dir(self.names)
-        log.info("deployed %s (%s, %d bytes)", fn_id, language.name, len(source))
-        return dict(metadata)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _write_tmp(self, files, metadata):
         """A complete, fsynced function directory under a temporary name; its path."""
@@ -172,12 +264,10 @@ class Storage:
     # -- lookup ---------------------------------------------------------------------------
 
     def get(self, name_or_id):
-        """The metadata of a function, found by id or by name, plus "dir"; None if unknown."""
+        """The metadata of a function, found by id or by name, plus "dir"; None if unknown.
+        An old version's id finds that version while it is kept (until the function is deleted)."""
         if not isinstance(name_or_id, str):
             return None
-        meta = self._cache.get(name_or_id)
-        if meta is not None:
-            return dict(meta)
         # An id is tried first: it is what deploy answered, and it names exactly one directory.
         if ID_RE.fullmatch(name_or_id):
             meta = self._load(name_or_id)
@@ -190,6 +280,18 @@ class Storage:
                 if meta is not None:
                     return dict(meta)
         return None
+
+    def versions(self, name):
+        """The metadata of every kept version of a function, newest first; [] if unknown."""
+        fn_id = self._claimed_id(name) if NAME_RE.fullmatch(str(name)) else None
+        found = []
+        while fn_id is not None and len(found) <= 10_000:  # a bound against a corrupted loop
+            meta = self._read(fn_id)
+            if meta is None or meta.get("name") != name:
+                break
+            found.append(dict(meta))
+            fn_id = meta.get("previous")
+        return found
 
     def exists(self, name):
         """Whether a complete function holds this name."""
@@ -226,7 +328,23 @@ class Storage:
         return fn_id if ID_RE.fullmatch(fn_id) else None
 
     def _load(self, fn_id):
-        """Metadata of a complete function whose name link points at it; None otherwise."""
+        """Metadata of a version of a live function: its name link points at it, or at a later
+        version whose chain of `previous` ids reaches it. None otherwise."""
+        meta = self._read(fn_id)
+        if meta is None:
+            return None
+        name = str(meta.get("name"))
+        if self._claimed_id(name) == fn_id:
+            return meta  # the current version: the common case, one readlink
+        # A directory nobody's name reaches is a crash leftover, a race loser, or deleted.
+        if fn_id not in (m["id"] for m in self.versions(name)):
+            return None
+        return meta
+
+    def _read(self, fn_id):
+        """The metadata.json of directory `fn_id` (cached: versions never change), or None."""
+        if not isinstance(fn_id, str) or not ID_RE.fullmatch(fn_id):
+            return None
         meta = self._cache.get(fn_id)
         if meta is not None:
             return meta
@@ -237,9 +355,6 @@ class Storage:
         except (OSError, ValueError):
             return None
         if not isinstance(meta, dict) or meta.get("id") != fn_id:
-            return None
-        # A directory nobody's name points at is a crash leftover or a race loser: not a function.
-        if self._claimed_id(str(meta.get("name"))) != fn_id:
             return None
         meta["dir"] = directory
         self._cache[fn_id] = meta
@@ -265,7 +380,9 @@ class Storage:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
         for entry in os.scandir(self.names):
-            if entry.is_symlink() and not os.path.isdir(os.path.join(self.root, os.readlink(entry.path))):
+            # An update's temporary link (it crashed before the rename), or a link to nothing.
+            if entry.is_symlink() and (entry.name.startswith(TMP_PREFIX) or
+                                       not os.path.isdir(os.path.join(self.root, os.readlink(entry.path)))):
                 if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
                     log.info("removing a name link to nothing: %s", entry.name)
                     os.unlink(entry.path)

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from reference import storage as storage_mod
-from reference.errors import BadRequest, Conflict, FaasError
+from reference.errors import BadRequest, Conflict, FaasError, NotFound
 from reference.storage import Storage
 
 HELLO_PY = b'print("hello")\n'
@@ -213,3 +213,85 @@ def test_concurrent_deploys_from_processes_one_winner(tmp_path):
     store = Storage(tmp_path)
     assert store.get("race")["id"] == fn_id
     assert store.code(store.get("race")) == b"print(%d)" % i
+
+
+# -- versions: replace and delete ------------------------------------------------------------
+
+def test_replace_makes_a_new_version_and_keeps_the_old(tmp_path):
+    store = Storage(tmp_path)
+    first = store.deploy("hello", "python", {"code.py": HELLO_PY}, {"timeout_ms": 900})
+    second = store.replace("hello", "python", {"code.py": b"print(2)\n"}, {"timeout_ms": 800})
+    third = store.replace("hello", "js", {"code.js": b"console.log(3)"})
+    assert [first["version"], second["version"], third["version"]] == [1, 2, 3]
+    assert second["previous"] == first["id"] and third["previous"] == second["id"]
+    assert len({first["id"], second["id"], third["id"]}) == 3  # unique even within one second
+    assert all(m["id"].startswith("hello_") for m in (second, third))
+    assert os.readlink(tmp_path / ".names" / "hello") == third["id"]
+    current = store.get("hello")
+    assert current["id"] == third["id"] and current["lang"] == "js" and store.code(current) == b"console.log(3)"
+    # The old versions stay whole and reachable by id (a running invocation holds their directory).
+    assert store.code(store.get(first["id"])) == HELLO_PY and store.get(second["id"])["timeout_ms"] == 800
+    assert [m["version"] for m in store.versions("hello")] == [3, 2, 1]
+    assert [m["id"] for m in store.list()] == [third["id"]]
+    # After a restart, and after a sweep that must not mistake old versions for orphans.
+    again = Storage(tmp_path)
+    assert again.sweep(min_age_s=0) == 0
+    assert again.get("hello")["id"] == third["id"] and again.get(first["id"])["version"] == 1
+
+
+def test_replace_and_delete_unknown_names(tmp_path):
+    store = Storage(tmp_path)
+    with pytest.raises(NotFound):
+        store.replace("ghost", "python", {"code.py": HELLO_PY})
+    with pytest.raises(NotFound):
+        store.delete("ghost")
+    with pytest.raises(BadRequest):
+        store.delete("../etc")
+    assert visible_entries(tmp_path) == []
+
+
+def test_delete_removes_every_version_and_frees_the_name(tmp_path):
+    store = Storage(tmp_path)
+    other = Storage(tmp_path)  # another process's view, with its cache filled
+    first = store.deploy("hello", "python", {"code.py": HELLO_PY})
+    second = store.replace("hello", "python", {"code.py": b"print(2)\n"})
+    assert other.get(first["id"]) and other.get("hello")["id"] == second["id"]
+    assert store.delete("hello") == [second["id"], first["id"]]
+    assert visible_entries(tmp_path) == []
+    for view in (store, other):
+        assert view.get("hello") is None and view.get(first["id"]) is None and view.list() == []
+    assert store.deploy("hello", "python", {"code.py": HELLO_PY})["version"] == 1
+
+
+def test_concurrent_replaces_are_serialized(tmp_path):
+    store = Storage(tmp_path)
+    store.deploy("hello", "python", {"code.py": HELLO_PY})
+    barrier = threading.Barrier(6)
+    results = []
+
+    def update(i):
+        barrier.wait()
+        results.append(store.replace("hello", "python", {"code.py": b"print(%d)\n" % i}))
+
+    threads = [threading.Thread(target=update, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(m["version"] for m in results) == [2, 3, 4, 5, 6, 7]
+    chain = store.versions("hello")
+    assert [m["version"] for m in chain] == [7, 6, 5, 4, 3, 2, 1]
+    assert len(visible_entries(tmp_path)) == 7
+
+
+def test_interrupted_update_leaves_only_sweepable_leftovers(tmp_path):
+    store = Storage(tmp_path)
+    meta = store.deploy("hello", "python", {"code.py": HELLO_PY})
+    # What a crash between writing the new version and renaming its link leaves behind.
+    os.mkdir(tmp_path / "hello_99")
+    (tmp_path / "hello_99" / "metadata.json").write_text(json.dumps({"id": "hello_99", "name": "hello"}))
+    os.symlink("hello_99", tmp_path / ".names" / ".tmp-hello-1")
+    assert store.get("hello_99") is None and store.get("hello")["id"] == meta["id"]
+    assert store.sweep(min_age_s=0) == 2
+    assert visible_entries(tmp_path) == [meta["id"]]
+    assert sorted(os.listdir(tmp_path / ".names")) == ["hello"]
