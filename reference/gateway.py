@@ -10,14 +10,17 @@ import json
 import logging
 import os
 import signal
-import time
 
 import bottle
 from bottle import request, response
 
 from reference import config, languages
-from reference.errors import (BadRequest, Conflict, FaasError, FunctionFailed, MemoryLimit,
-                              NotFound, PayloadTooLarge, Timeout, Unauthorized, Unavailable)
+from reference.calls import Calls
+from reference.errors import (BadRequest, Conflict, FaasError, NotFound, PayloadTooLarge,
+                              Unauthorized, Unavailable)
+from reference import metrics as metrics_mod
+from reference.metrics import Metrics
+from reference.records import InvocationRecords
 from reference.storage import Storage, check_name
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,9 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
     reference.wasm, imported on first use so the gateway starts without them.
     """
     app = bottle.Bottle()
+    records = InvocationRecords()
+    metrics = Metrics(client)
+    calls = app.calls = Calls(client, records, metrics)
     app.install(_answer_errors)
     app.default_error_handler = _json_error_page
 
@@ -172,38 +178,55 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
                  "wasm_size": len(compiled.wasm)}
         return files, extra
 
-    def run(meta, payload):
-        """Invoke through the server; the Outcome, or the FaasError its failure maps to."""
-        started = time.perf_counter()
-        outcome = client.invoke(meta, payload)
-        duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
-        response.set_header("X-Worker", str(outcome.worker))
-        response.set_header("X-Queue-Ms", "%.3f" % outcome.queue_ms)
-        response.set_header("X-Exec-Ms", "%.3f" % outcome.exec_ms)
-        fields = {
-            "output": outcome.stdout.decode("utf-8", errors="replace"),
-            "stderr": outcome.stderr.decode("utf-8", errors="replace"),
-            "exit_code": outcome.exit_code,
-            "duration_ms": duration_ms,
-            "worker": outcome.worker,
-            "truncated": outcome.truncated,
-            "cold": outcome.cold,
-            "queue_ms": outcome.queue_ms,
-            "init_ms": outcome.init_ms,
-            "exec_ms": outcome.exec_ms,
+    def answer(call, replayed=False):
+        """A finished Call as the HTTP answer: its status, its body, timing headers."""
+        response.status = call.status
+        body = call.body
+        if "worker" in body:
+            response.set_header("X-Worker", str(body["worker"]))
+            response.set_header("X-Queue-Ms", "%.3f" % body["queue_ms"])
+            response.set_header("X-Exec-Ms", "%.3f" % body["exec_ms"])
+        if "retry_after" in body:  # overloaded: tell clients when to come back
+            response.set_header("Retry-After", str(body["retry_after"]))
+        if call.kept:
+            body = dict(body, call_id=call.call_id)
+        if replayed:
+            response.set_header("Idempotent-Replayed", "true")
+        return body
+
+    def store(name, lang, code, limits_form, op, current=None):
+        """Check and compile `code`, then deploy it (op "deploy") or make it the new version of
+        `current` (op "update"). Counts the result in the metrics either way."""
+        if not code:
+            raise BadRequest("the function's code is empty")
+        if len(code) > limits.code_bytes:
+            raise PayloadTooLarge("code too large: %d bytes, the limit is %d bytes"
+                                  % (len(code), limits.code_bytes), limit=limits.code_bytes)
+        base = current or {}
+        meta = {
+            "timeout_ms": _limit(limits_form["timeout_ms"], "timeout_ms", limits.max_timeout_ms)
+            or base.get("timeout_ms") or limits.timeout_ms,
+            "memory_mb": _limit(limits_form["memory_mb"], "memory_mb", limits.max_memory_mb)
+            or base.get("memory_mb") or limits.memory_mb,
         }
-        if outcome.error == "timeout":
-            raise Timeout("function timed out after %d ms (its timeout_ms limit)"
-                          % meta["timeout_ms"], timeout_ms=meta["timeout_ms"], **fields)
-        if outcome.error == "memory":
-            raise MemoryLimit("function went over its memory limit of %d MiB (memory_mb)"
-                              % meta["memory_mb"], memory_mb=meta["memory_mb"], **fields)
-        if outcome.error:
-            raise FunctionFailed("function could not run: %s" % (outcome.message or outcome.error),
-                                 reason=outcome.error, **fields)
-        if outcome.exit_code != 0:
-            raise FunctionFailed("function exited with code %d" % outcome.exit_code, **fields)
-        return fields
+        if op == "deploy" and storage.exists(name):
+            # Answered before compiling: a conflict should not cost a compilation.
+            raise _conflict(name)
+        try:
+            files = {"code.%s" % lang.ext: code}
+            if lang.compiled:
+                wasm_files, extra = compile_source(lang, code)
+                files.update(wasm_files)
+                meta.update(extra)
+            if op == "deploy":
+                stored = storage.deploy(name, lang.name, files, meta)
+            else:
+                stored = storage.replace(name, lang.name, files, meta)
+        except FaasError as exc:
+            metrics.deployed(lang.name, op, exc.kind)
+            raise
+        metrics.deployed(lang.name, op, "ok", meta.get("compile_ms"))
+        return stored
 
     @app.post("/deploy")
     def deploy():
@@ -219,25 +242,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
         name = check_name(form["name"])
         if not form["lang"]:
             raise BadRequest("say the function's language: lang=c, rust, go, js, python, php or html")
-        lang = languages.resolve(form["lang"])
-        if not code:
-            raise BadRequest("the function's code is empty")
-        if len(code) > limits.code_bytes:
-            raise PayloadTooLarge("code too large: %d bytes, the limit is %d bytes"
-                                  % (len(code), limits.code_bytes), limit=limits.code_bytes)
-        meta = {
-            "timeout_ms": _limit(form["timeout_ms"], "timeout_ms", limits.max_timeout_ms) or limits.timeout_ms,
-            "memory_mb": _limit(form["memory_mb"], "memory_mb", limits.max_memory_mb) or limits.memory_mb,
-        }
-        if storage.exists(name):
-            # Answered before compiling: a conflict should not cost a compilation.
-            raise _conflict(name)
-        files = {"code.%s" % lang.ext: code}
-        if lang.compiled:
-            wasm_files, extra = compile_source(lang, code)
-            files.update(wasm_files)
-            meta.update(extra)
-        stored = storage.deploy(name, lang.name, files, meta)
+        stored = store(name, languages.resolve(form["lang"]), code, form, "deploy")
         response.status = 201
         return dict(_public(stored), ok=True)
 
@@ -251,13 +256,74 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
             raise BadRequest("say which function to run: POST /invoke?fn=ID")
         meta = lookup(fn)
         payload = decode_input(_read_body(limits.payload_bytes, "payload"))
-        return dict(run(meta, payload), ok=True)
+        key = request.get_header("Idempotency-Key") or None
+        if key is not None and len(key) > 255:
+            raise BadRequest("Idempotency-Key is too long: at most 255 characters")
+        if _query("async") in ("1", "true", "yes"):
+            call, replayed = calls.submit(meta, payload, key)
+            response.status = 202
+            if replayed:
+                response.set_header("Idempotent-Replayed", "true")
+            return {"ok": True, "call_id": call.call_id, "state": call.state,
+                    "status_url": "/call/%s" % call.call_id}
+        return answer(*calls.invoke(meta, payload, key))
+
+    @app.get("/call/<call_id>")
+    def call_state(call_id):
+        """An async (or keyed) call: its state and, once done, its answer with its status."""
+        call = calls.get(call_id)
+        if call is None:
+            raise NotFound("call not found: calls are kept for %d s, the last %d"
+                           % (calls.keep_for_s, calls.keep), call_id=call_id)
+        return call.view()
 
     @app.get("/function/<name>")
     def function(name):
+        """The function (its current version, or the version an id names), with its code and
+        the list of kept versions."""
         meta = lookup(name)
         code = storage.code(meta).decode("utf-8", errors="replace")
-        return dict(_public(meta), ok=True, code=code)
+        versions = [{"id": v["id"], "version": v.get("version", 1), "created": v["created"]}
+                    for v in storage.versions(meta["name"])]
+        return dict(_public(meta), ok=True, code=code, version=meta.get("version", 1),
+                    current=bool(versions) and versions[0]["id"] == meta["id"], versions=versions)
+
+    @app.put("/function/<name>")
+    def update(name):
+        """A new version: the source as the body (?lang= optional, default the current one),
+        or JSON {"code", "lang", "timeout_ms", "memory_mb"}; limits default to the current ones."""
+        authorize()
+        current = storage.get(check_name(name))
+        if current is None or current["name"] != name:
+            raise NotFound("function not found", fn=name)
+        if request.content_type.split(";")[0].strip() == "application/json":
+            form = _json_code_form(_read_body(limits.payload_bytes, "update body"), need_name=False)
+        else:
+            form = {key: _query(key) for key in ("lang", "timeout_ms", "memory_mb")}
+            form["code"] = _read_body(limits.code_bytes, "code")
+        lang = languages.resolve(form.get("lang") or current["lang"])
+        stored = store(name, lang, form["code"], form, "update", current)
+        return dict(_public(stored), ok=True)
+
+    @app.delete("/function/<name>")
+    def delete(name):
+        """Remove the function and every version's files; its name is free again."""
+        authorize()
+        removed = storage.delete(check_name(name))
+        records.forget(name)
+        return {"ok": True, "name": name, "deleted": removed}
+
+    @app.get("/function/<name>/invocations")
+    def invocations(name):
+        meta = lookup(name)
+        found = records.recent(meta["name"])
+        return {"ok": True, "name": meta["name"], "kept": records.kept, "count": len(found),
+                "invocations": found}
+
+    @app.get("/metrics")
+    def metrics_page():
+        response.content_type = metrics_mod.CONTENT_TYPE
+        return metrics.exposition()
 
     @app.get("/functions")
     def functions():
@@ -301,9 +367,11 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, protect_invoke
         payload = (_query("input") or "").encode("utf-8")
         if len(payload) > limits.payload_bytes:
             raise PayloadTooLarge("input too large: the limit is %d bytes" % limits.payload_bytes)
-        fields = run(meta, payload)
+        call, _ = calls.invoke(meta, payload)
+        if call.status != 200:
+            return answer(call)
         response.content_type = "text/plain; charset=utf-8"
-        return fields["output"]
+        return call.body["output"]
 
     from reference import dashboard
     dashboard.install(app)
@@ -316,22 +384,34 @@ def _conflict(name):
 
 def _json_deploy_form(body):
     """name, lang, code (bytes), timeout_ms, memory_mb from a JSON deploy body; BadRequest if malformed."""
-    usage = ("send the source as the body of POST /deploy?name=N&lang=L, "
-             "or a JSON object {\"name\", \"lang\", \"code\"}")
+    return _json_code_form(body, need_name=True)
+
+
+def _json_code_form(body, need_name):
+    """The fields of a JSON deploy (need_name) or update body (name ignored, lang optional)."""
+    if need_name:
+        usage = ("send the source as the body of POST /deploy?name=N&lang=L, "
+                 "or a JSON object {\"name\", \"lang\", \"code\"}")
+    else:
+        usage = ("send the source as the body of PUT /function/NAME[?lang=L], "
+                 "or a JSON object {\"code\", \"lang\"}")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("deploy body is not valid JSON: %s" % usage) from None
     if not isinstance(doc, dict):
         raise BadRequest("deploy body is not a JSON object: %s" % usage)
-    for key in ("name", "lang", "code"):
+    for key in ("name", "lang", "code") if need_name else ("code",):
         if not isinstance(doc.get(key), str):
-            raise BadRequest("deploy needs %r as a JSON string: %s" % (key, usage))
+            raise BadRequest("%s needs %r as a JSON string: %s"
+                             % ("deploy" if need_name else "update", key, usage))
+    if not need_name and not isinstance(doc.get("lang", ""), str):
+        raise BadRequest("'lang' must be a JSON string: %s" % usage)
     try:
         code = doc["code"].encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest("code holds a lone UTF-16 surrogate: not valid text") from None
-    return {"name": doc["name"], "lang": doc["lang"], "code": code,
+    return {"name": doc.get("name"), "lang": doc.get("lang"), "code": code,
             "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb")}
 
 
@@ -369,6 +449,7 @@ def serve(args):
         server.run()
     finally:
         server.close()
+        app.calls.close()
         client.close()
     log.info("stopped")
     return 0
