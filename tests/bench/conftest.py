@@ -28,7 +28,8 @@ def pytest_configure(config):
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # A bench file named on the command line is collected by pytest itself.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         if parent.config.getoption("benchmark_only", False):
             return pytest.Module.from_parent(parent, path=file_path)
     return None
