@@ -136,8 +136,9 @@ def check_answer(answer, method, path):
     assert 200 <= answer.status < 500 or answer.status == 503, (answer.status, answer.raw[:300])
     if method == "HEAD":
         return  # no body by definition
-    if answer.status == 200 and path.startswith("/run/") and answer.headers["content-type"].startswith("text/"):
-        return  # the browser route answers an HTML page or a function's text on success
+    browser_page = path.startswith("/run/") or path == "/" or path.startswith("/static/")
+    if answer.status == 200 and browser_page and answer.headers["content-type"].startswith("text/"):
+        return  # the browser routes (dashboard, /run/NAME) answer pages or text on success
     assert answer.headers["content-type"].startswith("application/json"), answer.headers
     assert isinstance(answer.json, dict), answer.raw[:300]
     assert isinstance(answer.json.get("ok"), bool)
