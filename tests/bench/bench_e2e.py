@@ -1,0 +1,106 @@
+"""End to end through a real `minifaas up` (4 workers, RR): one invocation's latency, issue 6's
+ratios measured side by side, and the seed's own load test (10 threads x 100 requests on hello).
+
+The ratios are printed in the run's summary and kept in each benchmark's extra_info; nothing
+about speed is asserted, only that every request succeeded.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import keepalive
+from conftest import EXAMPLES, HERE
+from figures import record
+from harness.stack import Stack, StackError
+
+CLIENTS = 16
+SECONDS = 4.0
+BASELINE_SECONDS = 3.0
+INPUT = json.dumps({"input": "test data"}).encode()
+
+
+@pytest.fixture(scope="module")
+def stack(hello_wasm):
+    stack = Stack(strategy="RR", workers=4)
+    try:
+        stack.start()
+    except StackError as exc:
+        stack.close()
+        pytest.fail(str(exc))
+    keepalive.deploy(stack.url, "hello", "c", (EXAMPLES / "hello.c").read_bytes())
+    keepalive.deploy(stack.url, "greet", "python", (EXAMPLES / "greet.py").read_bytes())
+    yield stack
+    stack.close()
+
+
+def load(stack, fn, seconds=SECONDS):
+    figures = keepalive.run(stack.url, "/invoke?fn=" + fn, INPUT, CLIENTS, seconds)
+    assert figures["errors"] == 0, figures["first_error"]
+    assert figures["requests"] > 0
+    return figures
+
+
+def wasm_baseline(hello_wasm):
+    """Calls/s of one thread with wasmtime's ordinary API, in a process of its own."""
+    proc = subprocess.run([sys.executable, str(HERE / "wasm_baseline.py"), str(hello_wasm), str(BASELINE_SECONDS)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["calls_per_s"]
+
+
+def test_e2e_invocation(benchmark, stack):
+    """One client, one keep-alive connection: the latency of the whole path, hello in C."""
+    parts = stack.url.rsplit(":", 1)
+    conn = keepalive.Connection("127.0.0.1", int(parts[1]),
+                                keepalive.request_bytes("127.0.0.1", int(parts[1]), "/invoke?fn=hello", INPUT))
+    try:
+        status, answer = benchmark(conn.call)
+    finally:
+        conn.close()
+    assert status == 200, answer
+    assert b"Hello from FAAS!\\ntest data" in answer
+
+
+def test_end_to_end_ratios(benchmark, stack, hello_wasm):
+    """(a) hello in C through the whole stack vs one in-process wasmtime thread;
+    (b) the Python function's rate vs the C function's, both through the stack."""
+    figures = {}
+
+    def measure():
+        # The baseline runs while the stack is idle: its workers only tick their epoch timers.
+        figures["baseline"] = wasm_baseline(hello_wasm)
+        figures["c"] = load(stack, "hello")
+        figures["python"] = load(stack, "greet")
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    c, py, base = figures["c"], figures["python"], figures["baseline"]
+    ratio_wasm = c["rps"] / base
+    ratio_python = py["rps"] / c["rps"]
+    benchmark.extra_info.update(baseline_calls_per_s=base, c=c, python=py,
+                                ratio_c_stack_over_inprocess=ratio_wasm, ratio_python_over_c=ratio_python)
+    section = "end to end, 4 workers, %d keep-alive clients, %.0f s each" % (CLIENTS, SECONDS)
+    record(section, "wasmtime in-process, 1 thread", calls_per_s=round(base, 1))
+    for name, f in (("hello (C) through the stack", c), ("greet (Python) through the stack", py)):
+        record(section, name, rps=round(f["rps"], 1), p50_ms=f["p50_ms"], p99_ms=f["p99_ms"],
+               client_cpu=round(f["client_cpu_share"], 3))
+    record(section, "(a) C stack / in-process (>= 1)", ratio=round(ratio_wasm, 3))
+    record(section, "(b) Python / C (>= 0.3)", ratio=round(ratio_python, 3))
+
+
+def test_seed_load_test(benchmark, stack, tmp_path):
+    """The seed's load test as its user runs it: `minifaas inject hello 10 100`."""
+    out = tmp_path / "inject.json"
+    command = [sys.executable, "-m", "reference", "inject", "hello", "10", "100", "--url", stack.url,
+               "--json", str(out)]
+    proc = benchmark.pedantic(subprocess.run, args=(command,), kwargs=dict(capture_output=True, text=True, timeout=300),
+                              rounds=1, iterations=1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["ok"] == 1000
+    lat = figures["latency_ms"]
+    benchmark.extra_info.update(requests_per_s=figures["requests_per_s"], latency_ms=lat)
+    record("seed load test: minifaas inject hello 10 100 (4 workers, RR)", "hello (C)",
+           rps=round(figures["requests_per_s"], 1), p50_ms=round(lat["p50"], 2), p99_ms=round(lat["p99"], 2))
