@@ -464,3 +464,36 @@ def test_real_gateway_without_server(tmp_path):
     finally:
         stop(proc)
     assert (tmp_path / "functions" / ".names" / "greet").is_symlink()
+
+
+# -- lifecycle shapes -------------------------------------------------------------------------
+
+def test_update_that_does_not_compile_keeps_the_current_version(app, store):
+    first = deploy(app, "hi", "c", b"int main(void) { return 0; }").json
+    broken = call(app, "PUT", "/function/hi", b"syntax error")
+    assert broken.status == 422 and broken.json["details"]
+    missing = call(app, "PUT", "/function/hi", b"no toolchain")
+    assert missing.status == 503 and missing.json["kind"] == "toolchain_missing"
+    assert store.get("hi")["id"] == first["id"] and len(store.versions("hi")) == 1
+    good = call(app, "PUT", "/function/hi", b"int main(void) { return 1; }")
+    assert good.status == 200 and good.json["version"] == 2 and good.json["wasm"] is True
+    assert "dir" not in good.json and good.json["previous"] == first["id"]
+
+
+def test_update_and_delete_need_the_api_key(store, client):
+    app = make_app(store, client, api_key="s3cret")
+    bearer = {"Authorization": "Bearer s3cret"}
+    assert call(app, "POST", "/deploy", HELLO_PY, query="name=f&lang=py", headers=bearer).status == 201
+    assert call(app, "PUT", "/function/f", HELLO_PY).status == 401
+    assert call(app, "DELETE", "/function/f").status == 401
+    assert call(app, "PUT", "/function/f", b"print(2)", headers=bearer).status == 200
+    assert call(app, "DELETE", "/function/f", headers=bearer).json["ok"] is True
+    assert store.get("f") is None
+
+
+def test_update_by_id_or_bad_name_is_refused(app):
+    fn_id = deploy(app, "hello").json["id"]
+    assert call(app, "PUT", "/function/" + fn_id, HELLO_PY).status == 404  # a name, not an id
+    assert call(app, "DELETE", "/function/..").status in (400, 404)
+    answer = call(app, "PUT", "/function/hello", b'{"code": 5}', content_type="application/json")
+    assert answer.status == 400 and "code" in answer.json["error"]
