@@ -441,6 +441,12 @@ class LocalCluster:
             self.add_host("host%d" % (i + 1))
         return self
 
+    def restart_nats(self):
+        """Stop nats-server and start it again on the same port and store (a NATS restart)."""
+        stop_process(self.nats)
+        port = int(self.url.rsplit(":", 1)[1])
+        self.nats, self.url = start_nats(self.dir, port=port)
+
     def add_host(self, host_id):
         self.hosts[host_id] = start_worker_host(self.url, self.workers, host_id,
                                                 os.path.join(self.dir, "cache-" + host_id),
