@@ -6,6 +6,7 @@ about speed is asserted, only that every request succeeded.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -104,3 +105,46 @@ def test_seed_load_test(benchmark, stack, tmp_path):
     benchmark.extra_info.update(requests_per_s=figures["requests_per_s"], latency_ms=lat)
     record("seed load test: minifaas inject hello 10 100 (4 workers, RR)", "hello (C)",
            rps=round(figures["requests_per_s"], 1), p50_ms=round(lat["p50"], 2), p99_ms=round(lat["p99"], 2))
+
+
+def cpu_by_component(stack):
+    """CPU seconds used so far by each process of the stack's group, summed per component."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[2]) != stack.proc.pid:     # not in the stack's process group
+            continue
+        # Workers are forked from the server and keep its command line: the server is their parent.
+        name = next((a.decode() for a in argv if a in (b"balancer", b"server", b"gateway", b"up")), "other")
+        if name == "server" and int(fields[1]) != stack.proc.pid:
+            name = "workers"
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def test_cpu_per_request(benchmark, stack):
+    """Where the machine's time goes: CPU microseconds per hello request in each component,
+    under the same 16-client load (the sum bounds the rate two cores can reach)."""
+    figures = {}
+
+    def measure():
+        before = cpu_by_component(stack)
+        figures["load"] = load(stack, "hello")
+        after = cpu_by_component(stack)
+        figures["cpu"] = {k: after[k] - before.get(k, 0.0) for k in after}
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    # The counters run through warm-up and the tail too, so divide by what completed in all.
+    done = figures["load"]["requests"] * (1 + 0.5 / SECONDS)
+    per_request = {k: round(v / done * 1e6) for k, v in sorted(figures["cpu"].items()) if k != "up"}
+    per_request["total"] = sum(per_request.values())
+    benchmark.extra_info.update(cpu_us_per_request=per_request, rps=figures["load"]["rps"])
+    record("CPU per hello request by component (microseconds, 16 clients)", "hello (C)", **per_request)
