@@ -58,6 +58,11 @@ def consumer_name(host_id):
     return "host-%s" % host_id
 
 
+def servers(url):
+    """The NATS URLs in `url`: one, or a cluster's as a comma-separated list."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect(url, name):
     """A NATS connection that reconnects forever; waits (and says so) until the server answers."""
     import nats
@@ -74,7 +79,7 @@ async def connect(url, name):
     announced = False
     while True:
         try:
-            return await nats.connect(servers=[url], name=name, max_reconnect_attempts=-1,
+            return await nats.connect(servers=servers(url), name=name, max_reconnect_attempts=-1,
                                       reconnect_time_wait=CONNECT_RETRY_S, connect_timeout=2,
                                       error_cb=error_cb, disconnected_cb=disconnected_cb,
                                       reconnected_cb=reconnected_cb)
@@ -85,16 +90,19 @@ async def connect(url, name):
             await asyncio.sleep(CONNECT_RETRY_S)
 
 
-async def ensure_stream(js):
-    """The jobs stream, created by whichever of server and hosts comes first."""
+async def ensure_stream(js, replicas=1, update=False):
+    """The jobs stream, created by whichever of server and hosts comes first; the server also
+    updates it (`update`), so its replica count is the server's choice."""
     from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
     config = StreamConfig(name=STREAM, subjects=[JOBS + ".>"], retention=RetentionPolicy.WORK_QUEUE,
-                          storage=StorageType.FILE, max_age=STREAM_MAX_AGE_S)
+                          storage=StorageType.FILE, max_age=STREAM_MAX_AGE_S, num_replicas=replicas)
     try:
         await js.add_stream(config)
     except Exception as exc:
-        log.debug("stream %s exists (%s); updating it", STREAM, exc)
+        if not update:
+            log.debug("stream %s exists (%s)", STREAM, exc)
+            return
         await js.update_stream(config)
 
 
@@ -149,7 +157,8 @@ class NatsWorkers:
     async def start(self):
         self.nc = await connect(self.url, "minifaas-server-%s" % self.server_id)
         self.js = self.nc.jetstream()
-        await ensure_stream(self.js)
+        # Listing a cluster's servers in --nats asks for the jobs replicated on up to three.
+        await ensure_stream(self.js, replicas=min(3, len(servers(self.url))), update=True)
         await self.nc.subscribe(HEARTBEATS + ".*", cb=self._on_heartbeat)
         await self.nc.subscribe(self.results, cb=self._on_result)
         # A queue group: several servers sharing one functions tree may all answer for code.
