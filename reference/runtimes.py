@@ -223,10 +223,16 @@ class ProcessRuntime:
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
 
-    def _preexec(self, job):
-        cpu = math.ceil(job.timeout_ms / 1000) + 1
-        limits = [(resource.RLIMIT_AS, self.address_space(job)), (resource.RLIMIT_CPU, cpu),
+    def cpu_seconds(self, job):
+        return math.ceil(job.timeout_ms / 1000) + 1
+
+    def _preexec(self, job, cpu=True):
+        """The rlimits, set in the child before exec. A warm process that outlives calls gets no
+        CPU limit of its own (cpu=False): each call's process sets it."""
+        limits = [(resource.RLIMIT_AS, self.address_space(job)),
                   (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)]
+        if cpu:
+            limits.append((resource.RLIMIT_CPU, self.cpu_seconds(job)))
         if self.user:
             # Counted per user (threads too), so only meaningful for the shared sandbox user.
             limits.append((resource.RLIMIT_NPROC, 512))
@@ -236,24 +242,31 @@ class ProcessRuntime:
                 resource.setrlimit(which, (value, value))
         return preexec
 
+    def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=()):
+        """Start the interpreter locked down: empty environment, its own session (so its process
+        group can be killed as one), the rlimits, and the sandbox user when we are root."""
+        user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env={"PATH": "/usr/bin:/bin"},
+                                start_new_session=True, preexec_fn=self._preexec(job, cpu), pass_fds=pass_fds, **user)
+
     def _run_child(self, job, argv, cwd, started):
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
-        user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
         with tempfile.TemporaryFile() as stdin:
             stdin.write(job.input)
             stdin.seek(0)
             try:
-                proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                                        env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
-                                        preexec_fn=self._preexec(job), **user)
+                proc = self.spawn(argv, job, cwd, stdin)
             except OSError as exc:
                 return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
         init_ms = _ms(started)
         run_started = time.perf_counter()
         timed_out = self._collect(proc, job, stdout, stderr)
+        return self.outcome(job, stdout, stderr, proc.returncode, timed_out, init_ms, run_started)
+
+    def outcome(self, job, stdout, stderr, code, timed_out, init_ms, run_started):
+        """The Outcome of a finished call from its exit code (negative: killed by that signal)."""
         out = Outcome(stdout=stdout.value(), stderr=stderr.value(), truncated=stdout.truncated or stderr.truncated,
                       init_ms=init_ms, exec_ms=_ms(run_started))
-        code = proc.returncode
         out.exit_code = code if code >= 0 else 128 - code
         if timed_out or code == -signal.SIGXCPU:
             out.error = "timeout"
@@ -311,6 +324,11 @@ def _kill_tree(proc):
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+    kill_strays()
+
+
+def kill_strays():
+    """SIGKILL and reap every child of ours that is not a warm process we keep."""
     for _ in range(10):
         strays = _stray_children()
         if not strays:
@@ -323,9 +341,14 @@ def _kill_tree(proc):
                 pass
 
 
+# Pids of the warm interpreters this worker keeps between calls (reference/warm.py): children
+# of ours, but not strays.
+own_children = set()
+
+
 def _stray_children():
     """Pids of our child processes: in a worker each one is left over from the call that just
-    ended (a worker keeps no other child of its own)."""
+    ended (a worker keeps no other child of its own but its warm interpreters)."""
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -337,7 +360,7 @@ def _stray_children():
             continue
         # The command name may hold spaces and parentheses: fields start after the last ')'.
         fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[1]) == me:
+        if int(fields[1]) == me and int(entry) not in own_children:
             found.append(int(entry))
     return found
 
@@ -409,18 +432,23 @@ def _become_subreaper():
 
 class WorkerRuntimes:
     """Every runtime of one worker, made lazily. Create it after the fork; `run` never raises
-    for the function's fault, `close` releases the engine and the scratch directory."""
+    for the function's fault, `close` releases the engine and stops the warm interpreters.
+    warm=False starts a fresh interpreter per call (the simple path, kept to compare with)."""
 
-    def __init__(self):
+    def __init__(self, warm=True):
         _become_subreaper()
         self.scratch = _scratch_root()
         self.runtimes = {}
         self.seen = set()
+        self.classes = dict(RUNTIMES)
+        if warm:
+            from reference import warm as warm_runtimes  # it builds on this module's classes
+            self.classes.update(warm_runtimes.WARM_RUNTIMES)
 
     def runtime(self, lang):
         name = RUNTIME_OF[lang]
         if name not in self.runtimes:
-            self.runtimes[name] = RUNTIMES[name](self.scratch)
+            self.runtimes[name] = self.classes[name](self.scratch)
         return self.runtimes[name]
 
     def run(self, job):
@@ -432,7 +460,8 @@ class WorkerRuntimes:
             out = Outcome(exit_code=1, error="runtime", message="the function could not run: %s" % exc)
         else:
             self.seen.add(job.fn_id)
-        out.cold = cold
+        # A warm runtime also says cold when it had to start an interpreter (after a recycle).
+        out.cold = cold or out.cold
         return out
 
     def close(self):
