@@ -200,6 +200,9 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
         out.extra["runtime_pid"] = server.pid
         return out
 
+    def close(self):
+        self.pool.close()
+
     def _failed_start(self, job, text):
         if any(word.decode() in text for word in self.memory_words + runtimes.LOADER_MEMORY_WORDS):
             return Outcome(exit_code=1, error="memory", cold=True,
@@ -381,6 +384,9 @@ class SpareRuntime(runtimes.ProcessRuntime):
         out.cold = cold
         out.extra["runtime_pid"] = spare.pid
         return out
+
+    def close(self):
+        self.pool.close()
 
     def _start_next(self, job):
         try:

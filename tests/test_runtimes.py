@@ -25,9 +25,9 @@ FUNCTIONS = ROOT / "tests" / "functions"
 DRIVER = r"""
 import base64, json, os, sys
 from reference.jobs import Job
-from reference.runtimes import WorkerRuntimes, _stray_children
+from reference.runtimes import WorkerRuntimes, _stray_children, own_children
 
-runtimes = WorkerRuntimes()
+runtimes = WorkerRuntimes(warm=sys.argv[1] == "warm")
 results = []
 for spec in json.load(sys.stdin):
     spec["input"] = base64.b64decode(spec["input"])
@@ -35,9 +35,11 @@ for spec in json.load(sys.stdin):
     results.append(dict(exit_code=out.exit_code, stdout=base64.b64encode(out.stdout).decode(),
                         stderr=base64.b64encode(out.stderr).decode(), truncated=out.truncated,
                         error=out.error, message=out.message, cold=out.cold, init_ms=out.init_ms,
-                        exec_ms=out.exec_ms, children_after=_stray_children()))
+                        exec_ms=out.exec_ms, extra=out.extra, children_after=_stray_children(),
+                        warm_pids=sorted(own_children)))
 runtimes.close()
-json.dump(results, sys.stdout)
+# After close the worker has no child at all, warm or not.
+json.dump(dict(results=results, after_close=_stray_children() + sorted(own_children)), sys.stdout)
 """
 
 _wasm_cache = {}
@@ -62,15 +64,17 @@ def make_function(root, name, lang, source):
     return str(fn_dir)
 
 
-def run_jobs(*jobs):
-    """Run the jobs one after the other in one fresh worker-like process; their Outcomes as dicts."""
+def run_jobs(*jobs, warm=True, leftovers=None):
+    """Run the jobs one after the other in one fresh worker-like process; their Outcomes as dicts.
+    warm=False runs every interpreter call cold; `leftovers`, a list, gets the worker's children
+    after close."""
     specs = []
     for i, job in enumerate(jobs):
         spec = dict(job_id=i, input=base64.b64encode(job.pop("input", b"")).decode())
         spec.update(job)
         spec.setdefault("fn_id", os.path.basename(spec["fn_dir"]))
         specs.append(spec)
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=ROOT, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, "warm" if warm else "cold"], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = proc.communicate(json.dumps(specs).encode(), timeout=240)
@@ -86,7 +90,10 @@ def run_jobs(*jobs):
             proc.wait()
     if proc.returncode != 0:
         pytest.fail("driver failed (%s):\n%s" % (proc.returncode, err.decode(errors="replace")))
-    results = json.loads(out)
+    answer = json.loads(out)
+    results = answer["results"]
+    if leftovers is not None:
+        leftovers.extend(answer["after_close"])
     for r in results:
         r["stdout"], r["stderr"] = base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"])
     return results

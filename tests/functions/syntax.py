@@ -1,0 +1,2 @@
+# Does not compile: the call must report it as python3 would.
+print("never"
