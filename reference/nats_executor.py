@@ -424,6 +424,17 @@ def stop_process(proc, grace=10.0):
         pass
 
 
+def stop_host(proc, grace=10.0):
+    """TERM the worker host alone, so it leaves cleanly (its workers finish what they hold),
+    then whatever is left of its process group as stop_process does."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    stop_process(proc, grace=2.0)
+
+
 class LocalCluster:
     """nats-server and `hosts` worker hosts on this machine, each host with its own cache dir
     and nothing but the NATS URL. `extra_args` are what `minifaas up` needs to use them.
@@ -471,7 +482,7 @@ class LocalCluster:
 
     def stop(self):
         for proc in self.hosts.values():
-            stop_process(proc)
+            stop_host(proc)
         stop_process(self.nats)
 
     def close(self):

@@ -116,6 +116,11 @@ class WorkerHost:
             outcome = await self.pool.submit(slot, job)
             answer, payload = outcome.to_wire()
         except FaasError as exc:
+            if self.leaving and isinstance(exc, WorkerLost):
+                # Our workers were stopped with us (a TERM to the whole process group): the
+                # server schedules the job again when this host is gone.
+                log.info("job %s not answered: its worker stopped with the host", job.job_id)
+                return
             answer, payload = exc.to_wire(), b""
         answer["job_id"] = job.job_id
         try:
