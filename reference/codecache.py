@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 from reference import framing
-from reference.errors import FaasError, NotFound, Unavailable
+from reference.errors import FaasError, NotFound, Unavailable, from_wire
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,5 @@ class CodeCache:
             raise Unavailable("could not fetch function code %s: %s" % (header["digest"][:12], exc or type(exc).__name__)) from None
         answer, body = unpack(msg.data)
         if "fault" in answer:
-            from reference.errors import from_wire
             raise from_wire(answer)
         return answer, body
