@@ -433,9 +433,12 @@ def _become_subreaper():
 class WorkerRuntimes:
     """Every runtime of one worker, made lazily. Create it after the fork; `run` never raises
     for the function's fault, `close` releases the engine and stops the warm interpreters.
-    warm=False starts a fresh interpreter per call (the simple path, kept to compare with)."""
+    warm=False starts a fresh interpreter per call (the simple path, kept to compare with); by
+    default it is FAAS_WARM=0 in the environment, so a whole stack can be measured both ways."""
 
-    def __init__(self, warm=True):
+    def __init__(self, warm=None):
+        if warm is None:
+            warm = os.environ.get("FAAS_WARM", "1") != "0"
         _become_subreaper()
         self.scratch = _scratch_root()
         self.runtimes = {}

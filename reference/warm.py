@@ -95,7 +95,6 @@ class ForkServer:
 
     def __init__(self, runtime, job, helper):
         self.fn_id, self.memory_mb, self.born = job.fn_id, job.memory_mb, time.monotonic()
-        self.home = _private_dir(runtime, "warm-")
         self.proc = None
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -103,7 +102,9 @@ class ForkServer:
             with open(os.path.join(job.fn_dir, "code.py"), "rb") as source:
                 argv = [runtime.interpreter, "-I", "-B", helper, str(theirs.fileno()), str(os.getpid())]
                 # Its stderr is its own only until the first call: it says why a start failed.
-                self.proc = runtime.spawn(argv, job, self.home, stdin=source, stdout=subprocess.DEVNULL,
+                # Its directory is the scratch root, which it may enter but not list or write:
+                # a killed worker leaves nothing of its fork servers behind.
+                self.proc = runtime.spawn(argv, job, runtime.scratch, stdin=source, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, cpu=False, pass_fds=(theirs.fileno(),))
             runtimes.own_children.add(self.proc.pid)
             theirs.close()
@@ -159,7 +160,6 @@ class ForkServer:
             self._kill()
             self.proc.stderr.close()
             runtimes.own_children.discard(self.proc.pid)
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class WarmPythonRuntime(runtimes.PythonRuntime):

@@ -87,10 +87,12 @@ def reap(pid):
     except (ProcessLookupError, PermissionError):
         pass
     for _ in range(10):
-        strays = children()
-        if not strays:
-            break
-        for stray in strays:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue            # reaped one that had ended
+        except ChildProcessError:
+            break                   # no child at all, the usual case: no need to scan /proc
+        for stray in children():
             try:
                 os.kill(stray, signal.SIGKILL)
                 os.waitpid(stray, 0)
