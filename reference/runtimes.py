@@ -209,7 +209,7 @@ class ProcessRuntime:
             return Outcome(exit_code=1, error="runtime",
                            message="no %s interpreter on this server: %s" % (self.lang, toolchains.install_hint(self.lang)))
         started = time.perf_counter()
-        call_dir = tempfile.mkdtemp(prefix="call-", dir=self.scratch)
+        call_dir = tempfile.mkdtemp(prefix=call_prefix(), dir=self.scratch)
         try:
             script = os.path.join(call_dir, "code." + LANGUAGES[self.lang].ext)
             shutil.copyfile(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), script)
@@ -441,6 +441,7 @@ class WorkerRuntimes:
             warm = os.environ.get("FAAS_WARM", "1") != "0"
         _become_subreaper()
         self.scratch = _scratch_root()
+        _sweep_scratch(self.scratch)
         self.runtimes = {}
         self.seen = set()
         self.classes = dict(RUNTIMES)
@@ -471,6 +472,19 @@ class WorkerRuntimes:
         for runtime in self.runtimes.values():
             runtime.close()
         self.runtimes.clear()
+
+
+def call_prefix():
+    """Call directories are named for the worker that made them, so one killed mid-call (or with
+    interpreters started ahead, reference/warm.py) has its leftovers swept by the next worker."""
+    return "call-%d-" % os.getpid()
+
+
+def _sweep_scratch(scratch):
+    for entry in os.listdir(scratch):
+        parts = entry.split("-")
+        if len(parts) >= 3 and parts[0] == "call" and parts[1].isdigit() and not os.path.exists("/proc/" + parts[1]):
+            shutil.rmtree(os.path.join(scratch, entry), ignore_errors=True)
 
 
 def _scratch_root():

@@ -185,7 +185,7 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
             except WarmProcessLost as exc:
                 return self._failed_start(job, str(exc))
         keep = False
-        call_dir = _private_dir(self, "call-")
+        call_dir = _private_dir(self, runtimes.call_prefix())
         try:
             out = self._call(server, job, call_dir, started)
             out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
@@ -282,7 +282,7 @@ class Spare:
     def __init__(self, runtime, job, helper):
         self.fn_id, self.born = job.fn_id, time.monotonic()
         self.limits = (job.memory_mb, job.timeout_ms)
-        self.call_dir = _private_dir(runtime, "call-")
+        self.call_dir = _private_dir(runtime, runtimes.call_prefix())
         self.stdin = tempfile.TemporaryFile()
         self.proc, self.go_w = None, None
         go_r = None

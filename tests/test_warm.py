@@ -5,6 +5,10 @@ Like test_runtimes, the jobs run in a worker-like driver process, never in pytes
 """
 
 import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
 
 import pytest
 
@@ -157,3 +161,22 @@ def test_exit_status_atexit_and_threads_as_a_plain_python3(tmp_path):
         assert (r["exit_code"], r["stdout"], r["stderr"]) == (3, b"partial output\n", b"something went wrong\n")
     # A function's own failure is not the fork server's: it stays warm.
     assert [r["cold"] for r in results] == [True, False] * 3
+
+
+def test_a_new_worker_sweeps_call_directories_of_dead_workers(tmp_path):
+    """A killed worker leaves the directories of the interpreters it had started ahead."""
+    scratch = pathlib.Path(tempfile.gettempdir()) / ("minifaas-calls-%d" % os.geteuid())
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = scratch / ("call-%d-test" % ended.pid)
+    alive = scratch / ("call-%d-test" % os.getpid())
+    greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+    for path in (dead, alive):
+        path.mkdir(parents=True)
+        (path / "code.js").write_text("left over")
+    try:
+        assert run_jobs(dict(fn_dir=greet, lang="python"))[0]["stdout"] == b"Hello, world!\n"
+        assert not dead.exists() and alive.exists()
+    finally:
+        for path in (dead, alive):
+            shutil.rmtree(path, ignore_errors=True)
