@@ -39,11 +39,9 @@ def need_browser():
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """One headless Chromium for the module; chromedriver in its own session so teardown can
-    stop whatever it started."""
-    need_browser()
+def start_chromium(profile_dir):
+    """(driver, stop): headless Chromium under chromedriver, the driver in its own session so
+    stop() can end whatever it started. Call need_browser() first."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -53,13 +51,12 @@ def browser(tmp_path_factory):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1400,1100"):
         options.add_argument(flag)
-    options.add_argument("--user-data-dir=%s" % tmp_path_factory.mktemp("chromium-profile"))
+    options.add_argument("--user-data-dir=%s" % profile_dir)
     service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True})
     driver = webdriver.Chrome(service=service, options=options)
     pgid = os.getpgid(service.process.pid)
-    try:
-        yield driver
-    finally:
+
+    def stop():
         try:
             driver.quit()
         finally:
@@ -67,6 +64,19 @@ def browser(tmp_path_factory):
                 os.killpg(pgid, signal.SIGKILL)  # any chromium quit() left behind
             except ProcessLookupError:
                 pass
+
+    return driver, stop
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module."""
+    need_browser()
+    driver, stop = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        stop()
 
 
 @pytest.fixture(scope="module")
