@@ -26,7 +26,8 @@ h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #e2
 .meta, .note { color: #6b7280; }
 table { border-collapse: collapse; margin: .6rem 0 1rem; }
 th, td { padding: .25rem .6rem; border-bottom: 1px solid #e2e5ea; text-align: right; }
-th { font-size: .85rem; color: #6b7280; } th:first-child, td:first-child, td.text { text-align: left; }
+th { font-size: .85rem; color: #6b7280; }
+th:first-child, td:first-child, .text { text-align: left; }
 td { font-variant-numeric: tabular-nums; }
 .failures { color: #b91c1c; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #e2e5ea; }
@@ -43,10 +44,11 @@ def _e(value):
 
 def _table(columns, rows, text_columns=()):
     """An HTML table; `text_columns` (indexes) are left-aligned like the first one."""
-    out = ["<table>", "<thead><tr>%s</tr></thead>" % "".join("<th>%s</th>" % _e(c) for c in columns), "<tbody>"]
+    cls = lambda i: ' class="text"' if i in text_columns else ""
+    header = "".join("<th%s>%s</th>" % (cls(i), _e(c)) for i, c in enumerate(columns))
+    out = ["<table>", "<thead><tr>%s</tr></thead>" % header, "<tbody>"]
     for row in rows:
-        cells = ("<td%s>%s</td>" % (' class="text"' if i in text_columns else "", _e(v)) for i, v in enumerate(row))
-        out.append("<tr>%s</tr>" % "".join(cells))
+        out.append("<tr>%s</tr>" % "".join("<td%s>%s</td>" % (cls(i), _e(v)) for i, v in enumerate(row)))
     out += ["</tbody>", "</table>"]
     return out
 

@@ -1,4 +1,5 @@
-"""The web dashboard: `GET /` and its static files, served by the gateway with no build step."""
+"""The web dashboard: `GET /` and its static files (reference/static/), served by the gateway
+with no build step; the page's JavaScript reads the same JSON API as any other client."""
 
 import os
 
@@ -7,13 +8,20 @@ import bottle
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
-def install(app):
+def install(app, static_root=STATIC):
     """Add the dashboard's routes to the gateway's bottle app."""
+
+    def send(path):
+        answer = bottle.static_file(path, root=static_root)
+        # Revalidate on every load: the files are tiny, and a stale script after an upgrade would
+        # talk to the new API with old assumptions.
+        answer.set_header("Cache-Control", "no-cache")
+        return answer
 
     @app.get("/")
     def index():
-        return bottle.static_file("index.html", root=STATIC)
+        return send("index.html")
 
     @app.get("/static/<path:path>")
     def static(path):
-        return bottle.static_file(path, root=STATIC)
+        return send(path)

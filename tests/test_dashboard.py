@@ -88,12 +88,21 @@ def page(browser, shared_stack):
 
 
 def wait_for(driver, condition, message="the dashboard did not get there"):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition, message)
+    # The page redraws its tables on every poll, so an element found may be gone when read.
+    wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(condition, message)
 
 
 def text(driver, css):
-    return driver.find_element("css selector", css).text
+    """The rendered text of the first element matching `css`, read in one step (see wait_for)."""
+    return driver.execute_script("return document.querySelector(arguments[0]).innerText.trim()", css)
+
+
+def texts(driver, css):
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim())", css)
 
 
 def deploy_from_form(driver, name, code=None, upload=None):
@@ -132,7 +141,7 @@ def test_deploy_from_the_form_then_invoke_and_see_output_and_workers(page, share
     result = deploy_from_form(page, "echo", code=ECHO)
     assert "Deployed echo" in result.text, result.text
     assert "ok" in result.get_attribute("class").split()
-    wait_for(page, lambda d: d.find_elements("css selector", "#functions tr[data-name=echo]"))
+    wait_for(page, lambda d: texts(d, "#functions tr[data-name=echo]"))
     row = text(page, "#functions tr[data-name=echo]")
     assert "python" in row and "%d B" % len(ECHO) in row
     # The API agrees with what the page says it deployed.
@@ -152,15 +161,14 @@ def test_deploy_from_the_form_then_invoke_and_see_output_and_workers(page, share
     assert page.find_element("id", "invoke-error").is_displayed() is False
 
     # The workers of the stack (2) with a state, as GET /stats has them.
-    wait_for(page, lambda d: len(d.find_elements("css selector", "#workers tbody tr")) == 2)
-    states = [cell.text for cell in page.find_elements("css selector", "#workers tbody .badge")]
-    assert set(states) <= {"idle", "busy", "starting", "retiring"} and states
+    wait_for(page, lambda d: len(texts(d, "#workers tbody tr")) == 2)
+    states = texts(page, "#workers tbody .badge")
+    assert set(states) <= {"idle", "busy", "starting", "retiring"} and len(states) == 2
     pids = {str(w["pid"]) for w in http("GET", shared_stack.url + "/stats")[1]["workers"]}
-    shown = {r.find_elements("css selector", "td")[1].text for r in page.find_elements("css selector", "#workers tbody tr")}
-    assert shown == pids
+    assert set(texts(page, "#workers tbody td:nth-child(2)")) == pids
 
     # The functions table catches up with the invocation: its count and latency.
-    wait_for(page, lambda d: d.find_element("css selector", "#functions tr[data-name=echo] td:nth-child(6)").text == "1")
+    wait_for(page, lambda d: texts(d, "#functions tr[data-name=echo] td:nth-child(6)") == ["1"])
     assert re.fullmatch(r"\d+\.\d", text(page, "#functions tr[data-name=echo] td:nth-child(7)"))
 
     shot = tmp_path / "dashboard.png"
