@@ -40,24 +40,30 @@ def add_arguments(parser):
 
 
 def run_scenario(sc, progress=None, strategies=None):
-    """Run `sc` for every strategy and return its result document (not yet written)."""
+    """Run `sc` for every strategy (and every [[stacks]] variant) and return its result document.
+
+    Results are keyed by strategy, or STRATEGY@label with [[stacks]]; `scenario.strategies`
+    lists those keys in run order, so a reader compares them as it compares strategies.
+    """
     progress = progress or runner.Progress()
+    runs = sc.runs(strategies)
     result = {
         "format_version": results.FORMAT_VERSION,
         "metadata": results.metadata(),
         "scenario": {"name": sc.name, "description": sc.description, "file": _shown_path(sc.path),
-                     "workers": sc.workers, "strategies": list(strategies or sc.strategies),
+                     "workers": sc.workers, "strategies": [key for key, _, _ in runs],
+                     "stacks": {key: dict(spec.describe(), strategy=s) for key, s, spec in runs},
                      "repeat": sc.repeat, "phases": [p.name for p in sc.phases], "definition": sc.raw},
         "strategies": {},
         "ok": True,
         "errors": [],
     }
-    for strategy in result["scenario"]["strategies"]:
-        outcome = runner.run_strategy(sc, strategy, progress)
-        result["strategies"][strategy] = outcome
+    for key, strategy, spec in runs:
+        outcome = runner.run_strategy(sc, strategy, progress, spec=spec)
+        result["strategies"][key] = outcome
         if not outcome["ok"]:
             result["ok"] = False
-            result["errors"] += ["%s: %s" % (strategy, e) for e in outcome["errors"]]
+            result["errors"] += ["%s: %s" % (key, e) for e in outcome["errors"]]
     return result
 
 
@@ -71,11 +77,17 @@ def _shown_path(path):
 
 
 def write_all(result, directory):
-    """The result file, then the report and plots drawn from what was written."""
+    """The result file, then the report, the plots and the HTML page drawn from what was written."""
     path = results.write(result, directory)
     stored = results.load(path)
     report.write(stored, directory)
     plots.draw_all(stored, directory)
+    try:
+        from harness.html_report import write_html_report
+    except ImportError:   # the HTML page is optional; the Markdown report has every figure
+        log.warning("harness.html_report is not available: no report.html for %s", directory)
+    else:
+        write_html_report(stored, directory)
     return path
 
 

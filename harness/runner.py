@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.parse
 
-from harness import injector, stats, traces
+from harness import injector, pool, stats, traces
 from harness.stack import Stack, StackError
 
 log = logging.getLogger(__name__)
@@ -125,23 +125,32 @@ def phase_functions(phase):
     return sorted(set(phase.functions))
 
 
-def run_phase(url, phase, scenario, ids, run_index, progress):
+def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
     label = "%s run %d/%d phase %s" % (progress.strategy, run_index + 1, scenario.repeat, phase.name)
+    watcher = pool.PoolWatcher(url, server_sock)
     if phase.kind == "closed":
         value = phase.input_for(scenario.function(phase.function))
         progress.start(label, phase.threads * phase.requests)
-        samples, started, ended = injector.run_closed(
-            url, ids[phase.function], phase.threads, phase.requests, injector.payload_for(value),
-            name=phase.function, progress=progress.advance)
+        with watcher:
+            samples, started, ended = injector.run_closed(
+                url, ids[phase.function], phase.threads, phase.requests, injector.payload_for(value),
+                name=phase.function, progress=progress.advance)
         figures = injector.summarize(samples, started, ended)
     else:
         items = (open_items(phase, scenario, ids, run_index) if phase.kind == "open"
                  else trace_items(phase, scenario, ids))
         progress.start(label, len(items))
-        samples, started, ended, late = injector.run_schedule(url, items, phase.senders, progress=progress.advance)
+        with watcher:
+            samples, started, ended, late = injector.run_schedule(url, items, phase.senders,
+                                                                  progress=progress.advance)
         figures = injector.summarize(samples, started, ended)
         figures["late"] = late
         figures["offered_rps"] = len(items) / max(ended - started, 1e-9)
+    # On the phase's own clock, like `timeline`, so the two line up in the plots.
+    shift = watcher.started - started
+    figures["pool_timeline"] = [dict(s, t=round(s["t"] + shift, 3)) for s in watcher.samples
+                                if 0.0 <= s["t"] + shift <= ended - started]
+    figures["pool"] = pool.summarize(figures["pool_timeline"])
     return figures
 
 
@@ -159,21 +168,59 @@ def aggregate(runs):
         "throughput_rps": stats.spread([r["throughput_rps"] for r in runs]),
         "latency_ms": {k: stats.spread([r["latency_ms"][k] for r in runs])
                        for k in ("p50", "p90", "p99", "max", "mean")},
+        "workers_mean": stats.spread([r.get("pool", {}).get("workers_mean") for r in runs]),
     }
 
 
-def run_strategy(scenario, strategy, progress=None, stack_factory=Stack):
-    """Everything measured for one strategy; never raises for a platform failure (it is recorded)."""
-    progress = progress or Progress()
-    progress.strategy = strategy
-    result = {"ok": True, "errors": [], "deploy": {}, "cold": {}, "phases": {}}
-    started = time.monotonic()
-    stack = stack_factory(strategy=strategy, workers=scenario.workers)
+def start_cluster(spec):
+    """nats-server and the worker hosts a NATS stack needs; (cluster, None) or (None, why not)."""
     try:
-        progress.say("[%s] %s: starting a stack with %d workers" % (scenario.name, strategy, scenario.workers))
+        from reference.nats_executor import LocalCluster
+    except ImportError as e:
+        return None, "the NATS executor cannot be imported: %s" % e
+    cluster = LocalCluster(hosts=spec.hosts, workers=spec.workers)
+    try:
+        return cluster.start(), None
+    except Exception as e:   # nats-server missing or not starting: recorded, not raised
+        cluster.close()
+        return None, "the NATS cluster did not start: %s" % e
+
+
+def describe_stack(spec):
+    if spec.executor == "nats":
+        what = "%d worker host(s) x %d workers over NATS" % (spec.hosts, spec.workers)
+    else:
+        what = "%d workers" % spec.workers
+    if spec.autoscaling():
+        what += ", auto-scaling %s..%s" % (spec.min_workers or "", spec.max_workers or "")
+    return what
+
+
+def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=None):
+    """Everything measured for one strategy on one stack (`spec`, a StackSpec; default the
+    scenario's first); never raises for a platform failure (it is recorded)."""
+    progress = progress or Progress()
+    spec = spec or scenario.stacks[0]
+    progress.strategy = spec.key(strategy)
+    result = {"ok": True, "errors": [], "deploy": {}, "cold": {}, "phases": {},
+              "strategy": strategy, "stack": spec.describe()}
+    started = time.monotonic()
+    cluster, extra_args = None, spec.extra_args()
+    if spec.executor == "nats":
+        cluster, why = start_cluster(spec)
+        if cluster is None:
+            result["ok"] = False
+            result["errors"].append(why)
+            return result
+        extra_args += cluster.extra_args
+    stack = stack_factory(strategy=strategy, workers=spec.workers, extra_args=extra_args)
+    try:
+        progress.say("[%s] %s: starting a stack with %s" % (scenario.name, progress.strategy, describe_stack(spec)))
         stack.start()
     except (StackError, OSError) as e:
         stack.close()
+        if cluster:
+            cluster.close()
         result["ok"] = False
         result["errors"].append("the stack did not start: %s" % str(e)[-2000:])
         return result
@@ -181,7 +228,8 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack):
     try:
         ids = {}
         for function in scenario.functions:
-            progress.say("[%s] %s: deploying %s (%s)" % (scenario.name, strategy, function.name, function.lang))
+            progress.say("[%s] %s: deploying %s (%s)" % (scenario.name, progress.strategy, function.name,
+                                                          function.lang))
             record = deploy(client, function)
             result["deploy"][function.name] = record
             if record["ok"]:
@@ -201,7 +249,8 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack):
                 entry = result["phases"].setdefault(phase.name, {"kind": phase.kind, "runs": []})
                 if "skipped" in entry:
                     continue
-                entry["runs"].append(run_phase(stack.url, phase, scenario, ids, run_index, progress))
+                entry["runs"].append(run_phase(stack.url, phase, scenario, ids, run_index, progress,
+                                               getattr(stack, "server_sock", None)))
         for entry in result["phases"].values():
             if entry["runs"]:
                 entry["aggregate"] = aggregate(entry["runs"])
@@ -215,5 +264,7 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack):
     finally:
         client.close()
         stack.close()
+        if cluster:
+            cluster.close()
     result["wall_s"] = time.monotonic() - started
     return result

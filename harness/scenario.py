@@ -13,7 +13,12 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 KINDS = ("closed", "open", "trace")
 TRACE_FORMATS = ("azure2021",)
 
-TOP_FIELDS = {"name", "description", "workers", "strategies", "repeat", "functions", "phases"}
+# How a stack is started, beyond the strategy: allowed at the top level (every stack) and in each
+# [[stacks]] entry (that variant only, over the top level's values).
+STACK_FIELDS = {"workers", "min_workers", "max_workers", "scale_cooldown", "weights", "executor", "hosts"}
+TOP_FIELDS = {"name", "description", "strategies", "repeat", "functions", "phases", "stacks"} | STACK_FIELDS
+EXECUTORS = ("local", "nats")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
 FUNCTION_FIELDS = {"name", "lang", "source", "input", "timeout_ms", "memory_mb"}
 COMMON_PHASE_FIELDS = {"name", "kind", "input", "inputs"}
 PHASE_FIELDS = {
@@ -37,6 +42,44 @@ class Function:
     input: object = None   # default input of every invocation of this function
     timeout_ms: int = None
     memory_mb: int = None
+
+
+@dataclasses.dataclass
+class StackSpec:
+    """One way to start the stack: `minifaas up` options besides the strategy.
+
+    `label` is "" for a scenario without [[stacks]]; otherwise results are keyed STRATEGY@label.
+    """
+    label: str = ""
+    workers: int = 4
+    min_workers: int = None
+    max_workers: int = None
+    scale_cooldown: float = None
+    weights: list = None
+    executor: str = "local"
+    hosts: int = 1          # executor "nats": worker hosts, each with `workers` workers
+
+    def key(self, strategy):
+        return "%s@%s" % (strategy, self.label) if self.label else strategy
+
+    def autoscaling(self):
+        return self.min_workers is not None or self.max_workers is not None
+
+    def extra_args(self):
+        """`minifaas up` arguments for these options (the NATS URL is added once a cluster runs)."""
+        args = []
+        for flag, value in (("--min-workers", self.min_workers), ("--max-workers", self.max_workers),
+                            ("--scale-cooldown", self.scale_cooldown)):
+            if value is not None:
+                args += [flag, "%g" % value]
+        if self.weights:
+            args += ["--weights", ",".join(str(w) for w in self.weights)]
+        return args
+
+    def describe(self):
+        """What the result file records about this stack."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None and not (k == "hosts" and self.executor == "local")}
 
 
 @dataclasses.dataclass
@@ -84,9 +127,14 @@ class Scenario:
     functions: list
     phases: list
     raw: dict   # the file as read, stored in the result so a report shows what ran
+    stacks: list = dataclasses.field(default_factory=lambda: [StackSpec()])
 
     def function(self, name):
         return next(f for f in self.functions if f.name == name)
+
+    def runs(self, strategies=None):
+        """(key, strategy, StackSpec) for every stack to start, strategy by strategy."""
+        return [(spec.key(s), s, spec) for s in (strategies or self.strategies) for spec in self.stacks]
 
 
 def load(path):
@@ -108,7 +156,8 @@ def parse(raw, path):
     if not NAME_RE.match(name):
         v.fail("name", "must be letters, digits, '_' or '-' (it names the results directory)")
     description = v.string(raw, "description", "", default="")
-    workers = v.positive_int(raw, "workers", "", default=4)
+    top = _stack(v, raw, "", StackSpec())
+    workers = top.workers
     repeat = v.positive_int(raw, "repeat", "", default=1)
     strategies = raw.get("strategies", ["RR", "FIFO"])
     if (not isinstance(strategies, list) or not strategies
@@ -128,9 +177,56 @@ def parse(raw, path):
         if p.name in seen:
             v.fail("phases[%d].name" % i, "'%s' is used by two phases" % p.name)
         seen.add(p.name)
+    stacks = [top]
+    if "stacks" in raw:
+        stacks = [_variant(v, t, i, top) for i, t in enumerate(v.table_list(raw, "stacks"))]
+        labels = [s.label for s in stacks]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                v.fail("stacks[%d].label" % i, "'%s' is used by two stacks" % label)
     return Scenario(path=path, name=name, description=description, workers=workers,
                     strategies=list(strategies), repeat=repeat, functions=functions,
-                    phases=phases, raw=raw)
+                    phases=phases, raw=raw, stacks=stacks)
+
+
+def _variant(v, raw, i, top):
+    where = "stacks[%d]." % i
+    v.known(raw, STACK_FIELDS | {"label"}, where)
+    label = v.string(raw, "label", where)
+    if not LABEL_RE.match(label):
+        v.fail(where + "label", "must be up to 32 letters, digits, '_', '.', ':' or '-'")
+    return _stack(v, raw, where, dataclasses.replace(top, label=label))
+
+
+def _stack(v, raw, where, base):
+    """The stack options set in `raw` over those of `base`, checked together."""
+    spec = dataclasses.replace(base)
+    spec.workers = v.positive_int(raw, "workers", where, default=base.workers)
+    spec.min_workers = v.positive_int(raw, "min_workers", where, default=base.min_workers)
+    spec.max_workers = v.positive_int(raw, "max_workers", where, default=base.max_workers)
+    if "scale_cooldown" in raw:
+        spec.scale_cooldown = v.positive_number(raw, "scale_cooldown", where)
+    if "weights" in raw:
+        weights = raw["weights"]
+        if (not isinstance(weights, list) or not weights
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in weights)):
+            v.fail(where + "weights", "must be a non-empty list of whole numbers >= 1, e.g. [1, 1, 2, 2]")
+        spec.weights = list(weights)
+    spec.executor = v.string(raw, "executor", where, default=base.executor)
+    if spec.executor not in EXECUTORS:
+        v.fail(where + "executor", "must be one of %s" % ", ".join(EXECUTORS))
+    spec.hosts = v.positive_int(raw, "hosts", where, default=base.hosts)
+    if "hosts" in raw and spec.executor != "nats":
+        v.fail(where + "hosts", "needs executor = \"nats\" (worker hosts are NATS clients)")
+    if spec.autoscaling() or spec.scale_cooldown is not None:
+        if spec.executor != "local":
+            v.fail(where + "executor", "auto-scaling (min_workers, max_workers, scale_cooldown) "
+                                       "needs executor = \"local\"")
+        low = spec.min_workers or 1
+        high = spec.max_workers or max(spec.workers, low)
+        if low > high:
+            v.fail(where + "min_workers", "must not exceed max_workers (%d > %d)" % (low, high))
+    return spec
 
 
 def _function(v, raw, i):

@@ -43,8 +43,8 @@ def quantiles(latencies_ms, points=101):
 def timeline(events, duration):
     """Per-second buckets of (completion time in s from the phase start, ok, latency ms) events.
 
-    Each bucket has the second `t`, `ok`, `errors` and the median latency of what completed in it,
-    so a plot shows throughput over time and whether latency drifted while the phase ran.
+    Each bucket has the second `t`, `ok`, `errors` and the median and p99 latency of what
+    completed in it, so a plot shows throughput over time and whether latency drifted.
     """
     seconds = max(1, math.ceil(duration))
     buckets = [{"t": t, "ok": 0, "errors": 0, "latencies": []} for t in range(seconds)]
@@ -55,6 +55,7 @@ def timeline(events, duration):
     for b in buckets:
         lat = sorted(b.pop("latencies"))
         b["p50_ms"] = percentile(lat, 50)
+        b["p99_ms"] = percentile(lat, 99)
     return buckets
 
 
