@@ -209,3 +209,15 @@ def test_errors_are_the_api_sentence(page):
     assert re.search(r"exit code\s+[1-9]", text(page, "#invoke-facts"))
     assert "SyntaxError" in text(page, "#invoke-stderr")
     assert text(page, "#invoke-error")  # the API's sentence, whatever its wording
+
+
+def test_a_gateway_with_an_api_key_gets_it_from_the_form(browser, start_stack):
+    stack = start_stack(workers=1, extra_args=["--api-key", "s3cret"])
+    browser.get(stack.url + "/")
+    wait_for(browser, lambda d: d.find_elements("css selector", "#deploy-lang option[value=python]"))
+    result = deploy_from_form(browser, "keyed", code=ECHO)
+    assert "missing or wrong API key" in result.text
+    browser.find_element("id", "api-key").send_keys("s3cret")
+    result = deploy_from_form(browser, "keyed", code=ECHO)
+    assert "Deployed keyed" in result.text, result.text
+    assert http("GET", stack.url + "/function/keyed")[0] == 200

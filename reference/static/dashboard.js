@@ -18,7 +18,9 @@ class ApiError extends Error {
 }
 
 // The answer's JSON; a failure (ok: false, or not JSON) throws ApiError carrying the API's sentence.
-async function api(method, path, body, headers) {
+async function api(method, path, body, headers = {}) {
+  const key = $("api-key").value.trim();
+  if (key) headers = {...headers, Authorization: "Bearer " + key};  // deploy (and maybe invoke) need it
   let res;
   try {
     res = await fetch(path, {method, body, headers});
