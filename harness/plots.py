@@ -1,7 +1,8 @@
 """PNG plots of one result file (matplotlib, Agg backend: no display needed).
 
 throughput per strategy, latency distribution (CDF), throughput over time, per-worker load;
-one panel per phase in each figure.
+one panel per phase in each figure. workers_over_time lays the phases end to end instead, so a
+burst and the pool's answer to it read left to right.
 """
 
 import logging
@@ -124,7 +125,73 @@ def workers(result, directory):
     return _save(fig, directory, "workers.png")
 
 
+def _sequence(result, strategy, repeat_index):
+    """The phases of one repeat laid end to end: [(offset s, phase name, run)] and the total length."""
+    out, offset = [], 0.0
+    for phase in result["scenario"]["phases"]:
+        runs = _runs(result, strategy, phase)
+        if repeat_index < len(runs):
+            out.append((offset, phase, runs[repeat_index]))
+            offset += runs[repeat_index]["duration_s"]
+    return out, offset
+
+
+def has_pool_timeline(result):
+    return any(r.get("pool_timeline") for s in _strategies(result)
+               for phase in result["scenario"]["phases"] for r in _runs(result, s, phase))
+
+
+def workers_over_time(result, directory):
+    """Worker count (and busy workers), ok/s and p99 per second, sharing one time axis."""
+    fig, (pool_ax, ok_ax, p99_ax) = plt.subplots(3, 1, sharex=True, figsize=(10.0, 8.5))
+    fig.suptitle("%s: the worker pool over time, phases end to end" % result["scenario"]["name"])
+    boundaries = None
+    for i, s in enumerate(_strategies(result)):
+        repeats = max((len(_runs(result, s, p)) for p in result["scenario"]["phases"]), default=0)
+        for j in range(repeats):
+            sequence, _ = _sequence(result, s, j)
+            if boundaries is None:
+                boundaries = [(offset, phase) for offset, phase, _ in sequence]
+            label = (lambda text: text if j == 0 else None)
+            color, alpha = "C%d" % i, 0.9 if j == 0 else 0.45
+            pool = [(offset + p["t"], p) for offset, _, r in sequence for p in r.get("pool_timeline", [])]
+            seconds = [(offset + b["t"] + 0.5, b) for offset, _, r in sequence for b in r.get("timeline", [])]
+            pool_ax.step([t for t, _ in pool], [p["workers"] for _, p in pool], where="post", color=color,
+                         alpha=alpha, label=label("%s workers" % s))
+            pool_ax.plot([t for t, _ in pool], [p["busy"] for _, p in pool], color=color, alpha=alpha * 0.7,
+                         linestyle=":", label=label("%s busy" % s))
+            ok_ax.plot([t for t, _ in seconds], [b["ok"] for _, b in seconds], color=color, alpha=alpha,
+                       label=label(s))
+            tail = [(t, b["p99_ms"]) for t, b in seconds if b.get("p99_ms") is not None]
+            p99_ax.plot([t for t, _ in tail], [v for _, v in tail], color=color, alpha=alpha, marker=".",
+                        label=label(s))
+    for offset, phase in boundaries or []:
+        for ax in (pool_ax, ok_ax, p99_ax):
+            ax.axvline(offset, color="0.6", linestyle="--", linewidth=0.8)
+        pool_ax.annotate(phase, (offset, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                         textcoords="offset points", fontsize=8, color="0.35")
+    pool_ax.set_ylabel("workers (dotted: busy)")
+    pool_ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    pool_ax.set_ylim(bottom=0)
+    ok_ax.set_ylabel("ok / s")
+    p99_ax.set_ylabel("p99 latency per second (ms, log)")
+    p99_ax.set_yscale("log")
+    p99_ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    p99_ax.set_xlabel("seconds since the first phase started")
+    for ax in (pool_ax, ok_ax, p99_ax):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, directory, "workers_over_time.png")
+
+
 def draw_all(result, directory):
-    """Every plot for `result` into `directory`; returns the paths written."""
+    """Every plot for `result` into `directory`; returns the paths written.
+
+    workers_over_time.png only when the result has a pool timeline (older files have none).
+    """
     os.makedirs(directory, exist_ok=True)
-    return [draw(result, directory) for draw in (throughput, latency_cdf, timeline, workers)]
+    draws = [throughput, latency_cdf, timeline, workers]
+    if has_pool_timeline(result):
+        draws.append(workers_over_time)
+    return [draw(result, directory) for draw in draws]
