@@ -12,6 +12,8 @@ from harness import plots, report, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "result-tiny.json")
+# A real burst run: FIFO on a fixed pool of 2 against auto-scaling 1..4, with the pool polled.
+BURST = os.path.join(ROOT, "tests", "golden", "result-burst.json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,6 +61,48 @@ def test_failures_are_reported(golden):
     text = report.render(failed)
     assert "## Failures" in text and "deploy of greet failed: toolchain missing" in text
     assert "| RR | | 0 | | | | not deployed: greet |" in text
+
+
+def test_burst_report_compares_the_stacks_and_their_pools():
+    text = report.render(results.load(BURST))
+    assert "strategies: FIFO@fixed, FIFO@autoscale; repeat: 1" in text and "Workers: 4" not in text
+    assert "- `FIFO@autoscale`: strategy FIFO, executor local, max_workers 4, min_workers 1" in text
+    # Mean pool size over the phase and its max, from the polled timeline.
+    assert "| FIFO@fixed | open | 1 | 239 | 239 | 0 | 18.0 |" in text and "| 0 | 2.0 (2) |" in text
+    assert "| 0 | 3.8 (4) |" in text
+    assert ("| burst | throughput (req/s) | FIFO@autoscale: 26.7 | FIFO@fixed: 18.0 | 8.6 (48%) "
+            "| no test (1 run(s); set repeat >= 2) |") in text
+    assert "| quiet | mean workers (cost) | FIFO@autoscale: 1.0 | FIFO@fixed: 2.0 | 1.0 (50%) |" in text
+    assert "`workers_over_time.png`" in text
+
+
+def test_who_wins_names_the_best_and_tests_it_against_the_runner_up(golden):
+    three = json.loads(json.dumps(golden))
+    three["scenario"]["strategies"].append("LEAST")
+    three["strategies"]["LEAST"] = json.loads(json.dumps(golden["strategies"]["FIFO"]))
+    for name, p99s in (("RR", (90.0, 91.0)), ("FIFO", (50.0, 52.0)), ("LEAST", (10.0, 10.5))):
+        for r, p99 in zip(three["strategies"][name]["phases"]["closed"]["runs"], p99s):
+            r["latency_ms"]["p99"] = p99
+    wins = {(w["phase"], w["metric"]): w for w in report.winners(three)}
+    p99 = wins[("closed", "p99 latency (ms)")]
+    assert (p99["best"], p99["second"], p99["margin"]) == ("LEAST", "FIFO", pytest.approx(40.75))
+    assert p99["significant"] is True
+    assert wins[("closed", "throughput (req/s)")]["best"] in ("FIFO", "LEAST")
+    assert "| closed | p99 latency (ms) | LEAST: 10.2 | FIFO: 51.0 | 40.8 (80%) | **yes**" in report.render(three)
+    # The old golden file has no pool timeline: no cost row, no workers_over_time plot.
+    assert ("closed", "mean workers (cost)") not in wins
+
+
+def test_workers_over_time_plot_from_the_burst_golden(tmp_path):
+    burst = results.load(BURST)
+    assert plots.has_pool_timeline(burst)
+    sequence, total = plots._sequence(burst, "FIFO@autoscale", 0)
+    assert [phase for _, phase, _ in sequence] == ["quiet", "burst", "after"]
+    assert sequence[1][0] == pytest.approx(sequence[0][2]["duration_s"]) and total > 15
+    paths = plots.draw_all(burst, str(tmp_path))
+    assert "workers_over_time.png" in [os.path.basename(p) for p in paths]
+    with open(tmp_path / "workers_over_time.png", "rb") as f:
+        assert f.read(8) == PNG_MAGIC
 
 
 def test_plots_are_png_files(golden, tmp_path):

@@ -131,6 +131,63 @@ def test_invalid_files_name_the_field(tmp_path, change, message):
     assert message in refuse(tmp_path, VALID.replace(old, new, 1))
 
 
+STACKS = VALID.replace("workers = 2\n", """workers = 2
+weights = [1, 2]
+scale_cooldown = 1.5
+""", 1).replace("[[functions]]", """[[stacks]]
+label = "fixed"
+
+[[stacks]]
+label = "auto"
+workers = 1
+min_workers = 1
+max_workers = 4
+
+[[functions]]""", 1)
+
+
+def test_stack_options_and_variants(tmp_path):
+    sc = scenario.load(write(tmp_path, STACKS))
+    fixed, auto = sc.stacks
+    # A variant starts from the top level's options and overrides the ones it sets.
+    assert (fixed.label, fixed.workers, fixed.weights, fixed.autoscaling()) == ("fixed", 2, [1, 2], False)
+    assert fixed.extra_args() == ["--scale-cooldown", "1.5", "--weights", "1,2"]
+    assert auto.extra_args() == ["--min-workers", "1", "--max-workers", "4", "--scale-cooldown", "1.5",
+                                 "--weights", "1,2"]
+    assert [key for key, _, _ in sc.runs()] == ["RR@fixed", "RR@auto", "FIFO@fixed", "FIFO@auto"]
+    assert [key for key, _, _ in sc.runs(["LEAST"])] == ["LEAST@fixed", "LEAST@auto"]
+    assert auto.describe() == {"label": "auto", "workers": 1, "min_workers": 1, "max_workers": 4,
+                               "scale_cooldown": 1.5, "weights": [1, 2], "executor": "local"}
+
+
+def test_without_stacks_results_keep_the_strategy_names(tmp_path):
+    sc = scenario.load(write(tmp_path, VALID))
+    assert [key for key, _, _ in sc.runs()] == ["RR", "FIFO"]
+    assert sc.stacks[0].extra_args() == [] and sc.stacks[0].executor == "local"
+    nats = scenario.load(write(tmp_path, VALID.replace("workers = 2", 'workers = 2\nexecutor = "nats"\nhosts = 2')))
+    assert (nats.stacks[0].executor, nats.stacks[0].hosts) == ("nats", 2)
+    assert nats.stacks[0].describe()["hosts"] == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (("weights = [1, 2]", "weights = [1, 0]"), "weights must be a non-empty list of whole numbers >= 1"),
+    (("weights = [1, 2]", 'weights = "1,2"'), "weights must be a non-empty list of whole numbers >= 1"),
+    (("scale_cooldown = 1.5", "scale_cooldown = 0"), "scale_cooldown must be a positive number"),
+    (("max_workers = 4", "max_workers = 0"), "stacks[1].max_workers must be a positive integer"),
+    (("min_workers = 1", "min_workers = 5"), "stacks[1].min_workers must not exceed max_workers (5 > 4)"),
+    (('label = "auto"', 'label = "fixed"'), "stacks[1].label 'fixed' is used by two stacks"),
+    (('label = "auto"', 'label = "a b"'), "stacks[1].label must be up to 32 letters"),
+    (('label = "auto"', 'lable = "auto"'), "stacks[1].lable is not a known field"),
+    (('label = "fixed"', 'label = "fixed"\nexecutor = "k8s"'), "stacks[0].executor must be one of local, nats"),
+    (('label = "fixed"', 'label = "fixed"\nhosts = 2'), 'stacks[0].hosts needs executor = "nats"'),
+    (('label = "auto"', 'label = "auto"\nexecutor = "nats"'), "stacks[1].executor auto-scaling"),
+])
+def test_invalid_stack_options_name_the_field(tmp_path, change, message):
+    old, new = change
+    assert old in STACKS
+    assert message in refuse(tmp_path, STACKS.replace(old, new, 1))
+
+
 def test_missing_sections_and_bad_toml(tmp_path):
     assert "functions must be a non-empty list" in refuse(tmp_path, 'name = "x"\n')
     assert "not valid TOML" in refuse(tmp_path, 'name = \n')

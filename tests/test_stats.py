@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness import stats
+from harness import pool, stats
 
 
 def test_percentile_interpolates_like_numpy():
@@ -33,6 +33,8 @@ def test_timeline_buckets_by_completion_second():
     assert [b["t"] for b in buckets] == [0, 1, 2]
     assert [(b["ok"], b["errors"]) for b in buckets] == [(2, 0), (0, 1), (2, 0)]  # 7.0 s clamps into the last
     assert buckets[0]["p50_ms"] == 20
+    assert buckets[0]["p99_ms"] == pytest.approx(29.8)
+    assert buckets[1]["p99_ms"] == 99   # an error's latency still counts in its second
 
 
 def test_spread_gives_a_t_based_confidence_interval():
@@ -66,3 +68,18 @@ def test_welch_needs_two_runs_a_side():
     assert stats.welch([1.0], [2.0, 3.0])["p"] is None
     assert stats.welch([2, 2], [2, 2])["significant"] is False
     assert stats.welch([1, 1], [2, 2])["significant"] is True
+
+
+def test_pool_counts_workers_that_can_take_a_job():
+    answer = {"queue": 3, "workers": [{"id": 0, "state": "busy"}, {"id": 1, "state": "idle"},
+                                      {"id": 2, "state": "starting"}, {"id": 3, "state": "retiring"},
+                                      {"id": 4, "state": "busy"}, {"id": 5, "state": "dead"}]}
+    assert pool.count(answer) == (3, 2, 3)
+    assert pool.count({"workers": []}) == (0, 0, 0)
+
+
+def test_pool_summary_is_the_time_average_of_evenly_spaced_samples():
+    samples = [{"t": 0.25 * i, "workers": w, "busy": b, "queue": 0}
+               for i, (w, b) in enumerate([(1, 1), (2, 2), (4, 4), (4, 1)])]
+    assert pool.summarize(samples) == {"samples": 4, "workers_mean": 2.75, "workers_max": 4, "busy_mean": 2.0}
+    assert pool.summarize([])["workers_mean"] is None
