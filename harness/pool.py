@@ -67,18 +67,25 @@ class PoolWatcher:
         with urllib.request.urlopen(self.url, timeout=2.0) as r:
             return json.load(r)
 
+    def _sample(self):
+        asked = time.monotonic()
+        try:
+            workers, busy, queue = count(self.stats())
+            self.samples.append({"t": round(asked - self.started, 3), "workers": workers,
+                                 "busy": busy, "queue": queue})
+        except Exception as e:   # a missed sample is a hole in the plot, not a failed run
+            self.failures += 1
+            log.debug("stats failed: %s", e)
+        return asked
+
     def _loop(self):
         try:
             while not self._stop.is_set():
-                asked = time.monotonic()
-                try:
-                    workers, busy, queue = count(self.stats())
-                    self.samples.append({"t": round(asked - self.started, 3), "workers": workers,
-                                         "busy": busy, "queue": queue})
-                except Exception as e:   # a missed sample is a hole in the plot, not a failed run
-                    self.failures += 1
-                    log.debug("stats failed: %s", e)
+                asked = self._sample()
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - asked)))
+            # One more at the end, so even a phase shorter than the interval has its pool at
+            # both ends.
+            self._sample()
         finally:
             if self._client is not None:
                 self._client.close()

@@ -82,7 +82,8 @@ def winners(result):
         functions = set.intersection(*(set(e["runs"][0].get("per_function", {})) for e in entries.values()))
         if len(functions) > 1:
             metrics += [("p99 latency of %s (ms)" % fn, "fn", fn) for fn in sorted(functions)]
-        if all(r.get("pool", {}).get("workers_mean") is not None for e in entries.values() for r in e["runs"]):
+        pools = [r.get("pool", {}).get("workers_mean") for e in entries.values() for r in e["runs"]]
+        if None not in pools and len(set(pools)) > 1:   # fixed pools of one size cost the same
             metrics.append(("mean workers (cost)", "pool", "workers_mean"))
         for label, key, sub in metrics:
             values = {}

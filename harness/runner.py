@@ -146,10 +146,11 @@ def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
         figures = injector.summarize(samples, started, ended)
         figures["late"] = late
         figures["offered_rps"] = len(items) / max(ended - started, 1e-9)
-    # On the phase's own clock, like `timeline`, so the two line up in the plots.
-    shift = watcher.started - started
-    figures["pool_timeline"] = [dict(s, t=round(s["t"] + shift, 3)) for s in watcher.samples
-                                if 0.0 <= s["t"] + shift <= ended - started]
+    # On the phase's own clock, like `timeline`, so the two line up in the plots; the samples
+    # taken just before the first request and just after the last stand for the ends.
+    shift, length = watcher.started - started, ended - started
+    figures["pool_timeline"] = [dict(s, t=round(min(max(s["t"] + shift, 0.0), length), 3))
+                                for s in watcher.samples]
     figures["pool"] = pool.summarize(figures["pool_timeline"])
     return figures
 

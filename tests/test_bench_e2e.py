@@ -99,6 +99,9 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
             assert sum(run["workers"].values()) == 12
             assert sum(b["ok"] for b in run["timeline"]) == 12
             assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
+            # The pool was polled while the phase ran: 2 workers, never more busy than exist.
+            assert run["pool_timeline"] and run["pool"]["workers_max"] == 2
+            assert all(0 <= p["busy"] <= p["workers"] <= 2 for p in run["pool_timeline"])
         assert closed["aggregate"]["requests"] == 24
         open_ = s["phases"]["open"]
         assert len(open_["runs"]) == 2
@@ -112,6 +115,53 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
     assert "| FIFO | closed | 2 | 24 | 24 | 0 |" in report
     for png in ("throughput.png", "latency_cdf.png", "timeline.png", "workers.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+STACKS = """
+name = "variants"
+strategies = ["FIFO"]
+
+[[stacks]]
+label = "fixed"
+workers = 1
+
+[[stacks]]
+label = "auto"
+workers = 1
+min_workers = 1
+max_workers = 2
+scale_cooldown = 0.5
+
+[[functions]]
+name = "greet"
+lang = "python"
+source = "%s"
+
+[[phases]]
+name = "closed"
+kind = "closed"
+function = "greet"
+threads = 2
+requests = 4
+""" % GREET
+
+
+def test_stack_variants_run_as_labelled_columns(tmp_path):
+    proc, out = bench(tmp_path, STACKS, "variants")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FIFO@auto: starting a stack with 1 workers, auto-scaling 1..2" in proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["scenario"]["strategies"] == ["FIFO@fixed", "FIFO@auto"]
+    assert result["scenario"]["stacks"]["FIFO@auto"]["max_workers"] == 2
+    for key in ("FIFO@fixed", "FIFO@auto"):
+        run = result["strategies"][key]["phases"]["closed"]["runs"][0]
+        assert (run["requests"], run["ok"]) == (8, 8)
+    fixed = result["strategies"]["FIFO@fixed"]["phases"]["closed"]["runs"][0]
+    assert {p["workers"] for p in fixed["pool_timeline"]} == {1}
+    auto = result["strategies"]["FIFO@auto"]["phases"]["closed"]["runs"][0]
+    assert all(1 <= p["workers"] <= 2 for p in auto["pool_timeline"])
+    assert (out / "workers_over_time.png").read_bytes()[:4] == b"\x89PNG"
+    assert "- `FIFO@auto`: strategy FIFO" in (out / "report.md").read_text()
 
 
 def test_a_failed_deploy_is_recorded_and_the_run_goes_on(tmp_path):
