@@ -374,17 +374,32 @@ class Storage:
             is_tmp = entry.name.startswith(TMP_PREFIX)
             if not is_tmp and (not ID_RE.fullmatch(entry.name) or self._load(entry.name)):
                 continue
-            if now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+            if now - _mtime(entry) < min_age_s:  # young: maybe a deploy still running elsewhere
                 continue
             log.info("removing leftover of an interrupted deploy: %s", entry.name)
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
         for entry in os.scandir(self.names):
             # An update's temporary link (it crashed before the rename), or a link to nothing.
-            if entry.is_symlink() and (entry.name.startswith(TMP_PREFIX) or
-                                       not os.path.isdir(os.path.join(self.root, os.readlink(entry.path)))):
-                if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
-                    log.info("removing a name link to nothing: %s", entry.name)
+            try:
+                dangling = entry.is_symlink() and (entry.name.startswith(TMP_PREFIX) or not os.path.isdir(
+                    os.path.join(self.root, os.readlink(entry.path))))
+            except FileNotFoundError:
+                continue
+            if dangling and now - _mtime(entry) >= min_age_s:
+                log.info("removing a name link to nothing: %s", entry.name)
+                try:
                     os.unlink(entry.path)
-                    removed += 1
+                except FileNotFoundError:
+                    continue
+                removed += 1
         return removed
+
+
+def _mtime(entry):
+    """An entry's age stamp; one that vanished meanwhile (another process finished its deploy,
+    or swept it first) counts as brand new, so it is left alone."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return float("inf")
