@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import deploy, http, invoke
+from support import deploy, http, invoke
 from reference.calls import Calls
 from reference.errors import Conflict, Overloaded
 from reference.jobs import Outcome

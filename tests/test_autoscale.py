@@ -3,7 +3,7 @@
 import concurrent.futures
 import time
 
-from conftest import deploy, http, invoke
+from support import deploy, http, invoke
 
 SLEEPY = b"import sys, time\ntime.sleep(float(sys.stdin.read() or 0))\nprint('slept')\n"
 

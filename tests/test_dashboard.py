@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import EXAMPLES, http, invoke
+from support import EXAMPLES, http, invoke
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from conftest import deploy, http, invoke
+from support import deploy, http, invoke
 from harness.stack import Stack
 
 # Sleeps for the seconds it reads, then says which version it is: a call that outlives an update.

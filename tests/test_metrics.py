@@ -4,7 +4,7 @@ and the deploy and server-down figures in-process."""
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import deploy, http, invoke
+from support import deploy, http, invoke
 from reference.errors import Unavailable
 from reference.gateway import make_app
 from reference.storage import Storage

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES, deploy, http, invoke
+from support import EXAMPLES, deploy, http, invoke
 from harness.stack import Stack, StackError
 from reference import nats_executor
 from reference.codecache import CodeServer

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES, deploy, http, invoke
+from support import EXAMPLES, deploy, http, invoke
 from harness.stack import free_port
 from needs import need_toolchain
 

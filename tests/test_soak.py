@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 
-from conftest import deploy, http, invoke
+from support import deploy, http, invoke
 
 ECHO = b"import sys\nsys.stdout.write('echo:' + sys.stdin.read())\n"
 RUNAWAY = b"while True:\n    pass\n"

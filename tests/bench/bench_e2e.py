@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import keepalive
-from conftest import EXAMPLES, HERE
+from benchpaths import EXAMPLES, HERE
 from figures import record
 from harness.stack import Stack, StackError
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import EXAMPLES
+from benchpaths import EXAMPLES
 from reference.jobs import Job
 from reference.runtimes import WorkerRuntimes
 

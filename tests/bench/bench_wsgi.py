@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 import keepalive
-from conftest import EXAMPLES, HERE, ROOT
+from benchpaths import EXAMPLES, HERE, ROOT
 from figures import record
 from harness.stack import free_port
 

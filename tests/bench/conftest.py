@@ -17,9 +17,7 @@ import pytest
 from figures import FIGURES
 from harness.stack import Stack, StackError
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-EXAMPLES = ROOT / "examples"
+from benchpaths import EXAMPLES, HERE, ROOT  # noqa: F401
 
 
 

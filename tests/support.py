@@ -1,0 +1,42 @@
+"""Helpers shared by the tests: paths and a small HTTP client for the real stack."""
+
+import json
+import os
+import pathlib
+import urllib.error
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TEST_FUNCTIONS = ROOT / "tests" / "functions"
+
+
+def http(method, url, body=None, headers=None, timeout=30):
+    """(status, parsed JSON or text, headers) of one request; HTTP errors are answers too."""
+    if isinstance(body, str):
+        body = body.encode()
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw, hdrs = r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        status, raw, hdrs = e.code, e.read(), e.headers
+    try:
+        return status, json.loads(raw), hdrs
+    except ValueError:
+        return status, raw.decode(errors="replace"), hdrs
+
+
+def deploy(url, name, lang, source, **params):
+    """Deploy `source` (bytes, or a path) and return the answer; fails the test on an error."""
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+        source = pathlib.Path(source).read_bytes()
+    query = "&".join("%s=%s" % kv for kv in dict(name=name, lang=lang, **params).items())
+    status, answer, _ = http("POST", "%s/deploy?%s" % (url, query), source)
+    assert status == 201, answer
+    return answer
+
+
+def invoke(url, fn, data=None, raw=None):
+    body = raw if raw is not None else json.dumps({"input": data}).encode() if data is not None else b""
+    return http("POST", "%s/invoke?fn=%s" % (url, fn), body)
