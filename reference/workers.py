@@ -206,7 +206,7 @@ class LocalWorkers:
         os.close(result_w)
         worker = self.workers.get(wid) or Worker(wid)
         self.workers[wid] = worker
-        worker.pid, worker.born, worker.state = pid, time.monotonic(), "idle"
+        worker.pid, worker.born, worker.state = pid, time.monotonic(), "starting"
         worker.current, worker.idle_since = None, time.monotonic()
         loop = asyncio.get_running_loop()
         worker.reader_task = loop.create_task(self._read_results(worker, job_w, result_r))
@@ -217,6 +217,7 @@ class LocalWorkers:
         reader = asyncio.StreamReader(limit=framing.MAX_BODY)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result_r, "rb", 0))
         worker.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(job_w, "wb", 0))
+        worker.state = "idle"  # only now can it take jobs, and only now is it announced
         self.on_up(worker.id)
         self._feed(worker)
         try:
