@@ -4,7 +4,13 @@ Both cross the wire as a frame: the JSON header holds the fields, the body the b
 (the input for a Job; stdout then stderr for an Outcome).
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+
+
+def _shallow(record):
+    """A record's fields as a dict, without dataclasses.asdict's deep copy: on the hot path,
+    and every value here is already plain JSON or bytes."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 @dataclass
@@ -21,7 +27,7 @@ class Job:
     output_limit: int = 1 << 20
 
     def to_wire(self):
-        header = asdict(self)
+        header = _shallow(self)
         body = header.pop("input")
         return header, body
 
@@ -52,7 +58,7 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
     def to_wire(self):
-        header = asdict(self)
+        header = _shallow(self)
         stdout, stderr = header.pop("stdout"), header.pop("stderr")
         header["stdout_len"] = len(stdout)
         return header, stdout + stderr
