@@ -5,6 +5,7 @@ so a reader finds the whole command line in one page.
 """
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -47,6 +48,20 @@ def _gateway_args(p):
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
     p.add_argument("--threads", type=int, default=16, help="HTTP server threads (default 16)")
+
+
+# Each subcommand's owner, imported only when that command runs: a component starts without
+# loading the others (nor the harness's matplotlib).
+COMMANDS = {
+    "up": ("reference.supervisor", "up"),
+    "balancer": ("reference.balancer", "serve"),
+    "server": ("reference.server", "serve"),
+    "gateway": ("reference.gateway", "serve"),
+    "worker-host": ("reference.worker_host", "serve"),
+    "languages": ("reference.toolchains", "cli"),
+    "inject": ("harness.injector", "cli"),
+    "bench": ("harness.bench", "cli"),
+}
 
 
 def build_parser(argv=()):
@@ -95,28 +110,5 @@ def main(argv=None):
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    if args.command == "balancer":
-        from reference import balancer
-        return balancer.serve(args)
-    if args.command == "server":
-        from reference import server
-        return server.serve(args)
-    if args.command == "gateway":
-        from reference import gateway
-        return gateway.serve(args)
-    if args.command == "up":
-        from reference import supervisor
-        return supervisor.up(args)
-    if args.command == "worker-host":
-        from reference import worker_host
-        return worker_host.serve(args)
-    if args.command == "languages":
-        from reference import toolchains
-        return toolchains.cli(args)
-    if args.command == "inject":
-        from harness import injector
-        return injector.cli(args)
-    if args.command == "bench":
-        from harness import bench
-        return bench.cli(args)
-    raise AssertionError(args.command)
+    module, function = COMMANDS[args.command]
+    return getattr(importlib.import_module(module), function)(args)
