@@ -4,15 +4,19 @@ JetStream (`minifaas server --executor nats`), instead of forked processes on pi
 What travels, all payloads in the platform's frame format (reference.codecache.pack):
 
     faas.jobs.<host>          JetStream stream FAAS_JOBS (work queue): a Job + slot, digest, reply
+    faas.jobs.shared          the same stream, under FIFO: one durable pull consumer all hosts share
     faas.results.<server>     core NATS: the Outcome (or a fault) for one job id, from the host
     faas.hb.<host>            core NATS: a host's heartbeat every HEARTBEAT_S (slots, workers, leaving)
     faas.code.<digest>        request/reply: a function's files, served here from the functions dir
 
 Every slot of every live host is one worker id for the balancer (host index * SLOTS_PER_HOST +
-slot), so RR, WEIGHTED, LEAST, WARM and FIFO choose a slot on a chosen host exactly as they
-choose a local worker, and the job goes to that host's own subject. A host whose heartbeats stop
-is gone: its slots are unregistered and every job it had not answered is scheduled again
-elsewhere (at least once); the first answer for a job id wins, later ones are dropped.
+slot), so RR, WEIGHTED, LEAST and WARM choose a slot on a chosen host exactly as they choose a
+local worker, and the job goes to that host's own subject. Under FIFO the balancer still decides
+when a job may go (a slot is free somewhere), but the job goes to the shared subject, which each
+host pulls from one job per idle slot: the first host with a free worker takes the oldest job.
+A host whose heartbeats stop is gone: its slots are unregistered and every job it had not
+answered is scheduled again elsewhere (under FIFO, JetStream redelivers it once its ack wait
+lapses); the first answer for a job id wins, later ones are dropped.
 """
 
 import asyncio
@@ -35,6 +39,11 @@ log = logging.getLogger(__name__)
 STREAM = "FAAS_JOBS"
 JOBS = "faas.jobs"
 RESULTS = "faas.results"
+SHARED = JOBS + ".shared"          # FIFO's work queue; "shared" is refused as a host id
+SHARED_CONSUMER = "shared"
+# A job pulled from the shared queue and not acknowledged in this time goes to another host. A
+# host running it says "in progress" every third of it, so only a dead host's jobs go again.
+SHARED_ACK_WAIT_S = 5.0
 HEARTBEATS = "faas.hb"
 HEARTBEAT_S = 0.5
 # A host silent this long is dead (five missed heartbeats: a NATS reconnect fits inside).
@@ -106,6 +115,37 @@ async def ensure_stream(js, replicas=1, update=False):
         await js.update_stream(config)
 
 
+async def shared_consumer(js):
+    """The durable pull consumer every host takes FIFO jobs from (created by the first to ask)."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    config = ConsumerConfig(durable_name=SHARED_CONSUMER, filter_subject=SHARED, ack_policy=AckPolicy.EXPLICIT,
+                            ack_wait=SHARED_ACK_WAIT_S, max_ack_pending=-1)
+    return await js.pull_subscribe(SHARED, durable=SHARED_CONSUMER, stream=STREAM, config=config)
+
+
+async def balancer_strategy(lb_sock, retry_s=CONNECT_RETRY_S):
+    """The balancer's strategy name, from its stats answer on a connection of our own (the
+    strategy is the balancer's option; the server is not told it). Waits until it answers."""
+    from reference import framing
+
+    while True:
+        try:
+            reader, writer = await asyncio.open_unix_connection(lb_sock, limit=framing.MAX_BODY)
+        except OSError:
+            await asyncio.sleep(retry_s)
+            continue
+        try:
+            writer.write(framing.encode({"op": "stats", "req": 0}))
+            header, _ = await framing.read_frame_async(reader)
+            return str(header.get("strategy") or "").upper() or None
+        except (EOFError, ConnectionError, FaasError) as exc:
+            log.debug("asking the balancer its strategy: %s", exc)
+            await asyncio.sleep(retry_s)
+        finally:
+            writer.close()
+
+
 class RemoteHost:
     """The server's view of one worker host, as its heartbeats describe it."""
 
@@ -135,8 +175,12 @@ class Sent:
 class NatsWorkers:
     """The executor seam (see reference.workers.LocalWorkers) over worker hosts on NATS."""
 
-    def __init__(self, url, on_up, on_down):
+    def __init__(self, url, on_up, on_down, strategy=None):
         self.url = url
+        # The balancer's strategy: a name, or an async callable that finds it out (see
+        # balancer_strategy). Until it is known jobs go to the chosen host's own subject.
+        self.strategy = strategy if isinstance(strategy, str) or strategy is None else None
+        self._find_strategy = None if isinstance(strategy, str) or strategy is None else strategy
         self.on_up, self.on_down = on_up, on_down
         self.server_id = uuid.uuid4().hex[:12]
         self.results = "%s.%s" % (RESULTS, self.server_id)
@@ -145,8 +189,12 @@ class NatsWorkers:
         self.sent = {}           # job id -> Sent
         self.code = CodeServer()
         self.nc = self.js = None
-        self.watcher = None
+        self.watcher = self.prober = None
         self.stopping = False
+
+    @property
+    def fifo(self):
+        return (self.strategy or "").upper() == "FIFO"
 
     @property
     def size(self):
@@ -164,7 +212,14 @@ class NatsWorkers:
         # A queue group: several servers sharing one functions tree may all answer for code.
         await self.nc.subscribe(CODE_SUBJECT + ".*", queue="code", cb=self._on_code_request)
         self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self._find_strategy is not None:
+            self.prober = asyncio.get_running_loop().create_task(self._learn_strategy())
         log.info("NATS executor on %s (server %s): waiting for worker hosts", self.url, self.server_id)
+
+    async def _learn_strategy(self):
+        self.strategy = await self._find_strategy()
+        if self.fifo:
+            log.info("FIFO: jobs go to the shared work queue %s, pulled by idle worker hosts", SHARED)
 
     def submit(self, wid, job):
         future = asyncio.get_running_loop().create_future()
@@ -179,11 +234,14 @@ class NatsWorkers:
             return future
         header, body = job.to_wire()
         header.update(slot=wid % SLOTS_PER_HOST, digest=digest, reply=self.results)
-        sent = self.sent[job.job_id] = Sent(job, future, wid, host.id)
+        # Under FIFO the balancer's slot only says that a worker is free somewhere: whichever
+        # host pulls the job first runs it, and its answer names the slot (host None till then).
+        sent = self.sent[job.job_id] = Sent(job, future, wid, None if self.fifo else host.id)
         sent.timer = asyncio.get_running_loop().call_later(
             job.timeout_ms / 1000.0 + RESULT_GRACE_S, self._no_answer, job.job_id)
         job.started = time.monotonic()  # the queue time the server reports ends at the hand-over
-        asyncio.ensure_future(self._publish(host.id, job.job_id, pack(header, body)))
+        subject = SHARED if self.fifo else host_subject(host.id)
+        asyncio.ensure_future(self._publish(subject, job.job_id, pack(header, body)))
         return future
 
     def alive(self):
@@ -203,8 +261,9 @@ class NatsWorkers:
 
     async def stop(self):
         self.stopping = True
-        if self.watcher:
-            self.watcher.cancel()
+        for task in (self.watcher, self.prober):
+            if task:
+                task.cancel()
         for sent in list(self.sent.values()):
             self._settle(sent.job.job_id, error=Unavailable("server unavailable: it is shutting down"))
         if self.nc is not None:
@@ -219,16 +278,16 @@ class NatsWorkers:
         index = wid // SLOTS_PER_HOST
         return next((h.id for h in self.hosts.values() if h.index == index), None)
 
-    async def _publish(self, host_id, job_id, payload):
+    async def _publish(self, subject, job_id, payload):
         try:
             # Through JetStream, which acknowledges once the job is stored: from then on a
             # host that dies before acknowledging it loses nothing.
-            await self.js.publish(host_subject(host_id), payload, stream=STREAM)
+            await self.js.publish(subject, payload, stream=STREAM)
         except Exception as exc:
             if "payload" in str(exc).lower():
                 error = PayloadTooLarge("the invocation is larger than NATS's max_payload: %s" % exc)
             else:
-                error = Unavailable("could not send the job to worker host %s: %s" % (host_id, exc or type(exc).__name__))
+                error = Unavailable("could not send the job to %s: %s" % (subject, exc or type(exc).__name__))
             self._settle(job_id, error=error)
 
     async def _on_result(self, msg):
@@ -244,8 +303,13 @@ class NatsWorkers:
         if "fault" in header:
             return self._settle(job_id, error=from_wire(header))
         outcome = Outcome.from_wire(header, body)
-        outcome.worker = self.sent[job_id].wid
-        outcome.extra = dict(outcome.extra or {}, host=self.sent[job_id].host)
+        sent = self.sent[job_id]
+        if header.get("host") in self.indexes and isinstance(outcome.worker, int):
+            # The slot that ran it (under FIFO, not necessarily the one the balancer named).
+            outcome.worker = self.indexes[header["host"]] * SLOTS_PER_HOST + outcome.worker
+        else:
+            outcome.worker = sent.wid
+        outcome.extra = dict(outcome.extra or {}, host=header.get("host") or sent.host)
         self._settle(job_id, outcome=outcome)
 
     def _settle(self, job_id, outcome=None, error=None):
@@ -266,7 +330,8 @@ class NatsWorkers:
         sent = self.sent.get(job_id)
         if sent is not None:
             self._settle(job_id, error=Timeout(
-                "worker host %s gave no answer within the %d ms time limit" % (sent.host, sent.job.timeout_ms)))
+                "worker host %s gave no answer within the %d ms time limit"
+                % (sent.host or "(shared queue)", sent.job.timeout_ms)))
 
     async def _on_code_request(self, msg):
         try:

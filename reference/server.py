@@ -38,9 +38,13 @@ class Pending:
 def make_executor(args, on_up, on_down):
     """The executor seam: whatever runs jobs offers start, submit, alive, snapshot and stop."""
     if getattr(args, "executor", "local") == "nats":
-        from reference.nats_executor import NatsWorkers
+        from reference.nats_executor import NatsWorkers, balancer_strategy
 
-        return NatsWorkers(args.nats, on_up=on_up, on_down=on_down)
+        # The strategy is the balancer's option: NatsWorkers asks the balancer for it (FIFO
+        # means a shared work queue in NATS rather than each host's own subject).
+        lb_sock = config.lb_sock(getattr(args, "lb_sock", None))
+        return NatsWorkers(args.nats, on_up=on_up, on_down=on_down,
+                           strategy=lambda: balancer_strategy(lb_sock))
     return LocalWorkers(args.workers, on_up=on_up, on_down=on_down,
                         min_size=getattr(args, "min_workers", None), max_size=getattr(args, "max_workers", None))
 

@@ -1,10 +1,11 @@
 """`minifaas worker-host`: pre-forked workers on this machine taking jobs from NATS JetStream.
 
 The host runs the same pool as the server's local executor (reference.workers.LocalWorkers),
-takes jobs from its own subject `faas.jobs.<host id>` through a durable JetStream consumer,
-fetches a function's code by digest the first time it meets it (reference.codecache), and
-answers on the server's result subject. A job is acknowledged only once answered, so a job
-this host never finished is still in the stream. It announces itself with heartbeats; on
+takes jobs from its own subject `faas.jobs.<host id>` through a durable JetStream consumer
+and, one job per idle worker, from the shared FIFO work queue `faas.jobs.shared`, fetches a
+function's code by digest the first time it meets it (reference.codecache), and answers on
+the server's result subject. A job is acknowledged only once answered, so a job this host
+never finished is still in the stream. It announces itself with heartbeats; on
 SIGTERM it says it is leaving, finishes what it was given, then says it is gone.
 """
 
@@ -20,8 +21,8 @@ import time
 from reference.codecache import CodeCache, pack, unpack
 from reference.errors import FaasError, WorkerLost
 from reference.jobs import Job
-from reference.nats_executor import (HEARTBEAT_S, HEARTBEATS, STREAM, connect, consumer_name,
-                                     ensure_stream, host_subject)
+from reference.nats_executor import (HEARTBEAT_S, HEARTBEATS, SHARED_ACK_WAIT_S, SHARED_CONSUMER, STREAM,
+                                     connect, consumer_name, ensure_stream, host_subject, shared_consumer)
 from reference.workers import LocalWorkers
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ ACK_WAIT_S = 120.0
 # Jobs held by this host at once (queued in its workers or running); JetStream keeps the rest.
 MAX_IN_FLIGHT = 256
 DRAIN_GRACE_S = 30.0
+# How long one pull from the shared queue waits for a job before asking again (and noticing
+# that the host is leaving).
+PULL_WAIT_S = 1.0
 
 
 def default_host_id():
@@ -42,14 +46,15 @@ class WorkerHost:
     def __init__(self, url, workers, host_id=None, cache_dir=None):
         self.url, self.workers = url, workers
         self.id = host_id or default_host_id()
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.id):
-            raise SystemExit("--host-id %r: use 1 to 64 letters, digits, '_' or '-' (it is a NATS subject token)"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.id) or self.id == SHARED_CONSUMER:
+            raise SystemExit("--host-id %r: use 1 to 64 letters, digits, '_' or '-' (it is a NATS subject token), not 'shared'"
                              % self.id)
         self.cache = CodeCache(cache_dir or tempfile.mkdtemp(prefix="minifaas-cache-"))
         self.running = {}     # (server id, job id) -> task, from receipt to acknowledgement
         self.leaving = False
         self.stopping = asyncio.Event()
         self.pool = self.nc = self.sub = None
+        self.pullers = []
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -61,6 +66,8 @@ class WorkerHost:
         js = self.nc.jetstream()
         await ensure_stream(js)
         self.sub = await self._consume(js)
+        pull = await shared_consumer(js)
+        self.pullers = [loop.create_task(self._pull(pull, slot)) for slot in sorted(self.pool.workers)]
         beating = loop.create_task(self._heartbeats())
         log.info("worker host %s: %d workers taking jobs from %s, code cache %s",
                  self.id, self.workers, self.url, self.cache.root)
@@ -87,6 +94,8 @@ class WorkerHost:
             await self.sub.unsubscribe()
         except Exception as exc:
             log.debug("unsubscribe: %s", exc)
+        if self.pullers:  # each ends after its current pull and job
+            await asyncio.wait(self.pullers, timeout=DRAIN_GRACE_S + PULL_WAIT_S)
         if self.running:
             log.info("worker host %s: finishing %d jobs before leaving", self.id, len(self.running))
             await asyncio.wait(list(self.running.values()), timeout=DRAIN_GRACE_S)
@@ -106,13 +115,46 @@ class WorkerHost:
         self.running[key] = asyncio.ensure_future(self._run(msg, header, body))
         self.running[key].add_done_callback(lambda _: self.running.pop(key, None))
 
-    async def _run(self, msg, header, body):
+    async def _pull(self, pull, slot):
+        """FIFO: take one job from the shared queue whenever this slot is idle, run it here,
+        and only then take the next; a host whose workers are all busy takes nothing."""
+        import nats.errors
+
+        while not self.leaving:
+            try:
+                msgs = await pull.fetch(1, timeout=PULL_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # NATS reconnecting: ask again shortly
+                log.debug("pull from the shared queue: %s", exc)
+                await asyncio.sleep(PULL_WAIT_S)
+                continue
+            for msg in msgs:
+                try:
+                    header, body = unpack(msg.data)
+                except (FaasError, ValueError) as exc:
+                    log.error("malformed job in the shared queue, dropped: %s", exc)
+                    await msg.term()
+                    continue
+                key = (header.get("reply"), header.get("job_id"))
+                if key in self.running:
+                    continue  # redelivered while we still run it: its answer and ack are coming
+                task = self.running[key] = asyncio.ensure_future(self._run(msg, header, body, slot=slot))
+                task.add_done_callback(lambda _, key=key: self.running.pop(key, None))
+                keeper = asyncio.ensure_future(_in_progress(msg))
+                try:
+                    await asyncio.shield(task)
+                finally:
+                    keeper.cancel()
+
+    async def _run(self, msg, header, body, slot=None):
         job = Job.from_wire(header, body)
         try:
             job.fn_dir = await self.cache.get(self.nc, header["digest"])
-            slot = header.get("slot", 0)
-            if slot not in self.pool.workers:
-                slot = slot % self.pool.size
+            if slot is None:
+                slot = header.get("slot", 0)
+                if slot not in self.pool.workers:
+                    slot = slot % self.pool.size
             outcome = await self.pool.submit(slot, job)
             answer, payload = outcome.to_wire()
         except FaasError as exc:
@@ -122,7 +164,7 @@ class WorkerHost:
                 log.info("job %s not answered: its worker stopped with the host", job.job_id)
                 return
             answer, payload = exc.to_wire(), b""
-        answer["job_id"] = job.job_id
+        answer.update(job_id=job.job_id, host=self.id)
         try:
             await self.nc.publish(header["reply"], pack(answer, payload))
             await msg.ack()
@@ -153,6 +195,17 @@ class WorkerHost:
             await self.nc.publish("%s.%s" % (HEARTBEATS, self.id), pack(beat))
         except Exception as exc:  # while NATS reconnects: the next beat will do
             log.debug("heartbeat not sent: %s", exc)
+
+
+async def _in_progress(msg):
+    """Keep a shared-queue job ours while it runs: JetStream hands it to another host only if
+    this one stops saying so (it died)."""
+    while True:
+        await asyncio.sleep(SHARED_ACK_WAIT_S / 3)
+        try:
+            await msg.in_progress()
+        except Exception as exc:
+            log.debug("in progress: %s", exc)
 
 
 def _copy(source, target):
