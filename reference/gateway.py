@@ -434,6 +434,11 @@ def serve(args):
         app, host=args.host, port=args.port, threads=args.threads, ident="minifaas",
         # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
         max_request_body_size=limits.payload_bytes + config.MIB,
+        # Waitress stops accepting at 100 open connections by default: a load test with more
+        # keep-alive clients than that saw new connections wait ~5 s for an idle one to close.
+        # Requests beyond the threads wait in waitress's queue; overload is the server's to
+        # answer (429), not a silent stall at accept().
+        connection_limit=1000, backlog=1024,
     )
     # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
