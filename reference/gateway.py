@@ -38,14 +38,17 @@ def _answer_errors(callback):
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         try:
-            return callback(*args, **kwargs)
+            answer = callback(*args, **kwargs)
+            if isinstance(answer, dict) and "ok" in answer:
+                answer = {"ok": answer.pop("ok"), **answer}  # the seed's answers start with "ok"
+            return answer
         except bottle.HTTPResponse:
             raise
         except FaasError as exc:
             response.status = exc.status
             if "retry_after" in exc.extra:  # overloaded: tell clients when to come back
                 response.set_header("Retry-After", str(exc.extra["retry_after"]))
-            return exc.to_dict()
+            return exc.to_dict()  # already "ok" first
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response.status = 500
