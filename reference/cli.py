@@ -48,6 +48,10 @@ def _gateway_args(p):
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
     p.add_argument("--threads", type=int, default=16, help="HTTP server threads (default 16)")
+    p.add_argument("--max-timeout-ms", type=int, default=None,
+                   help="the most a deploy may ask as timeout_ms (default %d)" % config.LIMITS.max_timeout_ms)
+    p.add_argument("--max-memory-mb", type=int, default=None,
+                   help="the most a deploy may ask as memory_mb (default %d)" % config.LIMITS.max_memory_mb)
 
 
 # Each subcommand's owner, imported only when that command runs: a component starts without

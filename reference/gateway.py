@@ -4,6 +4,7 @@
 Every answer is JSON with "ok"; every failure is a FaasError turned into its status in one place.
 """
 
+import dataclasses
 import functools
 import hmac
 import json
@@ -426,7 +427,13 @@ def serve(args):
 
     from reference.client import ServerClient
 
-    limits = config.LIMITS
+    # The operator's ceilings for what a deploy may ask (timeout_ms, memory_mb).
+    limits = dataclasses.replace(config.LIMITS,
+                                 max_timeout_ms=getattr(args, "max_timeout_ms", None) or config.LIMITS.max_timeout_ms,
+                                 max_memory_mb=getattr(args, "max_memory_mb", None) or config.LIMITS.max_memory_mb)
+    # A default above the operator's ceiling comes down to it.
+    limits = dataclasses.replace(limits, timeout_ms=min(limits.timeout_ms, limits.max_timeout_ms),
+                                 memory_mb=min(limits.memory_mb, limits.max_memory_mb))
     storage = Storage(args.functions, limits)
     # ServerClient connects on first use and reconnects after a loss, so the gateway may start
     # before the server and answers 503 'server unavailable' until it is there.

@@ -39,6 +39,9 @@ def component_commands(args):
             server += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     gateway = base + ["gateway", "--host", args.host, "--port", str(args.port),
                       "--functions", args.functions, "--threads", str(args.threads)] + socks
+    for flag in ("max_timeout_ms", "max_memory_mb"):
+        if getattr(args, flag) is not None:
+            gateway += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return {"balancer": balancer, "server": server, "gateway": gateway}
 
 

@@ -172,3 +172,15 @@ def test_up_with_an_api_key_protects_deploy(start_stack):
                     assert b"s3cret" not in f.read()
             except OSError:
                 pass
+
+
+def test_the_operator_sets_the_ceiling_of_per_function_limits(start_stack):
+    stack = start_stack(workers=1, extra_args=["--max-timeout-ms", "1000", "--max-memory-mb", "64"])
+    status, body, _ = http("POST", stack.url + "/deploy?name=slow&lang=python&timeout_ms=2000", b"print(1)")
+    assert status == 400 and "1000" in body["error"], body
+    status, body, _ = http("POST", stack.url + "/deploy?name=big&lang=python&memory_mb=128", b"print(1)")
+    assert status == 400 and "64" in body["error"], body
+    status, body, _ = http("POST", stack.url + "/deploy?name=ok&lang=python&timeout_ms=1000&memory_mb=64", b"print(1)")
+    assert status == 201 and body["timeout_ms"] == 1000 and body["memory_mb"] == 64, body
+    status, body, _ = http("POST", stack.url + "/deploy?name=plain&lang=python", b"print(1)")
+    assert status == 201 and body["memory_mb"] == 64  # the default comes down to the ceiling
