@@ -219,7 +219,7 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
         progress.say("[%s] %s: starting a stack with %s" % (scenario.name, progress.strategy, describe_stack(spec)))
         stack.start()
     except (StackError, OSError) as e:
-        stack.close()
+        stack.close()  # a StackError already closed it; an OSError from Popen did not
         if cluster:
             cluster.close()
         result["ok"] = False

@@ -59,11 +59,18 @@ class Stack:
                 "--lb-sock", self.lb_sock, "--server-sock", self.server_sock] + self.extra_args
 
     def start(self):
+        """Start the stack and wait until /health answers 200. On failure the stack cleans up
+        after itself (processes and temporary directory) before StackError reaches the caller,
+        so `with Stack(): ...` and every other caller leave nothing behind."""
         self._log = open(os.path.join(self.dir, "stack.log"), "w+b")
         env = dict(os.environ, **(self.env or {}))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        self.wait_ready(self.ready_timeout)
+        try:
+            self.wait_ready(self.ready_timeout)
+        except StackError:
+            self.close()
+            raise
         return self
 
     def output(self):
@@ -93,7 +100,6 @@ class Stack:
             if status == 200:
                 return
             time.sleep(0.05)
-        self.stop()
         raise StackError("stack not ready after %.0fs:\n%s" % (timeout, self.output()))
 
     def stop(self, grace=10.0):
@@ -120,6 +126,7 @@ class Stack:
             self._log.close()
 
     def close(self):
+        """Stop the stack and remove its directory; safe to call more than once."""
         self.stop()
         self._tmp.cleanup()
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.stack import Stack, StackError
+from support import started
 
 
 
@@ -13,12 +13,8 @@ def start_stack():
 
     def start(**kwargs):
         kwargs.setdefault("workers", 2)
-        stack = Stack(**kwargs)
-        stacks.append(stack)
-        try:
-            return stack.start()
-        except StackError as exc:
-            pytest.fail(str(exc))
+        stacks.append(started(**kwargs))
+        return stacks[-1]
 
     yield start
     for stack in stacks:
@@ -28,11 +24,6 @@ def start_stack():
 @pytest.fixture(scope="module")
 def shared_stack():
     """One RR stack with 2 workers for a whole test module (tests that do not disturb it)."""
-    stack = Stack(strategy="RR", workers=2)
-    try:
-        stack.start()
-    except StackError as exc:
-        stack.close()
-        pytest.fail(str(exc))
+    stack = started(strategy="RR", workers=2)
     yield stack
     stack.close()

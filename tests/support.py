@@ -6,6 +6,10 @@ import pathlib
 import urllib.error
 import urllib.request
 
+import pytest
+
+from harness.stack import Stack, StackError
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TEST_FUNCTIONS = ROOT / "tests" / "functions"
@@ -40,3 +44,12 @@ def deploy(url, name, lang, source, **params):
 def invoke(url, fn, data=None, raw=None):
     body = raw if raw is not None else json.dumps({"input": data}).encode() if data is not None else b""
     return http("POST", "%s/invoke?fn=%s" % (url, fn), body)
+
+
+def started(why="", **kwargs):
+    """A started Stack(**kwargs), or the test fails with what its processes printed (and
+    `why`, extra context such as a worker host's log). The caller closes it."""
+    try:
+        return Stack(**kwargs).start()
+    except StackError as exc:
+        pytest.fail("%s%s" % (exc, "\n" + why() if callable(why) else why))

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from harness.stack import Stack, StackError
+from support import started
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GREET = os.path.join(ROOT, "examples", "greet.py")
@@ -180,12 +180,7 @@ def test_a_failed_deploy_is_recorded_and_the_run_goes_on(tmp_path):
 
 @pytest.fixture
 def stack():
-    s = Stack(strategy="FIFO", workers=2)
-    try:
-        s.start()
-    except StackError as e:
-        s.close()
-        pytest.fail(str(e))
+    s = started(strategy="FIFO", workers=2)
     yield s
     s.close()
 

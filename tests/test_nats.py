@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from support import EXAMPLES, deploy, http, invoke
-from harness.stack import Stack, StackError
+from support import EXAMPLES, deploy, http, invoke, started
 from reference import nats_executor
 from reference.codecache import CodeServer
 from reference.nats_executor import SLOTS_PER_HOST, LocalCluster
@@ -40,12 +39,8 @@ def _need_nats():
 
 
 def _start(cluster, strategy="RR"):
-    stack = Stack(strategy=strategy, workers=1, extra_args=cluster.extra_args)
-    try:
-        return stack.start()
-    except StackError as exc:
-        stack.close()
-        pytest.fail("%s\nhost1:\n%s" % (exc, cluster.output("host1")))
+    return started(lambda: "host1:\n" + cluster.output("host1"),
+                   strategy=strategy, workers=1, extra_args=cluster.extra_args)
 
 
 @pytest.fixture(scope="module")

@@ -184,3 +184,13 @@ def test_the_operator_sets_the_ceiling_of_per_function_limits(start_stack):
     assert status == 201 and body["timeout_ms"] == 1000 and body["memory_mb"] == 64, body
     status, body, _ = http("POST", stack.url + "/deploy?name=plain&lang=python", b"print(1)")
     assert status == 201 and body["memory_mb"] == 64  # the default comes down to the ceiling
+
+
+def test_a_stack_that_cannot_start_says_why_and_leaves_nothing_behind():
+    from harness.stack import Stack, StackError
+
+    stack = Stack(strategy="NOSUCH", workers=1, ready_timeout=60)
+    with pytest.raises(StackError) as failure:
+        stack.start()
+    assert "NOSUCH" in str(failure.value)  # the balancer's own refusal, passed on
+    assert not os.path.exists(stack.dir)

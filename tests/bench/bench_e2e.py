@@ -15,7 +15,7 @@ import pytest
 import keepalive
 from benchpaths import EXAMPLES, HERE
 from figures import record
-from harness.stack import Stack, StackError
+from support import started
 
 CLIENTS = 16
 SECONDS = 4.0
@@ -25,12 +25,7 @@ INPUT = json.dumps({"input": "test data"}).encode()
 
 @pytest.fixture(scope="module")
 def stack(hello_wasm):
-    stack = Stack(strategy="RR", workers=4)
-    try:
-        stack.start()
-    except StackError as exc:
-        stack.close()
-        pytest.fail(str(exc))
+    stack = started(strategy="RR", workers=4)
     keepalive.deploy(stack.url, "hello", "c", (EXAMPLES / "hello.c").read_bytes())
     keepalive.deploy(stack.url, "greet", "python", (EXAMPLES / "greet.py").read_bytes())
     yield stack

@@ -9,15 +9,13 @@ Figures that are not pytest-benchmark timings (ratios, requests/s) are printed i
 
 import json
 import os
-import pathlib
 import sys
 
 import pytest
 
 from figures import FIGURES
-from harness.stack import Stack, StackError
 
-from benchpaths import EXAMPLES, HERE, ROOT  # noqa: F401
+from benchpaths import EXAMPLES, HERE
 
 
 
@@ -78,22 +76,3 @@ def hello_wasm(tmp_path_factory):
     path = tmp_path_factory.mktemp("hello-wasm") / "code.wasm"
     path.write_bytes(compiled.wasm)
     return path
-
-
-@pytest.fixture
-def stack_factory():
-    """start(workers=4, strategy="RR") -> a started real `minifaas up`, stopped at teardown."""
-    stacks = []
-
-    def start(**kwargs):
-        kwargs.setdefault("workers", 4)
-        stack = Stack(**kwargs)
-        stacks.append(stack)
-        try:
-            return stack.start()
-        except StackError as exc:
-            pytest.fail(str(exc))
-
-    yield start
-    for stack in stacks:
-        stack.close()
