@@ -77,18 +77,19 @@ def _shown_path(path):
 
 
 def write_all(result, directory):
-    """The result file, then the report, the plots and the HTML page drawn from what was written."""
+    """The result file, then the reports and plots drawn from what was written (so a report
+    never shows a figure the file does not hold)."""
     path = results.write(result, directory)
-    stored = results.load(path)
-    report.write(stored, directory)
-    plots.draw_all(stored, directory)
-    try:
-        from harness.html_report import write_html_report
-    except ImportError:   # the HTML page is optional; the Markdown report has every figure
-        log.warning("harness.html_report is not available: no report.html for %s", directory)
-    else:
-        write_html_report(stored, directory)
+    redraw(results.load(path), directory)
     return path
+
+
+def redraw(result, directory):
+    """report.md, the plots and report.html of one loaded result; the paths written."""
+    from harness.html_report import write_html_report
+
+    return [report.write(result, directory), *plots.draw_all(result, directory),
+            write_html_report(result, directory)]
 
 
 def cli(args):

@@ -190,14 +190,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m harness.html_report", description=main.__doc__)
     parser.add_argument("files", nargs="+", metavar="RESULT.json")
     args = parser.parse_args(argv)
-    status = 0
-    for path in args.files:
-        try:
-            result = results.load(path)
-        except results.ResultError as e:
-            print(e, file=sys.stderr)
-            status = 1
-            continue
+    loaded, status = results.load_each(args.files)
+    for path, result in loaded:
         print(write_html_report(result, os.path.dirname(os.path.abspath(path))))
     return status
 

@@ -289,23 +289,15 @@ def write(result, directory):
 
 
 def main(argv=None):
-    """Redraw report.md and the plots next to each given result file."""
+    """Redraw report.md, the plots and report.html next to each given result file."""
     parser = argparse.ArgumentParser(prog="python -m harness.report", description=main.__doc__)
     parser.add_argument("files", nargs="+", metavar="RESULT.json")
     args = parser.parse_args(argv)
-    from harness import plots
-    status = 0
-    for path in args.files:
-        try:
-            result = results.load(path)
-        except results.ResultError as e:
-            print(e, file=sys.stderr)
-            status = 1
-            continue
-        directory = os.path.dirname(os.path.abspath(path))
-        print(write(result, directory))
-        for png in plots.draw_all(result, directory):
-            print(png)
+    from harness import bench
+    loaded, status = results.load_each(args.files)
+    for path, result in loaded:
+        for written in bench.redraw(result, os.path.dirname(os.path.abspath(path))):
+            print(written)
     return status
 
 

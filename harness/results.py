@@ -69,3 +69,18 @@ def load(path):
         raise ResultError("%s: format_version %r is not supported (this harness reads version %d); "
                           "rerun the scenario or use the harness that wrote it" % (path, version, FORMAT_VERSION))
     return result
+
+
+def load_each(paths):
+    """(path, result) for each file that loads; the refusal of each one that does not goes to
+    stderr. Returns (loaded, status): status 1 if any file was refused, for a command's exit."""
+    import sys
+
+    loaded, status = [], 0
+    for path in paths:
+        try:
+            loaded.append((path, load(path)))
+        except ResultError as e:
+            print(e, file=sys.stderr)
+            status = 1
+    return loaded, status
