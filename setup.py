@@ -11,7 +11,9 @@ setup(
     package_data={"reference": ["static/*", "warm_node.js", "warm_php.php"]},
     install_requires=[
         "bottle>=0.13",
-        "wasmtime>=20",
+        # reference/wasi.py defines host functions through wasmtime-py's raw C bindings
+        # (wasmtime._bindings), which follow the C API: a new major is taken only once tested.
+        "wasmtime>=50,<51",
         "waitress>=3.0",
         "matplotlib>=3.7",
         "prometheus_client>=0.17",

@@ -65,10 +65,12 @@ class WasmRuntime:
 
         from reference import wasm
 
+        from reference.wasi import Wasi
+
         self.wasmtime, self.wasm, self.scratch = wasmtime, wasm, scratch
         self.engine = wasm.make_engine()
         self.linker = wasmtime.Linker(self.engine)
-        self.linker.define_wasi()
+        self.wasi = Wasi(self.linker)
         self.cache = OrderedDict()      # fn_id -> InstancePre (the linking is done once)
         self.stopping = threading.Event()
         # The ticker lives in the worker, after the fork: threads do not survive a fork.
@@ -83,6 +85,7 @@ class WasmRuntime:
         pre = self.cache.get(job.fn_id)
         if pre is None:
             module = self.wasm.load_module(self.engine, job.fn_dir)
+            self.wasi.define_missing(module)
             pre = self.linker.instantiate_pre(module)
             self.cache[job.fn_id] = pre
             if len(self.cache) > MODULE_CACHE:
@@ -92,24 +95,18 @@ class WasmRuntime:
         return pre
 
     def run(self, job):
+        from reference.wasi import Call
+
         wasmtime = self.wasmtime
         started = time.perf_counter()
         pre = self._instance_pre(job)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
-        # WASI reads stdin only from a file: the input goes through one in the worker's scratch dir.
-        stdin_path = os.path.join(self.scratch, "stdin-%d-%d" % (os.getpid(), job.job_id))
-        with open(stdin_path, "wb") as f:
-            f.write(job.input)
+        call = Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
+        self.wasi.begin(call)
         store = wasmtime.Store(self.engine)
         limit = job.memory_mb << 20
         out = Outcome()
         try:
-            config = wasmtime.WasiConfig()
-            config.argv = ["function"]
-            config.stdin_file = stdin_path
-            config.stdout_custom = stdout.write
-            config.stderr_custom = stderr.write
-            store.set_wasi(config)
             store.set_limits(memory_size=limit)
             store.set_epoch_deadline(math.ceil(job.timeout_ms / 1000 / EPOCH_TICK_S) + 1)
             try:
@@ -121,20 +118,17 @@ class WasmRuntime:
             run_started = time.perf_counter()
             try:
                 instance.exports(store)["_start"](store)
-            except wasmtime.ExitTrap as exc:
-                out.exit_code = exc.code
             except wasmtime.Trap as exc:
-                out.exit_code = 1
-                if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-                    out.error = "timeout"
-                    out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
-                else:
-                    out.error = "runtime"
-                    what = exc.trap_code.name.lower().replace("_", " ") if exc.trap_code else exc.message.splitlines()[0]
-                    out.message = "the function trapped: %s" % what
+                if call.exit_code is None:
+                    out.exit_code, out.error, out.message = 1, *_trap_error(wasmtime, exc, job)
             except wasmtime.WasmtimeError as exc:
-                out.exit_code, out.error = 1, "runtime"
-                out.message = "the function failed: %s" % str(exc).splitlines()[0]
+                if call.exit_code is None:
+                    out.exit_code, out.error = 1, "runtime"
+                    out.message = "the function failed: %s" % str(exc).splitlines()[0]
+            if call.exit_code is not None:
+                out.exit_code = call.exit_code
+            elif call.timed_out:
+                out.exit_code, out.error, out.message = 1, "timeout", _timeout_message(job)
             out.exec_ms = _ms(run_started)
             if out.error in (None, "runtime") and (out.exit_code or out.error) and _near_limit(instance, store, limit):
                 # A refused memory.grow is not a trap: malloc returns NULL and the program
@@ -143,15 +137,26 @@ class WasmRuntime:
                 out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
             return out
         finally:
+            self.wasi.begin(None)
             out.stdout, out.stderr = stdout.value(), stderr.value()
             out.truncated = stdout.truncated or stderr.truncated
-            os.unlink(stdin_path)
             store.close()
 
     def close(self):
         self.stopping.set()
         self.ticker.join(timeout=1)
         self.cache.clear()
+
+
+def _timeout_message(job):
+    return "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
+
+
+def _trap_error(wasmtime, exc, job):
+    if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+        return "timeout", _timeout_message(job)
+    what = exc.trap_code.name.lower().replace("_", " ") if exc.trap_code else exc.message.splitlines()[0]
+    return "runtime", "the function trapped: %s" % what
 
 
 def _instantiate_error(exc, job):

@@ -1,0 +1,322 @@
+"""The WASI preview 1 that functions see, written here instead of wasmtime's: the part a command
+uses with no files, over wasmtime's raw ("unchecked") host functions.
+
+Why not `Linker.define_wasi()`: through wasmtime-py, its host calls and the per-Store WASI
+context cost about 0.7 ms for hello.c; these cost about 0.1 ms (docs/PERFORMANCE.md). What a
+function sees is what the worker gave it before, through wasmtime's WASI:
+
+- argv is ["function"]; the environment is empty;
+- fd 0 reads the invocation's input, fds 1 and 2 write into the worker's captures;
+- clocks, random bytes, sched_yield, and poll_oneoff (sleeps end by the call's deadline);
+- no files and no sockets: there is no preopened directory, so every path call and every other
+  descriptor answers EBADF; the calls not written here answer ENOSYS;
+- proc_exit ends the call with its code.
+
+One `Wasi` per Linker; `begin()` binds it to one call at a time (a worker runs one call at a time).
+"""
+
+import ctypes
+import os
+import struct
+import time
+
+import wasmtime
+from wasmtime import _bindings as ffi
+
+MODULE = "wasi_snapshot_preview1"
+ARGV = b"function\0"
+
+ESUCCESS, EBADF, EFAULT, EINVAL, ENOSYS, ESPIPE, ENOTSUP = 0, 8, 21, 28, 52, 70, 58
+CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
+EVENT_CLOCK, EVENT_FD_READ, EVENT_FD_WRITE = 0, 1, 2
+FILETYPE_UNKNOWN = 0                   # what a pipe is to WASI; not a tty, so stdio is fully buffered
+RIGHT_FD_READ, RIGHT_FD_WRITE, RIGHT_POLL = 1 << 1, 1 << 6, 1 << 27
+SUBSCRIPTION, EVENT = 48, 32           # sizes in bytes, from the preview 1 ABI
+U32 = 0xFFFFFFFF
+
+_CALLBACK = ffi.wasmtime_func_unchecked_callback_t
+_memory_extern = ffi.wasmtime_extern_t()
+_EXTERN_MEMORY = 3                     # WASMTIME_EXTERN_MEMORY in wasmtime.h
+_NO_FINALIZER = ffi._wasmtime_linker_define_func_unchecked.argtypes[-1]()   # a NULL function pointer
+
+
+class Fault(Exception):
+    """A pointer from the guest falls outside its memory: the call answers EFAULT."""
+
+
+class _Deadline(Exception):
+    """A sleep reached the call's deadline: the call ends as timed out, as a busy loop would."""
+
+
+class _Exit(Exception):
+    def __init__(self, code):
+        self.code = code
+
+
+class Call:
+    """What one invocation's WASI reads and writes: its input and two sinks with a `write`."""
+
+    def __init__(self, stdin, stdout, stderr, deadline):
+        self.stdin, self.pos = stdin, 0
+        self.sinks = {1: stdout, 2: stderr}
+        self.closed = set()
+        self.deadline = deadline       # time.monotonic() past which sleeps stop early
+        self.exit_code = None          # set by proc_exit
+        self.timed_out = False         # set when a sleep reached the deadline
+
+
+class Memory:
+    """The caller's linear memory for the length of one host call, every access bounds-checked."""
+
+    __slots__ = ("base", "size")
+
+    def __init__(self, caller):
+        if not ffi.wasmtime_caller_export_get(caller, b"memory", 6, ctypes.byref(_memory_extern)) \
+                or _memory_extern.kind != _EXTERN_MEMORY:
+            raise Fault("the module exports no memory")
+        context = ffi.wasmtime_caller_context(caller)
+        memory = ctypes.byref(_memory_extern.of.memory)
+        self.base = ctypes.addressof(ffi.wasmtime_memory_data(context, memory).contents)
+        self.size = ffi.wasmtime_memory_data_size(context, memory)
+
+    def _at(self, ptr, length):
+        ptr &= U32
+        if ptr + length > self.size:
+            raise Fault(ptr)
+        return self.base + ptr
+
+    def read(self, ptr, length):
+        return ctypes.string_at(self._at(ptr, length), length) if length else b""
+
+    def write(self, ptr, data):
+        if data:
+            ctypes.memmove(self._at(ptr, len(data)), data, len(data))
+
+    def u32s(self, ptr, count):
+        return struct.unpack("<%dI" % count, self.read(ptr, 4 * count))
+
+    def put(self, ptr, fmt, *values):
+        self.write(ptr, struct.pack(fmt, *values))
+
+
+class Wasi:
+    """Defines the preview 1 functions on a Linker; `begin(call)` before each instantiation."""
+
+    def __init__(self, linker):
+        self.linker, self.call = linker, None
+        self._keep = []                # the ctypes callbacks must outlive the linker
+        self._defined = set()
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        signatures = {
+            "args_get": [i32, i32], "args_sizes_get": [i32, i32],
+            "environ_get": [i32, i32], "environ_sizes_get": [i32, i32],
+            "fd_read": [i32] * 4, "fd_write": [i32] * 4, "fd_close": [i32],
+            "fd_seek": [i32, i64, i32, i32], "fd_fdstat_get": [i32, i32],
+            "fd_fdstat_set_flags": [i32, i32], "fd_prestat_get": [i32, i32],
+            "fd_prestat_dir_name": [i32, i32, i32],
+            "clock_time_get": [i32, i64, i32], "clock_res_get": [i32, i32],
+            "random_get": [i32, i32], "sched_yield": [], "poll_oneoff": [i32] * 4,
+        }
+        for name, params in signatures.items():
+            self._define(name, wasmtime.FuncType(params, [i32]), getattr(self, name))
+        self._define("proc_exit", wasmtime.FuncType([i32], []), self.proc_exit)
+
+    def begin(self, call):
+        self.call = call
+
+    def define_missing(self, module):
+        """Answer the preview 1 imports written nowhere here: EBADF for descriptor and path calls
+        (there are no files to name), ENOSYS for the rest. The Linker must define every import."""
+        for imp in module.imports:
+            if imp.module != MODULE or imp.name in self._defined or not isinstance(imp.type, wasmtime.FuncType):
+                continue
+            errno = EBADF if imp.name.startswith(("fd_", "path_")) else ENOSYS
+            results = imp.type.results
+            self._define(imp.name, imp.type, lambda *args, errno=errno, results=results: errno if results else None)
+
+    def _define(self, name, functype, impl):
+        nresults = len(functype.results)
+
+        def callback(env, caller, values, count):
+            try:
+                params = [values[i].i64 if kind == "i64" else values[i].i32 for i, kind in enumerate(kinds)]
+                result = impl(caller, *params)
+            except Fault:
+                result = EFAULT
+            except _Exit as exit:
+                self.call.exit_code = exit.code
+                return _trap("exit %d" % exit.code)
+            except _Deadline:
+                self.call.timed_out = True
+                return _trap("the call's deadline passed during a sleep")
+            except BaseException as exc:  # noqa: BLE001 - nothing may cross back into wasmtime
+                return _trap("the platform's WASI failed in %s: %r" % (name, exc))
+            if nresults:
+                values[0].i32 = result
+            return 0
+
+        kinds = [str(t) for t in functype.params]
+        cb = _CALLBACK(callback)
+        self._keep.append(cb)
+        module, field = MODULE.encode(), name.encode()
+        error = ffi.wasmtime_linker_define_func_unchecked(
+            self.linker.ptr(), module, len(module), field, len(field), functype.ptr(), cb, None, _NO_FINALIZER)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        self._defined.add(name)
+
+    # --- arguments and environment ------------------------------------------------------------
+
+    def args_sizes_get(self, caller, argc, size):
+        Memory(caller).put(argc, "<I", 1)
+        Memory(caller).put(size, "<I", len(ARGV))
+        return ESUCCESS
+
+    def args_get(self, caller, argv, buf):
+        memory = Memory(caller)
+        memory.write(buf, ARGV)
+        memory.put(argv, "<I", buf & U32)
+        return ESUCCESS
+
+    def environ_sizes_get(self, caller, count, size):
+        memory = Memory(caller)
+        memory.put(count, "<I", 0)
+        memory.put(size, "<I", 0)
+        return ESUCCESS
+
+    def environ_get(self, caller, environ, buf):
+        return ESUCCESS
+
+    # --- descriptors: 0 is the input, 1 and 2 the captures ---------------------------------------
+
+    def fd_write(self, caller, fd, iovs, count, written):
+        sink = self.call.sinks.get(fd)
+        if sink is None or fd in self.call.closed:
+            return EBADF
+        memory, total = Memory(caller), 0
+        vector = memory.u32s(iovs, 2 * count)
+        for i in range(0, 2 * count, 2):
+            sink.write(memory.read(vector[i], vector[i + 1]))
+            total += vector[i + 1]
+        memory.put(written, "<I", total & U32)
+        return ESUCCESS
+
+    def fd_read(self, caller, fd, iovs, count, read):
+        call = self.call
+        if fd != 0 or fd in call.closed:
+            return EBADF
+        memory, total = Memory(caller), 0
+        vector = memory.u32s(iovs, 2 * count)
+        for i in range(0, 2 * count, 2):
+            chunk = call.stdin[call.pos:call.pos + vector[i + 1]]
+            memory.write(vector[i], chunk)
+            call.pos += len(chunk)
+            total += len(chunk)
+            if len(chunk) < vector[i + 1]:
+                break
+        memory.put(read, "<I", total)
+        return ESUCCESS
+
+    def fd_close(self, caller, fd):
+        if not 0 <= fd <= 2 or fd in self.call.closed:
+            return EBADF
+        self.call.closed.add(fd)
+        return ESUCCESS
+
+    def fd_seek(self, caller, fd, offset, whence, position):
+        return ESPIPE if 0 <= fd <= 2 and fd not in self.call.closed else EBADF
+
+    def fd_fdstat_get(self, caller, fd, stat):
+        if not 0 <= fd <= 2 or fd in self.call.closed:
+            return EBADF
+        rights = (RIGHT_FD_READ if fd == 0 else RIGHT_FD_WRITE) | RIGHT_POLL
+        Memory(caller).put(stat, "<BxHxxxxQQ", FILETYPE_UNKNOWN, 0, rights, 0)
+        return ESUCCESS
+
+    def fd_fdstat_set_flags(self, caller, fd, flags):
+        return ESUCCESS if 0 <= fd <= 2 and fd not in self.call.closed else EBADF
+
+    def fd_prestat_get(self, caller, fd, prestat):
+        return EBADF                   # no preopened directory: the end of the list
+
+    def fd_prestat_dir_name(self, caller, fd, path, length):
+        return EBADF
+
+    # --- time, randomness, process --------------------------------------------------------------
+
+    def clock_time_get(self, caller, clock, precision, result):
+        now = _now(clock)
+        if now is None:
+            return EINVAL
+        Memory(caller).put(result, "<Q", now)
+        return ESUCCESS
+
+    def clock_res_get(self, caller, clock, result):
+        if _now(clock) is None:
+            return EINVAL
+        Memory(caller).put(result, "<Q", 1000)
+        return ESUCCESS
+
+    def random_get(self, caller, buf, length):
+        Memory(caller).write(buf, os.urandom(length & U32))
+        return ESUCCESS
+
+    def sched_yield(self, caller):
+        return ESUCCESS
+
+    def poll_oneoff(self, caller, subscriptions, events, count, stored):
+        """Descriptor subscriptions are ready at once (the input is all there, the captures never
+        block); clock ones sleep until the earliest; a sleep past the call's deadline ends the call there."""
+        memory, call = Memory(caller), self.call
+        count &= U32
+        if count == 0:
+            return EINVAL
+        raw = memory.read(subscriptions, SUBSCRIPTION * count)
+        ready, wake = [], None
+        for i in range(count):
+            userdata, tag = struct.unpack_from("<QB", raw, SUBSCRIPTION * i)
+            if tag == EVENT_CLOCK:
+                clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw, SUBSCRIPTION * i + 16)
+                now = _now(clock)
+                if now is None:
+                    ready.append((userdata, EINVAL, tag, 0))
+                    continue
+                delay = max(timeout - now, 0) if flags & 1 else timeout
+                if wake is None or delay < wake[0]:
+                    wake = (delay, userdata)
+            elif tag in (EVENT_FD_READ, EVENT_FD_WRITE):
+                (fd,) = struct.unpack_from("<I", raw, SUBSCRIPTION * i + 16)
+                ok = fd not in call.closed and (fd == 0 if tag == EVENT_FD_READ else fd in call.sinks)
+                waiting = len(call.stdin) - call.pos if fd == 0 else 0
+                ready.append((userdata, ESUCCESS if ok else EBADF, tag, waiting))
+            else:
+                return EINVAL
+        if not ready and wake is not None:
+            left = call.deadline - time.monotonic()
+            if wake[0] / 1e9 >= left:
+                time.sleep(max(left, 0.0))
+                raise _Deadline()
+            time.sleep(wake[0] / 1e9)
+            ready.append((wake[1], ESUCCESS, EVENT_CLOCK, 0))
+        for i, (userdata, error, tag, waiting) in enumerate(ready):
+            memory.put(events + EVENT * i, "<QHBxxxxxQHxxxxxx", userdata, error, tag, waiting, 0)
+        memory.put(stored, "<I", len(ready))
+        return ESUCCESS
+
+    def proc_exit(self, caller, code):
+        raise _Exit(code & U32)
+
+
+def _now(clock):
+    if clock == CLOCK_REALTIME:
+        return time.time_ns()
+    if clock == CLOCK_MONOTONIC:
+        return time.monotonic_ns()
+    if clock in (CLOCK_PROCESS, CLOCK_THREAD):
+        return time.process_time_ns()
+    return None
+
+
+def _trap(message):
+    data = message.encode()
+    return ctypes.cast(ffi.wasmtime_trap_new(data, len(data)), ctypes.c_void_p).value
