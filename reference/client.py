@@ -102,9 +102,10 @@ class ServerClient:
 
     def _read_answers(self, sock):
         reason = "server unavailable: the connection was closed"
+        frames = framing.FrameReader(sock)
         try:
             while True:
-                header, body = framing.read_frame(sock.fileno())
+                header, body = frames.read_frame()
                 with self._lock:
                     _, slot = self._pending.pop(header.get("req"), (None, None))
                 if slot is not None:
