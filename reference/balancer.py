@@ -95,6 +95,10 @@ class Balancer:
                 await writer.drain()
         except ConnectionError as exc:
             log.warning("connection %d lost: %s", session.number, exc)
+        except asyncio.CancelledError:
+            # Shutdown cancels the connection's task. Returning instead of re-raising spares the
+            # log a traceback from asyncio's stream callback (CPython 3.11 logs it as an error).
+            pass
         finally:
             self.close_session(session)
 
