@@ -14,6 +14,7 @@ setup(
         # reference/wasi.py defines host functions through wasmtime-py's raw C bindings
         # (wasmtime._bindings), which follow the C API: a new major is taken only once tested.
         "wasmtime>=50,<51",
+        "gevent>=24.2",
         "waitress>=3.0",
         "matplotlib>=3.7",
         "prometheus_client>=0.17",

@@ -47,7 +47,10 @@ def _gateway_args(p):
                    help="where deployed functions are stored (default ./functions)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
-    p.add_argument("--threads", type=int, default=16, help="HTTP server threads (default 16)")
+    p.add_argument("--http", choices=("gevent", "waitress"), default="gevent",
+                   help="the WSGI server: gevent (default: one thread, a greenlet per connection) "
+                        "or waitress (a thread pool); docs/PERFORMANCE.md compares them")
+    p.add_argument("--threads", type=int, default=16, help="waitress's threads (default 16)")
     p.add_argument("--max-timeout-ms", type=int, default=None,
                    help="the most a deploy may ask as timeout_ms (default %d)" % config.LIMITS.max_timeout_ms)
     p.add_argument("--max-memory-mb", type=int, default=None,
@@ -115,4 +118,9 @@ def main(argv=None):
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)
     module, function = COMMANDS[args.command]
+    if args.command == "gateway" and args.http == "gevent":
+        # Before the gateway's modules are imported, so that their sockets, locks and threads
+        # are gevent's: a blocking wait for the server then yields to the other connections.
+        from gevent import monkey
+        monkey.patch_all()
     return getattr(importlib.import_module(module), function)(args)

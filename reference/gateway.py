@@ -1,6 +1,7 @@
 """The HTTP gateway: a bottle app whose thin routes sit over storage, toolchains and the server client.
 
-`make_app` builds the WSGI app (tests drive it in-process); `serve` runs it under waitress.
+`make_app` builds the WSGI app (tests drive it in-process); `serve` runs it under gevent (or
+waitress, with --http waitress).
 Every answer is JSON with "ok"; every failure is a FaasError turned into its status in one place.
 """
 
@@ -422,9 +423,8 @@ def _json_code_form(body, need_name):
 # -- serve ----------------------------------------------------------------------------------
 
 def serve(args):
-    """`minifaas gateway`: the app under waitress until SIGTERM or SIGINT. Returns the exit code."""
-    from waitress.server import create_server
-
+    """`minifaas gateway`: the app under the chosen WSGI server until SIGTERM or SIGINT. Returns
+    the exit code."""
     from reference.client import ServerClient
 
     # The operator's ceilings for what a deploy may ask (timeout_ms, memory_mb).
@@ -439,16 +439,68 @@ def serve(args):
     # before the server and answers 503 'server unavailable' until it is there.
     client = ServerClient(config.server_sock(args.server_sock))
     api_key = args.api_key or os.environ.get("FAAS_API_KEY") or None
-    app = make_app(storage, client, limits, api_key=api_key)
+    run = HTTP_SERVERS[getattr(args, "http", "waitress")]
+    try:
+        run(args, lambda **seams: make_app(storage, client, limits, api_key=api_key, **seams), limits)
+    finally:
+        client.close()
+    log.info("stopped")
+    return 0
+
+
+# Requests beyond this many connections wait at accept(); overload is the server's to answer
+# (429), not a silent stall. (Waitress's default of 100 made a load test's new connections wait
+# about 5 s for an idle one to close.)
+CONNECTION_LIMIT = 1000
+
+
+def _serve_gevent(args, build_app, limits):
+    """One thread; a greenlet per connection. The process was monkey-patched before the gateway
+    was imported (reference/cli.py), so waiting for the server costs a greenlet switch, not a
+    thread handoff under the GIL: the cheapest WSGI server on this path (docs/PERFORMANCE.md)."""
+    import socket
+
+    import gevent
+    from gevent.event import Event
+    from gevent.pywsgi import WSGIServer
+
+    from reference import wasm
+
+    def precompile(module):
+        # wasmtime compiles in C without yielding: in a real thread, the loop keeps serving.
+        return gevent.get_hub().threadpool.apply(wasm.precompile, (module,))
+
+    class Server(WSGIServer):
+        def handle(self, sock, address):
+            # pywsgi writes headers and body apart: without NODELAY the body waits for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    app = build_app(precompile=precompile)
+    server = Server((args.host, args.port), app, spawn=CONNECTION_LIMIT, backlog=1024, log=None,
+                    error_log=logging.getLogger("reference.gateway.http"))
+    stopping = Event()
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    server.start()
+    log.info("listening on http://%s:%s (gevent)", args.host, server.server_port)
+    try:
+        stopping.wait()
+    finally:
+        server.stop(timeout=5)
+        app.calls.close()
+
+
+def _serve_waitress(args, build_app, limits):
+    """A thread pool of --threads threads over waitress's own asyncore loop."""
+    from waitress.server import create_server
+
+    app = build_app()
     server = create_server(
         app, host=args.host, port=args.port, threads=args.threads, ident="minifaas",
         # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
         max_request_body_size=limits.payload_bytes + config.MIB,
-        # Waitress stops accepting at 100 open connections by default: a load test with more
-        # keep-alive clients than that saw new connections wait ~5 s for an idle one to close.
-        # Requests beyond the threads wait in waitress's queue; overload is the server's to
-        # answer (429), not a silent stall at accept().
-        connection_limit=1000, backlog=1024,
+        connection_limit=CONNECTION_LIMIT, backlog=1024,
     )
     # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -459,12 +511,12 @@ def serve(args):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("listening on http://%s:%s", server.effective_host, server.effective_port)
+    log.info("listening on http://%s:%s (waitress)", server.effective_host, server.effective_port)
     try:
         server.run()
     finally:
         server.close()
         app.calls.close()
-        client.close()
-    log.info("stopped")
-    return 0
+
+
+HTTP_SERVERS = {"gevent": _serve_gevent, "waitress": _serve_waitress}

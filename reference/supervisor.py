@@ -38,7 +38,7 @@ def component_commands(args):
         if getattr(args, flag) is not None:
             server += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     gateway = base + ["gateway", "--host", args.host, "--port", str(args.port),
-                      "--functions", args.functions, "--threads", str(args.threads)] + socks
+                      "--functions", args.functions, "--http", args.http, "--threads", str(args.threads)] + socks
     for flag in ("max_timeout_ms", "max_memory_mb"):
         if getattr(args, flag) is not None:
             gateway += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]

@@ -20,7 +20,7 @@ from figures import record
 from harness.stack import free_port
 
 CANDIDATES = {"waitress": "waitress", "cheroot": "cheroot", "gunicorn": "gunicorn", "bjoern": "bjoern",
-              "granian": "granian"}
+              "granian": "granian", "gevent": "gevent"}
 CLIENTS = 16
 SECONDS = 3.0
 INPUT = b'{"input": "test data"}'

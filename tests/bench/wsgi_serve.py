@@ -2,7 +2,7 @@
 
     python wsgi_serve.py SERVER PORT FUNCTIONS_DIR (--server-sock PATH | --instant)
 
-SERVER is waitress, cheroot, gunicorn, bjoern or granian, each with 16 threads where it has
+SERVER is waitress, cheroot, gunicorn, bjoern, granian or gevent, each with 16 threads where it has
 threads. --instant replaces the server connection with a stand-in that answers at once, which
 isolates the HTTP layer; --server-sock talks to a real `minifaas server`.
 """
@@ -76,6 +76,22 @@ def serve_bjoern(port):
     bjoern.run(app_from_env(), "127.0.0.1", port)
 
 
+def serve_gevent(port):
+    # Greenlets instead of threads: the blocking ServerClient yields to the hub, not to the OS.
+    from gevent import monkey
+    monkey.patch_all()
+    import socket
+
+    from gevent.pywsgi import WSGIServer
+
+    class NoDelay(WSGIServer):
+        def handle(self, sock, address):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body go out apart
+            super().handle(sock, address)
+
+    NoDelay(("127.0.0.1", port), app_from_env(), log=None).serve_forever()
+
+
 def serve_granian(port):
     from granian import Granian
     from granian.constants import Interfaces
@@ -84,7 +100,7 @@ def serve_granian(port):
 
 
 SERVERS = {"waitress": serve_waitress, "cheroot": serve_cheroot, "gunicorn": serve_gunicorn,
-           "bjoern": serve_bjoern, "granian": serve_granian}
+           "bjoern": serve_bjoern, "granian": serve_granian, "gevent": serve_gevent}
 
 
 def main():
