@@ -15,6 +15,7 @@ setup(
         # (wasmtime._bindings), which follow the C API: a new major is taken only once tested.
         "wasmtime>=50,<51",
         "gevent>=24.2",
+        "uvloop>=0.19",
         "waitress>=3.0",
         "matplotlib>=3.7",
         "prometheus_client>=0.17",

@@ -15,6 +15,8 @@ import signal
 import socket
 import stat
 
+import uvloop
+
 from reference import config, framing, strategies
 from reference.errors import BadRequest, FaasError, ProtocolError
 
@@ -255,7 +257,9 @@ def serve(args):
         return EXIT_IN_USE
     balancer = Balancer(args.strategy.upper(), weights, path)
     try:
-        return asyncio.run(balancer.run())
+        # uvloop: the balancer's loop in C. Not in the server, which forks workers: libuv's
+        # at-fork handler closes fd numbers in children that the worker has since reused.
+        return uvloop.run(balancer.run())
     except OSError as exc:
         log.error("cannot listen on %s: %s", path, exc.strerror or exc)
         return EXIT_IN_USE
