@@ -179,6 +179,19 @@ def test_timeout_stops_the_function_and_the_worker_carries_on(tmp_path, lang, fi
     assert after["error"] is None and after["stdout"] == b"Hello from FAAS!\n"
 
 
+def test_a_wasm_timeout_fires_after_the_worker_sat_idle(tmp_path):
+    """The deadline watch parks while no wasm call runs; the next call must still be stopped."""
+    nap = tmp_path / "nap.py"
+    nap.write_text("import time\ntime.sleep(1.5)\n")
+    nap_dir = make_function(tmp_path, "nap", "python", nap)
+    loop_dir = make_function(tmp_path, "loop", "c", FUNCTIONS / "loop.c")
+    hello_dir = make_function(tmp_path, "hello", "c", EXAMPLES / "hello.c")
+    _, napped, looped = run_jobs(dict(fn_dir=hello_dir, lang="c"), dict(fn_dir=nap_dir, lang="python"),
+                                 dict(fn_dir=loop_dir, lang="c", timeout_ms=300))
+    assert napped["error"] is None, napped
+    assert looped["error"] == "timeout", looped
+
+
 @pytest.mark.parametrize("lang,file,memory_mb", [("c", "memhog.c", 32), ("python", "memhog.py", 64),
                                                   ("js", "memhog.js", 64), ("php", "memhog.php", 32)])
 def test_memory_limit(tmp_path, lang, file, memory_mb):
