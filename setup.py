@@ -16,6 +16,7 @@ setup(
         "wasmtime>=50,<51",
         "gevent>=24.2",
         "uvloop>=0.19",
+        "orjson>=3.9",
         "waitress>=3.0",
         "matplotlib>=3.7",
         "prometheus_client>=0.17",
