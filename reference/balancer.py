@@ -83,10 +83,11 @@ class Balancer:
         session = Session(next(self._numbers), self.new_strategy(), writer)
         self.sessions[session.number] = session
         log.debug("connection %d opened", session.number)
+        frames = framing.AsyncFrameReader(reader)
         try:
             while True:
                 try:
-                    header, _ = await framing.read_frame_async(reader)
+                    header, _ = await frames.read_frame()
                 except EOFError:
                     break
                 except ProtocolError as exc:

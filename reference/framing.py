@@ -8,6 +8,7 @@ body go out in one write. End of file between frames is a clean close (`EOFError
 frame it is a `ProtocolError`. Sizes are checked before the body is read.
 """
 
+import functools
 import os
 import struct
 
@@ -66,33 +67,62 @@ def read_frame(fd):
     return _decode_header(rest[:head_len]), rest[head_len:]
 
 
+CHUNK = 1 << 16
+
+
+def _split(buffer):
+    """Take the first frame out of `buffer` (a bytearray): (header, body), or None while it is
+    not all there."""
+    if len(buffer) < PREFIX.size:
+        return None
+    head_len, body_len = _check_sizes(bytes(buffer[:PREFIX.size]))
+    end = PREFIX.size + head_len + body_len
+    if len(buffer) < end:
+        return None
+    header = _decode_header(bytes(buffer[PREFIX.size:PREFIX.size + head_len]))
+    body = bytes(buffer[PREFIX.size + head_len:end])
+    del buffer[:end]
+    return header, body
+
+
+def _ended(buffer):
+    """The error for a peer that closed with `buffer` left unread."""
+    if buffer:
+        return ProtocolError("connection closed inside a frame")
+    return EOFError("peer closed the connection")
+
+
 class FrameReader:
-    """Frames from a blocking socket, read through a buffer: under load one recv brings many
-    frames, where `read_frame` costs two reads a frame."""
+    """Frames from a blocking socket or pipe through a buffer: one read brings every frame that
+    has arrived, where `read_frame` costs two reads a frame. `source` is a socket or an fd."""
 
-    CHUNK = 1 << 16
-
-    def __init__(self, sock):
-        self.sock, self.buffer = sock, bytearray()
-
-    def _fill(self, n, at_boundary):
-        while len(self.buffer) < n:
-            chunk = self.sock.recv(max(self.CHUNK, n - len(self.buffer)))
-            if not chunk:
-                if at_boundary and not self.buffer:
-                    raise EOFError("peer closed the connection")
-                raise ProtocolError("connection closed inside a frame")
-            self.buffer += chunk
+    def __init__(self, source):
+        self.recv = source.recv if hasattr(source, "recv") else functools.partial(os.read, source)
+        self.buffer = bytearray()
 
     def read_frame(self):
-        self._fill(PREFIX.size, True)
-        head_len, body_len = _check_sizes(self.buffer[:PREFIX.size])
-        end = PREFIX.size + head_len + body_len
-        self._fill(end, False)
-        header = _decode_header(bytes(self.buffer[PREFIX.size:PREFIX.size + head_len]))
-        body = bytes(self.buffer[PREFIX.size + head_len:end])
-        del self.buffer[:end]
-        return header, body
+        while (frame := _split(self.buffer)) is None:
+            chunk = self.recv(CHUNK)
+            if not chunk:
+                raise _ended(self.buffer)
+            self.buffer += chunk
+        return frame
+
+
+class AsyncFrameReader:
+    """Frames from an asyncio StreamReader through a buffer of our own: a frame that has already
+    arrived is returned without suspending, and one read takes in every frame that is there."""
+
+    def __init__(self, reader):
+        self.reader, self.buffer = reader, bytearray()
+
+    async def read_frame(self):
+        while (frame := _split(self.buffer)) is None:
+            chunk = await self.reader.read(CHUNK)
+            if not chunk:
+                raise _ended(self.buffer)
+            self.buffer += chunk
+        return frame
 
 
 def write_frame(fd, header, body=b""):
@@ -101,21 +131,3 @@ def write_frame(fd, header, body=b""):
     while data:
         written = os.write(fd, data)
         data = data[written:]
-
-
-async def read_frame_async(reader):
-    """Read one frame from an asyncio StreamReader."""
-    import asyncio
-
-    try:
-        prefix = await reader.readexactly(PREFIX.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise EOFError("peer closed the connection") from None
-        raise ProtocolError("connection closed inside a frame") from None
-    head_len, body_len = _check_sizes(prefix)
-    try:
-        rest = await reader.readexactly(head_len + body_len)
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("connection closed inside a frame") from None
-    return _decode_header(rest[:head_len]), rest[head_len:]

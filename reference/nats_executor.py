@@ -137,7 +137,7 @@ async def balancer_strategy(lb_sock, retry_s=CONNECT_RETRY_S):
             continue
         try:
             writer.write(framing.encode({"op": "stats", "req": 0}))
-            header, _ = await framing.read_frame_async(reader)
+            header, _ = await framing.AsyncFrameReader(reader).read_frame()   # one answer, then closed
             return str(header.get("strategy") or "").upper() or None
         except (EOFError, ConnectionError, FaasError) as exc:
             log.debug("asking the balancer its strategy: %s", exc)

@@ -68,9 +68,10 @@ class Server:
 
     async def handle_gateway(self, reader, writer):
         log.info("gateway connected")
+        frames = framing.AsyncFrameReader(reader)
         try:
             while True:
-                header, body = await framing.read_frame_async(reader)
+                header, body = await frames.read_frame()
                 self.dispatch_request(header, body, writer)
         except (EOFError, ConnectionError):
             pass
@@ -170,9 +171,10 @@ class Server:
             alive = self.pool.alive()
             if alive:
                 writer.write(framing.encode({"op": "register", "workers": [{"id": w} for w in alive]}))
+            frames = framing.AsyncFrameReader(reader)
             try:
                 while True:
-                    header, _ = await framing.read_frame_async(reader)
+                    header, _ = await frames.read_frame()
                     self.on_balancer(header)
             except (EOFError, ConnectionError, ProtocolError) as exc:
                 log.warning("lost the balancer (%s)", exc or "closed")

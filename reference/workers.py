@@ -45,10 +45,11 @@ def worker_main(job_fd, result_fd):
     except Exception:
         log.exception("worker %d could not start its runtimes", os.getpid())
         os._exit(WORKER_BOOT_ERROR)
+    frames = framing.FrameReader(job_fd)
     try:
         while True:
             try:
-                header, body = framing.read_frame(job_fd)
+                header, body = frames.read_frame()
             except EOFError:
                 break
             job = Job.from_wire(header, body)
@@ -220,9 +221,10 @@ class LocalWorkers:
         worker.state = "idle"  # only now can it take jobs, and only now is it announced
         self.on_up(worker.id)
         self._feed(worker)
+        frames = framing.AsyncFrameReader(reader)
         try:
             while True:
-                header, body = await framing.read_frame_async(reader)
+                header, body = await frames.read_frame()
                 self._finish(worker, Outcome.from_wire(header, body))
         except (EOFError, ConnectionError, framing.ProtocolError) as exc:
             if not isinstance(exc, EOFError):

@@ -68,10 +68,11 @@ def test_async_reader_reads_what_the_blocking_writer_wrote():
 
     async def read_two():
         reader, writer = await asyncio.open_connection(sock=b)
-        first = await framing.read_frame_async(reader)
-        second = await framing.read_frame_async(reader)
+        frames = framing.AsyncFrameReader(reader)
+        first = await frames.read_frame()
+        second = await frames.read_frame()
         with pytest.raises(EOFError):
-            await framing.read_frame_async(reader)
+            await frames.read_frame()
         writer.close()
         return first, second
 
@@ -97,3 +98,29 @@ def test_job_and_outcome_survive_the_wire():
     assert Job.from_wire(*job.to_wire()) == job
     out = Outcome(exit_code=2, stdout=b"out\x00", stderr=b"err", truncated=True, error="timeout", worker=1)
     assert Outcome.from_wire(*out.to_wire()) == out
+
+
+def test_buffered_reader_takes_many_frames_from_one_read_and_knows_a_cut_frame():
+    r, w = os.pipe()
+    frames = [({"n": i}, bytes([i]) * i) for i in range(3)]
+    cut = framing.encode({"n": 3}, b"x" * 100)[:-10]
+    os.write(w, b"".join(framing.encode(h, b) for h, b in frames) + cut)
+    os.close(w)
+    reader = framing.FrameReader(r)
+    try:
+        assert [reader.read_frame() for _ in range(3)] == frames
+        with pytest.raises(ProtocolError):
+            reader.read_frame()
+    finally:
+        os.close(r)
+
+
+def test_buffered_reader_sees_a_clean_close_between_frames():
+    a, b = socket.socketpair()
+    a.sendall(framing.encode({"op": "one"}))
+    a.close()
+    reader = framing.FrameReader(b)
+    assert reader.read_frame() == ({"op": "one"}, b"")
+    with pytest.raises(EOFError):
+        reader.read_frame()
+    b.close()
