@@ -90,13 +90,13 @@ class WasmRuntime:
         return pre
 
     def run(self, job):
-        from reference.wasi import Call
+        from reference import wasi
 
         wasmtime = self.wasmtime
         started = time.perf_counter()
         pre = self._instance_pre(job)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
-        call = Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
+        call = wasi.Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
         self.wasi.begin(call)
         store = wasmtime.Store(self.engine)
         limit = job.memory_mb << 20
@@ -112,7 +112,7 @@ class WasmRuntime:
             out.init_ms = _ms(started)
             run_started = time.perf_counter()
             try:
-                instance.exports(store)["_start"](store)
+                wasi.start(store, instance)
             except wasmtime.Trap as exc:
                 if call.exit_code is None:
                     out.exit_code, out.error, out.message = 1, *_trap_error(wasmtime, exc, job)

@@ -61,3 +61,16 @@ def test_exit_codes_come_through_proc_exit(tmp_path, code):
     source.write_text('#include <stdlib.h>\n#include <stdio.h>\nint main(void) { puts("bye"); exit(%d); }\n' % code)
     out = run_one(tmp_path, "c", source)
     assert (out["exit_code"], out["error"], out["stdout"]) == (code, None, b"bye\n"), out
+
+
+def test_a_module_without_start_is_a_runtime_error(tmp_path):
+    import wasmtime
+
+    fn_dir = tmp_path / "reactor"
+    fn_dir.mkdir()
+    (fn_dir / "code.c").write_text("/* built elsewhere */\n")
+    (fn_dir / "code.wasm").write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    hello = make_function(tmp_path, "hello", "c", EXAMPLES / "hello.c")
+    out, after = run_jobs(dict(fn_dir=str(fn_dir), lang="c"), dict(fn_dir=hello, lang="c"))
+    assert out["error"] == "runtime" and "_start" in out["message"], out
+    assert after["stdout"] == b"Hello from FAAS!\n"
