@@ -216,10 +216,8 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
         err_r, err_w = os.pipe()
         try:
             try:
-                with tempfile.TemporaryFile() as stdin:
-                    stdin.write(job.input)
-                    stdin.seek(0)
-                    pid = server.fork(call_dir, self.cpu_seconds(job), [stdin.fileno(), out_w, err_w])
+                with runtimes.input_fd(job.input) as stdin:
+                    pid = server.fork(call_dir, self.cpu_seconds(job), [stdin, out_w, err_w])
             finally:
                 # Only the call holds the write ends now: their end of file is the call's end.
                 os.close(out_w)

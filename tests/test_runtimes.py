@@ -5,6 +5,7 @@ wasmtime runs WASI programs there, never in the pytest process that forks later.
 """
 
 import base64
+import hashlib
 import json
 import os
 import pathlib
@@ -138,6 +139,20 @@ def test_binary_input_reaches_stdin_unchanged(tmp_path):
     data = bytes(range(256)) * 4
     out = run_one(tmp_path, "c", EXAMPLES / "hello.c", input=data)
     assert out["stdout"] == b"Hello from FAAS!\n" + data
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_inputs_on_both_sides_of_the_pipe_buffer_arrive_whole(tmp_path, warm):
+    """Up to 64 KiB the input goes through a pipe, beyond it through a file: both whole."""
+    echo = tmp_path / "echo.py"
+    echo.write_text("import hashlib, sys\ndata = sys.stdin.buffer.read()\n"
+                    "print(len(data), hashlib.sha256(data).hexdigest())\n")
+    fn_dir = make_function(tmp_path, "echo", "python", echo)
+    sizes = [0, 65536, 65537, 300_000]
+    inputs = [os.urandom(n) for n in sizes]
+    results = run_jobs(*[dict(fn_dir=fn_dir, lang="python", input=data) for data in inputs], warm=warm)
+    assert [r["stdout"] for r in results] == [b"%d %s\n" % (len(d), hashlib.sha256(d).hexdigest().encode())
+                                              for d in inputs]
 
 
 def test_first_call_is_cold_then_warm_and_timed(tmp_path):
