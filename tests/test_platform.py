@@ -194,3 +194,21 @@ def test_a_stack_that_cannot_start_says_why_and_leaves_nothing_behind():
         stack.start()
     assert "NOSUCH" in str(failure.value)  # the balancer's own refusal, passed on
     assert not os.path.exists(stack.dir)
+
+
+@pytest.mark.parametrize("server", ["gevent", "waitress"])
+def test_both_http_servers_serve_the_api(start_stack, server):
+    """gevent is the default; --http waitress must keep working: deploy (a compile, which gevent
+    runs in a real thread), invoke, read back, unknown routes and oversized bodies as JSON."""
+    need_toolchain("c")
+    stack = start_stack(workers=1, extra_args=["--http", server])
+    deployed = deploy(stack.url, "hello", "c", (EXAMPLES / "hello.c").read_bytes())
+    assert deployed["wasm"] is True, deployed
+    status, body, _ = invoke(stack.url, "hello", "via %s" % server)
+    assert status == 200 and body["output"] == "Hello from FAAS!\nvia %s" % server, body
+    status, body, _ = http("GET", stack.url + "/function/hello")
+    assert status == 200 and body["lang"] == "c"
+    status, body, _ = http("GET", stack.url + "/no/such/route")
+    assert status == 404 and body["ok"] is False
+    status, body, _ = http("POST", stack.url + "/invoke?fn=hello", b"x" * ((6 << 20) + 1000))
+    assert status == 413 and body["ok"] is False, body
