@@ -17,6 +17,7 @@ setup(
         "gevent>=24.2",
         "uvloop>=0.19",
         "orjson>=3.9",
+        "httptools>=0.6",
         "waitress>=3.0",
         "matplotlib>=3.7",
         "prometheus_client>=0.17",

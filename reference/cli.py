@@ -48,8 +48,8 @@ def _gateway_args(p):
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
     p.add_argument("--http", choices=("gevent", "waitress"), default="gevent",
-                   help="the WSGI server: gevent (default: one thread, a greenlet per connection) "
-                        "or waitress (a thread pool); docs/PERFORMANCE.md compares them")
+                   help="the HTTP server: gevent (default: one thread, a greenlet per connection, "
+                        "httptools' parser) or waitress (a thread pool); docs/PERFORMANCE.md compares them")
     p.add_argument("--threads", type=int, default=16, help="waitress's threads (default 16)")
     p.add_argument("--max-timeout-ms", type=int, default=None,
                    help="the most a deploy may ask as timeout_ms (default %d)" % config.LIMITS.max_timeout_ms)

@@ -1,5 +1,6 @@
-"""Issue 6's WSGI server choice: the gateway's bottle app under waitress (the default), cheroot,
-gunicorn (gthread), bjoern and granian, each loaded by 16 keep-alive clients.
+"""Issue 6's WSGI server choice: the gateway's bottle app under its own server (httptools, the
+default: reference/httpserver.py), waitress, cheroot, gunicorn (gthread), bjoern, granian and
+gevent's pywsgi, each loaded by 16 keep-alive clients.
 
 Two modes: `instant` (a stand-in answers every invocation at once: the HTTP layer alone) and
 `stack` (a real ServerClient to a real server with 4 workers and a balancer, hello in C).
@@ -20,7 +21,8 @@ from figures import record
 from harness.stack import free_port
 
 CANDIDATES = {"waitress": "waitress", "cheroot": "cheroot", "gunicorn": "gunicorn", "bjoern": "bjoern",
-              "granian": "granian", "gevent": "gevent"}
+              "granian": "granian", "pywsgi": "gevent",
+              "httptools": "httptools"}
 CLIENTS = 16
 SECONDS = 3.0
 INPUT = b'{"input": "test data"}'

@@ -2,7 +2,8 @@
 
     python wsgi_serve.py SERVER PORT FUNCTIONS_DIR (--server-sock PATH | --instant)
 
-SERVER is waitress, cheroot, gunicorn, bjoern, granian or gevent, each with 16 threads where it has
+SERVER is waitress, cheroot, gunicorn, bjoern, granian, pywsgi (gevent's) or httptools (the
+gateway's own, reference/httpserver.py), each with 16 threads where it has
 threads. --instant replaces the server connection with a stand-in that answers at once, which
 isolates the HTTP layer; --server-sock talks to a real `minifaas server`.
 """
@@ -76,7 +77,7 @@ def serve_bjoern(port):
     bjoern.run(app_from_env(), "127.0.0.1", port)
 
 
-def serve_gevent(port):
+def serve_pywsgi(port):
     # Greenlets instead of threads: the blocking ServerClient yields to the hub, not to the OS.
     from gevent import monkey
     monkey.patch_all()
@@ -92,6 +93,14 @@ def serve_gevent(port):
     NoDelay(("127.0.0.1", port), app_from_env(), log=None).serve_forever()
 
 
+def serve_httptools(port):
+    # The gateway's default: reference/httpserver.py (gevent greenlets, httptools' parser).
+    from gevent import monkey
+    monkey.patch_all()
+    from reference.httpserver import HTTPServer
+    HTTPServer(("127.0.0.1", port), app_from_env(), max_body=7 << 20).serve_forever()
+
+
 def serve_granian(port):
     from granian import Granian
     from granian.constants import Interfaces
@@ -100,7 +109,8 @@ def serve_granian(port):
 
 
 SERVERS = {"waitress": serve_waitress, "cheroot": serve_cheroot, "gunicorn": serve_gunicorn,
-           "bjoern": serve_bjoern, "granian": serve_granian, "gevent": serve_gevent}
+           "bjoern": serve_bjoern, "granian": serve_granian, "pywsgi": serve_pywsgi,
+           "httptools": serve_httptools}
 
 
 def main():
