@@ -11,10 +11,12 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,46 @@ def _private_dir(runtime, prefix):
     if runtime.user:
         os.chown(path, *runtime.user)
     return path
+
+
+class CallDirs:
+    """A runtime's call directories, recycled: making one and removing it cost about 0.16 ms of
+    CPU a call on ext4. A call that left its directory exactly as it was made (empty, same owner,
+    mode 0700, no extended attributes) hands it on under a new random name, so a name a call has
+    seen is gone when it ends, as before; any other is removed."""
+
+    def __init__(self, runtime):
+        self.runtime, self.spare = runtime, None
+
+    def take(self):
+        path, self.spare = self.spare, None
+        return path or _private_dir(self.runtime, runtimes.call_prefix())
+
+    def give_back(self, path):
+        if self.spare is None and self._as_made(path):
+            renamed = os.path.join(os.path.dirname(path), runtimes.call_prefix() + secrets.token_hex(6))
+            try:
+                os.rename(path, renamed)
+                self.spare = renamed
+                return
+            except OSError:
+                pass
+        shutil.rmtree(path, ignore_errors=True)
+
+    def _as_made(self, path):
+        try:
+            st = os.lstat(path)
+            owner = self.runtime.user or (os.geteuid(), os.getegid())
+            return (stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+                    and (st.st_uid, st.st_gid) == tuple(owner) and not os.listdir(path)
+                    and not os.listxattr(path))
+        except OSError:
+            return False
+
+    def close(self):
+        if self.spare is not None:
+            shutil.rmtree(self.spare, ignore_errors=True)
+            self.spare = None
 
 
 def _ms(since):
@@ -170,6 +212,7 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
         super().__init__(scratch)
         self.helper = _helper(scratch, "warm_python.py")
         self.pool = WarmPool()
+        self.dirs = CallDirs(self)
 
     def run(self, job):
         if self.interpreter is None:
@@ -185,13 +228,13 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
             except WarmProcessLost as exc:
                 return self._failed_start(job, str(exc))
         keep = False
-        call_dir = _private_dir(self, runtimes.call_prefix())
+        call_dir = self.dirs.take()
         try:
             out = self._call(server, job, call_dir, started)
             out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
             keep = out.error is None
         finally:
-            shutil.rmtree(call_dir, ignore_errors=True)
+            self.dirs.give_back(call_dir)
             if keep:
                 self.pool.put(job.fn_id, server)
             else:
@@ -202,6 +245,7 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
 
     def close(self):
         self.pool.close()
+        self.dirs.close()
 
     def _failed_start(self, job, text):
         if any(word.decode() in text for word in self.memory_words + runtimes.LOADER_MEMORY_WORDS):

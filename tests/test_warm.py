@@ -65,6 +65,25 @@ def test_state_never_leaks_from_one_call_to_the_next(tmp_path, lang, file, expec
     assert [r["cold"] for r in results] == [True, False, False]
 
 
+def test_a_call_directory_is_handed_on_only_as_it_was_made_and_never_under_a_seen_name(tmp_path):
+    """Python calls recycle their directory when the call left it untouched: under a new name,
+    empty, 0700. One a call changed (a file, a chmod) is removed and a fresh one made."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, stat, sys\n"
+                     "what = sys.stdin.read()\n"
+                     "here = os.getcwd()\n"
+                     "print(here, oct(stat.S_IMODE(os.stat(here).st_mode)), sorted(os.listdir(here)))\n"
+                     "if what == 'chmod': os.chmod(here, 0o777)\n"
+                     "if what == 'file': open('left.txt', 'w').write('x')\n")
+    fn = make_function(tmp_path, "probe", "python", probe)
+    inputs = [b"", b"chmod", b"", b"file", b"", b""]
+    results = run_jobs(*[dict(fn_dir=fn, lang="python", input=data) for data in inputs])
+    seen = [r["stdout"].decode().split(" ", 2) for r in results]
+    assert all(r["error"] is None for r in results), results
+    assert [(mode, listing.strip()) for _, mode, listing in seen] == [("0o700", "[]")] * len(inputs)
+    assert len({path for path, _, _ in seen}) == len(inputs)   # a new name every call
+
+
 def test_different_functions_never_share_a_warm_process(tmp_path):
     greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
     counter = make_function(tmp_path, "counter", "python", FUNCTIONS / "counter.py")
