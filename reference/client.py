@@ -64,7 +64,7 @@ class ServerClient:
             req = next(self._ids)
             self._pending[req] = (sock, slot)
             try:
-                sock.sendall(framing.encode(dict(header, req=req), body))
+                framing.send_all(sock, framing.encode(dict(header, req=req), body))
             except OSError as exc:
                 self._pending.pop(req, None)
                 self._drop(sock, "server unavailable: %s" % exc)

@@ -125,6 +125,14 @@ class AsyncFrameReader:
         return frame
 
 
+def send_all(sock, data):
+    """sock.sendall(data), without gevent's sendall asking the kernel for the socket's buffer
+    size on every call (a system call a message): plain sends, looped for the rare short one."""
+    view = memoryview(data)
+    while view:
+        view = view[sock.send(view):]
+
+
 def write_frame(fd, header, body=b""):
     """Write one frame to a blocking file descriptor, all of it."""
     data = memoryview(encode(header, body))

@@ -21,6 +21,8 @@ import urllib.parse
 import httptools
 from gevent.server import StreamServer
 
+from reference.framing import send_all
+
 log = logging.getLogger(__name__)
 
 SERVER = "minifaas"
@@ -159,7 +161,7 @@ class _Connection:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if message.method == "HEAD" or code in NO_BODY_STATUSES:
             body = b""
-        self.sock.sendall(head + body)
+        send_all(self.sock, head + body)
         return keep_alive
 
     def _environ(self, message):
