@@ -4,13 +4,14 @@ Both cross the wire as a frame: the JSON header holds the fields, the body the b
 (the input for a Job; stdout then stderr for an Outcome).
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 def _shallow(record):
     """A record's fields as a dict, without dataclasses.asdict's deep copy: on the hot path,
-    and every value here is already plain JSON or bytes."""
-    return {f.name: getattr(record, f.name) for f in fields(record)}
+    and every value here is already plain JSON or bytes. (Field names come from the class's own
+    table: dataclasses.fields() rebuilds a tuple on every call.)"""
+    return {name: getattr(record, name) for name in type(record).__dataclass_fields__}
 
 
 @dataclass
