@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -53,3 +55,17 @@ def started(why="", **kwargs):
         return Stack(**kwargs).start()
     except StackError as exc:
         pytest.fail("%s%s" % (exc, "\n" + why() if callable(why) else why))
+
+
+def wait_listening(port, proc, output, timeout=30):
+    """Wait until something accepts connections on 127.0.0.1:port; fail the test with `output()`
+    (what the process printed) if `proc` exits first or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("nothing listens on port %d:\n%s" % (port, output()))
+            time.sleep(0.05)

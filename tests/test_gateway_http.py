@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import wsgiref.util
@@ -21,6 +20,7 @@ from reference.errors import CompileError, ToolchainMissing, Unavailable
 from reference.gateway import decode_input, make_app
 from reference.jobs import Outcome
 from reference.storage import Storage
+from support import wait_listening
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HELLO_PY = b'print("hello")\n'
@@ -441,16 +441,7 @@ def test_real_gateway_without_server(tmp_path):
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=ROOT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("gateway did not start:\n" + log_path.read_text(errors="replace"))
-                time.sleep(0.05)
-
+        wait_listening(port, proc, lambda: log_path.read_text(errors="replace"))
         status, body = http("POST", url + "/deploy?name=greet&lang=python", HELLO_PY)
         assert status == 201, body
         status, body = http("POST", url + "/invoke?fn=" + body["id"], b'{"input":"x"}')

@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from harness.stack import free_port
+from support import wait_listening
 
 SERVE = r"""
 import sys
@@ -39,15 +39,7 @@ def server():
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the server did not start: %s" % proc.stderr.read().decode(errors="replace"))
-                time.sleep(0.05)
+        wait_listening(port, proc, lambda: proc.stderr.read().decode(errors="replace"))
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
