@@ -3,7 +3,9 @@
 import json
 import os
 import pathlib
+import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -69,3 +71,14 @@ def wait_listening(port, proc, output, timeout=30):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("nothing listens on port %d:\n%s" % (port, output()))
             time.sleep(0.05)
+
+
+def stop_group(proc, wait=10):
+    """TERM the process group a test started (start_new_session=True), wait, then KILL it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -20,7 +20,7 @@ from reference.errors import CompileError, ToolchainMissing, Unavailable
 from reference.gateway import decode_input, make_app
 from reference.jobs import Outcome
 from reference.storage import Storage
-from support import wait_listening
+from support import stop_group, wait_listening
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HELLO_PY = b'print("hello")\n'
@@ -420,15 +420,6 @@ def http(method, url, body=None):
         return e.code, json.loads(e.read())
 
 
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
 
 def test_real_gateway_without_server(tmp_path):
     port = free_port()
@@ -453,7 +444,7 @@ def test_real_gateway_without_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
-        stop(proc)
+        stop_group(proc)
     assert (tmp_path / "functions" / ".names" / "greet").is_symlink()
 
 

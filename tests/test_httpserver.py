@@ -3,8 +3,6 @@ sockets: keep-alive, pipelining, chunked bodies, Expect: 100-continue, HTTP/1.0,
 and malformed requests. The app behind it echoes what WSGI gave it."""
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import sys
 import pytest
 
 from harness.stack import free_port
-from support import wait_listening
+from support import stop_group, wait_listening
 
 SERVE = r"""
 import sys
@@ -42,12 +40,7 @@ def server():
         wait_listening(port, proc, lambda: proc.stderr.read().decode(errors="replace"))
         yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         proc.stderr.close()
 
 
