@@ -12,7 +12,8 @@ function sees is what the worker gave it before, through wasmtime's WASI:
   descriptor answers EBADF; the calls not written here answer ENOSYS;
 - proc_exit ends the call with its code.
 
-One `Wasi` per Linker; `begin()` binds it to one call at a time (a worker runs one call at a time).
+One `Wasi` per Linker; `begin()` binds it to one call at a time (a worker runs one call at a time,
+and the module keeps two scratch structs for the C calls on that assumption).
 """
 
 import ctypes
@@ -26,7 +27,7 @@ from wasmtime import _bindings as ffi
 MODULE = "wasi_snapshot_preview1"
 ARGV = b"function\0"
 
-ESUCCESS, EBADF, EFAULT, EINVAL, ENOSYS, ESPIPE, ENOTSUP = 0, 8, 21, 28, 52, 70, 58
+ESUCCESS, EBADF, EFAULT, EINVAL, ENOSYS, ESPIPE = 0, 8, 21, 28, 52, 70
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
 EVENT_CLOCK, EVENT_FD_READ, EVENT_FD_WRITE = 0, 1, 2
 FILETYPE_UNKNOWN = 0                   # what a pipe is to WASI; not a tty, so stdio is fully buffered
