@@ -178,9 +178,13 @@ class NatsWorkers:
     def __init__(self, url, on_up, on_down, strategy=None):
         self.url = url
         # The balancer's strategy: a name, or an async callable that finds it out (see
-        # balancer_strategy). Until it is known jobs go to the chosen host's own subject.
+        # balancer_strategy). Jobs wait for it: under FIFO they go to the shared queue, else to
+        # the chosen host's own subject, and a job sent the wrong way would run on a busy host.
         self.strategy = strategy if isinstance(strategy, str) or strategy is None else None
         self._find_strategy = None if isinstance(strategy, str) or strategy is None else strategy
+        self._strategy_known = asyncio.Event()
+        if self._find_strategy is None:
+            self._strategy_known.set()
         self.on_up, self.on_down = on_up, on_down
         self.server_id = uuid.uuid4().hex[:12]
         self.results = "%s.%s" % (RESULTS, self.server_id)
@@ -218,6 +222,7 @@ class NatsWorkers:
 
     async def _learn_strategy(self):
         self.strategy = await self._find_strategy()
+        self._strategy_known.set()
         if self.fifo:
             log.info("FIFO: jobs go to the shared work queue %s, pulled by idle worker hosts", SHARED)
 
@@ -234,15 +239,23 @@ class NatsWorkers:
             return future
         header, body = job.to_wire()
         header.update(slot=wid % SLOTS_PER_HOST, digest=digest, reply=self.results)
-        # Under FIFO the balancer's slot only says that a worker is free somewhere: whichever
-        # host pulls the job first runs it, and its answer names the slot (host None till then).
-        sent = self.sent[job.job_id] = Sent(job, future, wid, None if self.fifo else host.id)
+        sent = self.sent[job.job_id] = Sent(job, future, wid, None)
         sent.timer = asyncio.get_running_loop().call_later(
             job.timeout_ms / 1000.0 + RESULT_GRACE_S, self._no_answer, job.job_id)
         job.started = time.monotonic()  # the queue time the server reports ends at the hand-over
-        subject = SHARED if self.fifo else host_subject(host.id)
-        asyncio.ensure_future(self._publish(subject, job.job_id, pack(header, body)))
+        asyncio.ensure_future(self._send(sent, host, header, body))
         return future
+
+    async def _send(self, sent, host, header, body):
+        # The balancer has just assigned this job, so it is up, and its strategy comes with the
+        # prober's next try (at most CONNECT_RETRY_S away): only a server's first jobs wait.
+        await self._strategy_known.wait()
+        # Under FIFO the balancer's slot only says that a worker is free somewhere: whichever
+        # host pulls the job first runs it, and its answer names the slot (host None till then).
+        if not self.fifo:
+            sent.host = host.id
+        subject = SHARED if self.fifo else host_subject(host.id)
+        await self._publish(subject, sent.job.job_id, pack(header, body))
 
     def alive(self):
         return [wid for h in self.hosts.values() if not h.leaving for wid in h.wids()]
