@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,7 +28,7 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
     return [out]
 
-HTTPServer(("127.0.0.1", int(sys.argv[1])), app, max_body=1000).serve_forever()
+HTTPServer(("127.0.0.1", int(sys.argv[1])), app, max_body=1000, idle_timeout=2.0).serve_forever()
 """
 
 
@@ -162,3 +163,14 @@ def test_headers_become_cgi_variables_and_underscored_names_are_dropped(server):
     assert seen["PATH_INFO"] == "/Ab"                 # percent-decoded, as WSGI asks
     assert seen["HTTP_X_THING"] == "1,2" and seen["CONTENT_TYPE"] == "text/plain"
     assert "evil" not in json.dumps(seen)
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not(server):
+    idle, idle_file = connect(server)
+    busy, busy_file = connect(server)
+    with idle, idle_file, busy, busy_file:
+        for _ in range(12):         # 12 x 0.25 s of requests: longer than the 2 s idle timeout
+            busy.sendall(b"GET /busy HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert read_response(busy_file)[0] == 200
+            time.sleep(0.25)
+        assert idle_file.read() == b""             # the server closed the one that sent nothing
