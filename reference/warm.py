@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import socket
@@ -50,6 +49,16 @@ def _helper(scratch, name):
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return path
+
+
+def _captured(fd, limit):
+    """What a call wrote into a memory file, as a Capture: at most `limit` bytes kept."""
+    capture = runtimes.Capture(limit)
+    size = os.fstat(fd).st_size
+    if size:
+        capture.write(os.pread(fd, min(size, limit + 1), 0))
+    capture.truncated = capture.truncated or size > limit
+    return capture
 
 
 def _private_dir(runtime, prefix):
@@ -255,59 +264,32 @@ class WarmPythonRuntime(runtimes.PythonRuntime):
                        message="python could not start: %s" % (text.splitlines() or ["?"])[-1])
 
     def _call(self, server, job, call_dir, started):
-        stdout, stderr = runtimes.Capture(job.output_limit), runtimes.Capture(job.output_limit)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        # The call writes its stdout and stderr into memory files, not pipes: the worker is not
+        # woken for every write and end of file, only by the fork server's two reports.
+        out_fd, err_fd = os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
-            try:
-                with runtimes.input_fd(job.input) as stdin:
-                    pid = server.fork(call_dir, self.cpu_seconds(job), [stdin, out_w, err_w])
-            finally:
-                # Only the call holds the write ends now: their end of file is the call's end.
-                os.close(out_w)
-                os.close(err_w)
+            with runtimes.input_fd(job.input) as stdin:
+                pid = server.fork(call_dir, self.cpu_seconds(job), [stdin, out_fd, err_fd])
             init_ms = _ms(started)
             run_started = time.perf_counter()
-            code, timed_out = self._collect_call(server, pid, job, out_r, err_r, stdout, stderr)
+            code, timed_out = self._wait_call(server, pid, job)
+            stdout, stderr = _captured(out_fd, job.output_limit), _captured(err_fd, job.output_limit)
         except WarmProcessLost as exc:
             runtimes.kill_strays()
             return Outcome(exit_code=1, error="runtime", message="the function's interpreter was lost: %s" % exc)
         finally:
-            os.close(out_r)
-            os.close(err_r)
+            os.close(out_fd)
+            os.close(err_fd)
         return self.outcome(job, stdout, stderr, code, timed_out, init_ms, run_started)
 
-    def _collect_call(self, server, pid, job, out_r, err_r, stdout, stderr):
-        """Read the call's output and the fork server's report until the deadline, where the
+    def _wait_call(self, server, pid, job):
+        """Wait for the fork server's report of the call's end until the deadline, where the
         call's session is killed. Returns (exit code, timed out)."""
-        deadline = time.monotonic() + job.timeout_ms / 1000
-        sel = selectors.DefaultSelector()
-        sel.register(out_r, selectors.EVENT_READ, stdout)
-        sel.register(err_r, selectors.EVENT_READ, stderr)
-        sel.register(server.sock, selectors.EVENT_READ, None)
-        code, ended_at = None, None
         try:
-            while sel.get_map():
-                now = time.monotonic()
-                if ended_at is None and now >= deadline:
-                    break
-                if ended_at is not None and now - ended_at > runtimes.KILL_GRACE_S:
-                    break
-                for key, _ in sel.select(timeout=max(0.0, min(deadline - now, 0.05))):
-                    if key.data is None:
-                        sel.unregister(server.sock)
-                        # The fork server reports after killing the call's group and strays.
-                        code, ended_at = server.receive(0)["status"], now
-                        continue
-                    data = os.read(key.fd, 65536)
-                    if data:
-                        key.data.write(data)
-                    else:
-                        sel.unregister(key.fd)
-        finally:
-            sel.close()
-        if code is not None:
-            return code, False
+            return server.receive(job.timeout_ms / 1000)["status"], False
+        except WarmProcessLost:
+            if server.proc.poll() is not None:
+                raise
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
