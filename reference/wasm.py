@@ -8,19 +8,43 @@ import logging
 import os
 
 import wasmtime
+from wasmtime import _bindings as ffi
 
 from reference.errors import FaasError
 
 log = logging.getLogger(__name__)
 
 
+# The pooling allocator: instances and memories come from slots reserved once per engine
+# instead of being mapped and unmapped per call (hello.c in-process: 235 -> 165 us a call). A
+# worker runs one call at a time, so a few slots are plenty; what is reserved is address space
+# only (PROT_NONE), committed as a call's memory grows. The limits are wide enough for Go's
+# runtime (large tables and instances); a function's own memory limit is set per Store.
+POOL_SLOTS = 8
+POOL_MAX_MEMORY = 4 << 30          # a 32-bit linear memory's whole range
+POOL_TABLE_ELEMENTS = 1 << 17
+POOL_MAX_INSTANCE_SIZE = 16 << 20
+
+
 def make_engine():
     """A new Engine: no compilation threads (workers are forked, and wasmtime's thread pool is
-    known to hang forked children), epoch interruption for timeouts, code optimised for speed."""
+    known to hang forked children), epoch interruption for timeouts, code optimised for speed,
+    the pooling allocator."""
     config = wasmtime.Config()
     config.parallel_compilation = False
     config.epoch_interruption = True
     config.cranelift_opt_level = "speed"
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, POOL_SLOTS)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, POOL_SLOTS)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, POOL_SLOTS)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, POOL_MAX_MEMORY)
+        ffi.wasmtime_pooling_allocation_config_table_elements_set(pool, POOL_TABLE_ELEMENTS)
+        ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set(pool, POOL_MAX_INSTANCE_SIZE)
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)
     return wasmtime.Engine(config)
 
 
