@@ -43,8 +43,8 @@ class _Message:
 class _Connection:
     """The parser's callbacks for one connection: requests are queued as they complete."""
 
-    def __init__(self, server, sock):
-        self.server, self.sock = server, sock
+    def __init__(self, server, sock, peer):
+        self.server, self.sock, self.peer = server, sock, peer
         self.parser = httptools.HttpRequestParser(self)
         self.current, self.ready = None, []
 
@@ -225,6 +225,4 @@ class HTTPServer(StreamServer):
         # Answers go out in one write; NODELAY keeps the kernel from holding a small one back.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.idle_timeout)
-        connection = _Connection(self, sock)
-        connection.peer = address
-        connection.serve()
+        _Connection(self, sock, address).serve()
