@@ -46,27 +46,6 @@ def _decode_header(raw):
     return header
 
 
-def _read_exactly(fd, n, at_boundary):
-    chunks, remaining = [], n
-    while remaining:
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            if at_boundary and remaining == n:
-                raise EOFError("peer closed the connection")
-            raise ProtocolError("connection closed inside a frame")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-        at_boundary = False
-    return b"".join(chunks)
-
-
-def read_frame(fd):
-    """Read one frame from a blocking file descriptor (a pipe or a socket's fileno())."""
-    head_len, body_len = _check_sizes(_read_exactly(fd, PREFIX.size, True))
-    rest = _read_exactly(fd, head_len + body_len, False)
-    return _decode_header(rest[:head_len]), rest[head_len:]
-
-
 CHUNK = 1 << 16
 
 
@@ -93,8 +72,9 @@ def _ended(buffer):
 
 
 class FrameReader:
-    """Frames from a blocking socket or pipe through a buffer: one read brings every frame that
-    has arrived, where `read_frame` costs two reads a frame. `source` is a socket or an fd."""
+    """Frames from a blocking socket or pipe (`source`: a socket or an fd), read through a
+    buffer: one read brings every frame that has arrived. Keep one reader per connection: bytes
+    of the next frame may already be in its buffer."""
 
     def __init__(self, source):
         self.recv = source.recv if hasattr(source, "recv") else functools.partial(os.read, source)

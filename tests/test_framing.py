@@ -23,10 +23,11 @@ def test_round_trip_over_a_pipe_keeps_header_and_binary_body():
     body = bytes(range(256)) * 3
     fd = pipe_with(framing.encode({"op": "invoke", "req": 7}, body) + framing.encode({"op": "x"}))
     try:
-        assert framing.read_frame(fd) == ({"op": "invoke", "req": 7}, body)
-        assert framing.read_frame(fd) == ({"op": "x"}, b"")
+        frames = framing.FrameReader(fd)
+        assert frames.read_frame() == ({"op": "invoke", "req": 7}, body)
+        assert frames.read_frame() == ({"op": "x"}, b"")
         with pytest.raises(EOFError):
-            framing.read_frame(fd)
+            frames.read_frame()
     finally:
         os.close(fd)
 
@@ -37,7 +38,7 @@ def test_end_of_file_inside_a_frame_is_a_protocol_error():
         fd = pipe_with(whole[:cut])
         try:
             with pytest.raises(ProtocolError):
-                framing.read_frame(fd)
+                framing.FrameReader(fd).read_frame()
         finally:
             os.close(fd)
 
@@ -46,7 +47,7 @@ def test_oversized_frames_are_refused_before_reading_the_body():
     fd = pipe_with(struct.pack("!II", 10, framing.MAX_BODY + 1))  # no body follows: must not wait for it
     try:
         with pytest.raises(ProtocolError, match="too large"):
-            framing.read_frame(fd)
+            framing.FrameReader(fd).read_frame()
     finally:
         os.close(fd)
     with pytest.raises(ProtocolError):
@@ -58,7 +59,7 @@ def test_a_header_that_is_not_a_json_object_is_refused():
         fd = pipe_with(struct.pack("!II", len(head), 0) + head)
         try:
             with pytest.raises(ProtocolError):
-                framing.read_frame(fd)
+                framing.FrameReader(fd).read_frame()
         finally:
             os.close(fd)
 
