@@ -87,16 +87,15 @@ class WasmRuntime:
     """C, Rust and Go compiled to WASI: a fresh Store and instance per call, modules cached per fn_id."""
 
     def __init__(self, scratch):
+        """`scratch` is unused: wasm calls touch no files (every runtime is made with it)."""
         import wasmtime  # here, not at import time: only workers that run wasm need it
 
-        from reference import wasm
+        from reference import wasi, wasm
 
-        from reference.wasi import Wasi
-
-        self.wasmtime, self.wasm, self.scratch = wasmtime, wasm, scratch
+        self.wasmtime, self.wasm, self.wasi = wasmtime, wasm, wasi
         self.engine = wasm.make_engine()
         self.linker = wasmtime.Linker(self.engine)
-        self.wasi = Wasi(self.linker)
+        self.host = wasi.Wasi(self.linker)  # the WASI host functions, bound to one call at a time
         self.cache = OrderedDict()      # fn_id -> InstancePre (the linking is done once)
         # Made in the worker, after the fork: threads do not survive a fork.
         self.watch = DeadlineWatch(self.engine)
@@ -105,7 +104,7 @@ class WasmRuntime:
         pre = self.cache.get(job.fn_id)
         if pre is None:
             module = self.wasm.load_module(self.engine, job.fn_dir)
-            self.wasi.define_missing(module)
+            self.host.define_missing(module)
             pre = self.linker.instantiate_pre(module)
             self.cache[job.fn_id] = pre
             if len(self.cache) > MODULE_CACHE:
@@ -115,14 +114,12 @@ class WasmRuntime:
         return pre
 
     def run(self, job):
-        from reference import wasi
-
-        wasmtime = self.wasmtime
+        wasmtime, wasi = self.wasmtime, self.wasi
         started = time.perf_counter()
         pre = self._instance_pre(job)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
         call = wasi.Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
-        self.wasi.begin(call)
+        self.host.begin(call)
         store = wasmtime.Store(self.engine)
         limit = job.memory_mb << 20
         out = Outcome()
@@ -158,7 +155,7 @@ class WasmRuntime:
             return out
         finally:
             self.watch.end()
-            self.wasi.begin(None)
+            self.host.begin(None)
             out.stdout, out.stderr = stdout.value(), stderr.value()
             out.truncated = stdout.truncated or stderr.truncated
             store.close()

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 # The pooling allocator: instances and memories come from slots reserved once per engine
-# instead of being mapped and unmapped per call (hello.c in-process: 235 -> 165 us a call). A
+# instead of being mapped and unmapped per call (hello.c in-process: about 300 -> 175 us). A
 # worker runs one call at a time, so a few slots are plenty; what is reserved is address space
 # only (PROT_NONE), committed as a call's memory grows. The limits are wide enough for Go's
 # runtime (large tables and instances); a function's own memory limit is set per Store.
