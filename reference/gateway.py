@@ -439,7 +439,7 @@ def serve(args):
     # before the server and answers 503 'server unavailable' until it is there.
     client = ServerClient(config.server_sock(args.server_sock))
     api_key = args.api_key or os.environ.get("FAAS_API_KEY") or None
-    run = HTTP_SERVERS[getattr(args, "http", "waitress")]
+    run = HTTP_SERVERS[args.http]
     try:
         run(args, lambda **seams: make_app(storage, client, limits, api_key=api_key, **seams), limits)
     finally:

@@ -37,7 +37,7 @@ class _Message:
 
     def __init__(self):
         self.url, self.headers, self.body = b"", [], []
-        self.size, self.too_large, self.continue_sent = 0, False, False
+        self.size, self.too_large = 0, False
 
 
 class _Connection:
@@ -69,8 +69,7 @@ class _Connection:
             message.too_large = True            # answered 413 once the body has gone by
         elif any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in message.headers):
             # The client waits for this before it sends the body (curl does for bodies > 1 KiB).
-            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            message.continue_sent = True
+            send_all(self.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body):
         message = self.current
@@ -102,12 +101,12 @@ class _Connection:
                     return
                 # Too large, and still coming: past twice the limit, stop reading and close.
                 if self.current is not None and self.current.size > 2 * self.server.max_body:
-                    self._error(413, "request body too large: at most %d bytes" % self.server.max_body)
+                    self._too_large()
                     return
                 while self.ready:
                     message = self.ready.pop(0)
                     if message.too_large:
-                        self._error(413, "request body too large: at most %d bytes" % self.server.max_body)
+                        self._too_large()
                         return
                     if not self._respond(message):
                         return
@@ -201,12 +200,15 @@ class _Connection:
                 environ[key] = environ[key] + "," + text if key in environ else text
         return environ
 
+    def _too_large(self):
+        self._error(413, "request body too large: at most %d bytes" % self.server.max_body)
+
     def _error(self, code, text):
         body = ('{"ok": false, "error": "%s"}' % text.replace('"', "'")).encode()
         head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                 "Server: %s\r\nConnection: close\r\n\r\n" % (code, _REASONS[code], len(body), SERVER))
         try:
-            self.sock.sendall(head.encode() + body)
+            send_all(self.sock, head.encode() + body)
         except OSError:
             pass
 
