@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 
 FORMAT_VERSION = 1
 RESULT_FILE = "result.json"
@@ -74,8 +75,6 @@ def load(path):
 def load_each(paths):
     """(path, result) for each file that loads; the refusal of each one that does not goes to
     stderr. Returns (loaded, status): status 1 if any file was refused, for a command's exit."""
-    import sys
-
     loaded, status = [], 0
     for path in paths:
         try:

@@ -170,8 +170,9 @@ class Wasi:
     # --- arguments and environment ------------------------------------------------------------
 
     def args_sizes_get(self, caller, argc, size):
-        Memory(caller).put(argc, "<I", 1)
-        Memory(caller).put(size, "<I", len(ARGV))
+        memory = Memory(caller)
+        memory.put(argc, "<I", 1)
+        memory.put(size, "<I", len(ARGV))
         return ESUCCESS
 
     def args_get(self, caller, argv, buf):
