@@ -8,10 +8,10 @@ setup(
     description="A small Function-as-a-Service platform to read and to measure",
     python_requires=">=3.11",
     packages=find_packages(include=["reference", "reference.*", "harness", "harness.*"]),
-    package_data={"reference": ["static/*", "warm_node.js", "warm_php.php"]},
+    package_data={"reference.gateway": ["static/*"], "reference.worker.warm": ["warm_node.js", "warm_php.php"]},
     install_requires=[
         "bottle>=0.13",
-        # reference/wasi.py defines host functions through wasmtime-py's raw C bindings
+        # reference/worker/wasm/wasi.py defines host functions through wasmtime-py's raw C bindings
         # (wasmtime._bindings), which follow the C API: a new major is taken only once tested.
         "wasmtime>=50,<51",
         "gevent>=24.2",

@@ -10,7 +10,9 @@ import os
 import sys
 import time
 
-from harness import plots, report, results, runner, scenario
+from harness.analysis import results
+from harness.render.redraw import redraw
+from harness.run import runner, scenario
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +84,6 @@ def write_all(result, directory):
     path = results.write(result, directory)
     redraw(results.load(path), directory)
     return path
-
-
-def redraw(result, directory):
-    """report.md, the plots and report.html of one loaded result; the paths written."""
-    from harness.html_report import write_html_report
-
-    return [report.write(result, directory), *plots.draw_all(result, directory),
-            write_html_report(result, directory)]
 
 
 def cli(args):

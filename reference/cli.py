@@ -60,13 +60,13 @@ def _gateway_args(p):
 # Each subcommand's owner, imported only when that command runs: a component starts without
 # loading the others (nor the harness's matplotlib).
 COMMANDS = {
-    "up": ("reference.supervisor", "up"),
-    "balancer": ("reference.balancer", "serve"),
-    "server": ("reference.server", "serve"),
-    "gateway": ("reference.gateway", "serve"),
-    "worker-host": ("reference.worker_host", "serve"),
-    "languages": ("reference.toolchains", "cli"),
-    "inject": ("harness.injector", "cli"),
+    "up": ("reference.server.supervisor", "up"),
+    "balancer": ("reference.scheduling.balancer", "serve"),
+    "server": ("reference.server.server", "serve"),
+    "gateway": ("reference.gateway.app", "serve"),
+    "worker-host": ("reference.executors.nats.host", "serve"),
+    "languages": ("reference.functions.toolchains", "cli"),
+    "inject": ("harness.load.injector", "cli"),
     "bench": ("harness.bench", "cli"),
 }
 
@@ -101,7 +101,7 @@ def build_parser(argv=()):
     # cost every component a second of start-up.
     p = sub.add_parser("inject", help="the seed's load injector: THREADS x REQS invocations of FN")
     if "inject" in argv:
-        from harness import injector
+        from harness.load import injector
         injector.add_arguments(p)
 
     p = sub.add_parser("bench", help="run scenarios against fresh stacks and write reports")

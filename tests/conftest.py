@@ -1,9 +1,20 @@
-"""Fixtures shared by the tests: real stacks on private sockets and free ports, and an HTTP helper."""
+"""Fixtures shared by the tests: real stacks on private sockets and free ports, and an HTTP helper.
+
+Two tiers: tests/unit runs in-process in seconds; tests/integration starts real processes and
+is marked `integration`, so `pytest -m "not integration"` is the quick loop."""
+
+import pathlib
 
 import pytest
-
 from support import started
 
+INTEGRATION = pathlib.Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

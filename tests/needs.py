@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from reference import toolchains
+from reference.functions import toolchains
 
 
 def need_toolchain(lang):

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from harness.stack import Stack, StackError
+from harness.run.stack import Stack, StackError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import keepalive
+import pytest
 from benchpaths import EXAMPLES, HERE
 from figures import record
 from support import started

@@ -5,12 +5,13 @@ import io
 import os
 
 import pytest
-
-from reference import framing, strategies
-from reference.gateway import make_app
-from reference.jobs import Job
-from reference.storage import Storage
 from wsgi_serve import InstantClient
+
+from reference.functions.storage import Storage
+from reference.gateway.app import make_app
+from reference.scheduling import strategies
+from reference.wire import framing
+from reference.wire.jobs import Job
 
 FN_DIR = "/srv/functions/hello_1728435600"
 

@@ -1,4 +1,4 @@
-"""One call through reference.runtimes.WorkerRuntimes, as a worker makes it: hello.c in wasmtime
+"""One call through reference.worker.runtimes.WorkerRuntimes, as a worker makes it: hello.c in wasmtime
 (precompiled artifact, cached InstancePre, fresh instance per call) and greet.py under python3.
 
 These run wasmtime and reap children in the pytest process, so conftest orders them last."""
@@ -6,10 +6,10 @@ These run wasmtime and reap children in the pytest process, so conftest orders t
 import shutil
 
 import pytest
-
 from benchpaths import EXAMPLES
-from reference.jobs import Job
-from reference.runtimes import WorkerRuntimes
+
+from reference.wire.jobs import Job
+from reference.worker.runtimes import WorkerRuntimes
 
 pytestmark = pytest.mark.in_process_runtime
 
@@ -22,7 +22,7 @@ def runtimes():
 
 
 def test_wasm_call(benchmark, runtimes, hello_wasm, tmp_path):
-    from reference import wasm
+    from reference.worker.wasm import engine as wasm
     fn_dir = tmp_path / "hello_1"
     fn_dir.mkdir()
     shutil.copy(hello_wasm, fn_dir / "code.wasm")

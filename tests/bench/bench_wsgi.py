@@ -1,5 +1,5 @@
 """Issue 6's WSGI server choice: the gateway's bottle app under its own server (httptools, the
-default: reference/httpserver.py), waitress, cheroot, gunicorn (gthread), bjoern, granian and
+default: reference/gateway/http/server.py), waitress, cheroot, gunicorn (gthread), bjoern, granian and
 gevent's pywsgi, each loaded by 16 keep-alive clients.
 
 Two modes: `instant` (a stand-in answers every invocation at once: the HTTP layer alone) and
@@ -13,12 +13,12 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
-
 import keepalive
+import pytest
 from benchpaths import EXAMPLES, HERE, ROOT
 from figures import record
-from harness.stack import free_port
+
+from harness.run.stack import free_port
 
 CANDIDATES = {"waitress": "waitress", "cheroot": "cheroot", "gunicorn": "gunicorn", "bjoern": "bjoern",
               "granian": "granian", "pywsgi": "gevent",

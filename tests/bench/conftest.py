@@ -12,11 +12,8 @@ import os
 import sys
 
 import pytest
-
-from figures import FIGURES
-
 from benchpaths import EXAMPLES, HERE
-
+from figures import FIGURES
 
 
 def pytest_configure(config):
@@ -71,7 +68,7 @@ def hello_wasm(tmp_path_factory):
     sys.path.insert(0, str(HERE.parent))
     from needs import need_toolchain
     need_toolchain("c")
-    from reference import toolchains
+    from reference.functions import toolchains
     compiled = toolchains.compile_to_wasm("c", (EXAMPLES / "hello.c").read_bytes())
     path = tmp_path_factory.mktemp("hello-wasm") / "code.wasm"
     path.write_bytes(compiled.wasm)

@@ -3,7 +3,7 @@
     python wsgi_serve.py SERVER PORT FUNCTIONS_DIR (--server-sock PATH | --instant)
 
 SERVER is waitress, cheroot, gunicorn, bjoern, granian, pywsgi (gevent's) or httptools (the
-gateway's own, reference/httpserver.py), each with 16 threads where it has
+gateway's own, reference/gateway/http/server.py), each with 16 threads where it has
 threads. --instant replaces the server connection with a stand-in that answers at once, which
 isolates the HTTP layer; --server-sock talks to a real `minifaas server`.
 """
@@ -19,7 +19,7 @@ class InstantClient:
     """Stands in for ServerClient: every invocation succeeds at once, as hello would answer."""
 
     def invoke(self, meta, payload, limits=None):
-        from reference.jobs import Outcome
+        from reference.wire.jobs import Outcome
         return Outcome(stdout=b"Hello from FAAS!\n" + payload, worker=0)
 
     def stats(self):
@@ -35,9 +35,9 @@ class InstantClient:
 def app_from_env():
     """The app as configured by FAAS_BENCH_FUNCTIONS and FAAS_BENCH_SERVER_SOCK (empty: instant).
     A factory, because gunicorn and granian build the app in their own worker processes."""
-    from reference.client import ServerClient
-    from reference.gateway import make_app
-    from reference.storage import Storage
+    from reference.functions.storage import Storage
+    from reference.gateway.app import make_app
+    from reference.gateway.client import ServerClient
 
     sock = os.environ.get("FAAS_BENCH_SERVER_SOCK")
     client = ServerClient(sock) if sock else InstantClient()
@@ -94,10 +94,10 @@ def serve_pywsgi(port):
 
 
 def serve_httptools(port):
-    # The gateway's default: reference/httpserver.py (gevent greenlets, httptools' parser).
+    # The gateway's default: reference/gateway/http/server.py (gevent greenlets, httptools' parser).
     from gevent import monkey
     monkey.patch_all()
-    from reference.httpserver import HTTPServer
+    from reference.gateway.http.server import HTTPServer
     HTTPServer(("127.0.0.1", port), app_from_env(), max_body=7 << 20).serve_forever()
 
 

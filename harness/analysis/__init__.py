@@ -1,0 +1,1 @@
+"""Figures from samples: statistics and the versioned result files."""

@@ -1,0 +1,1 @@
+"""What sends the load: the injector, the pool watcher and the trace readers."""

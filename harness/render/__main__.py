@@ -1,0 +1,5 @@
+import sys
+
+from harness.render.redraw import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""Everything a person reads about one result, drawn again from its file: report.md, the plots
+and report.html. `python -m harness.render RESULT.json ...` redraws old runs."""
+
+import argparse
+import os
+
+from harness.analysis import results
+from harness.render import plots, report
+from harness.render.html_report import write_html_report
+
+
+def redraw(result, directory):
+    """report.md, the plots and report.html of one loaded result; the paths written."""
+    return [report.write(result, directory), *plots.draw_all(result, directory),
+            write_html_report(result, directory)]
+
+
+def main(argv=None):
+    """Redraw report.md, the plots and report.html next to each given result file."""
+    parser = argparse.ArgumentParser(prog="python -m harness.render", description=main.__doc__)
+    parser.add_argument("files", nargs="+", metavar="RESULT.json")
+    args = parser.parse_args(argv)
+    loaded, status = results.load_each(args.files)
+    for path, result in loaded:
+        for written in redraw(result, os.path.dirname(os.path.abspath(path))):
+            print(written)
+    return status

@@ -1,0 +1,286 @@
+"""The Markdown report of one result file: comparison tables and whether differences are significant.
+
+Reads only the result file, so `python -m harness.render results/X/result.json` redraws the
+report and the plots of an old run without rerunning it.
+"""
+
+import itertools
+import logging
+import os
+
+from harness.analysis import stats
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.md"
+COMPARED = (("throughput_rps", None, "throughput (req/s)"),
+            ("latency_ms", "p50", "p50 latency (ms)"),
+            ("latency_ms", "p99", "p99 latency (ms)"))
+
+
+def fmt(value, digits=1):
+    return "n/a" if value is None else "%.*f" % (digits, value)
+
+
+def fmt_spread(s, digits=1):
+    """'mean ± stdev' over repeats, or the single value."""
+    if s is None or s["mean"] is None:
+        return "n/a"
+    if s["stdev"] is None:
+        return fmt(s["mean"], digits)
+    return "%s ± %s" % (fmt(s["mean"], digits), fmt(s["stdev"], digits))
+
+
+def run_values(phase, key, sub):
+    return [r[key][sub] if sub else r[key] for r in phase.get("runs", [])]
+
+
+def compare(result):
+    """Every pair of strategies, every phase, every compared metric: means and Welch's test over repeats."""
+    out = []
+    names = [s for s in result["scenario"]["strategies"] if s in result["strategies"]]
+    phases = result["scenario"]["phases"]
+    for phase in phases:
+        for a, b in itertools.combinations(names, 2):
+            pa = result["strategies"][a]["phases"].get(phase, {})
+            pb = result["strategies"][b]["phases"].get(phase, {})
+            if not pa.get("runs") or not pb.get("runs"):
+                continue
+            metrics = [(label, run_values(pa, key, sub), run_values(pb, key, sub)) for key, sub, label in COMPARED]
+            functions = sorted(set(pa["runs"][0].get("per_function", {})) & set(pb["runs"][0].get("per_function", {})))
+            if len(functions) > 1:
+                # In a mix, one function's tail is where strategies differ (short jobs behind long ones).
+                for fn in functions:
+                    metrics.append(("p99 latency of %s (ms)" % fn, _fn_p99(pa, fn), _fn_p99(pb, fn)))
+            for label, va, vb in metrics:
+                test = stats.welch(va, vb)
+                out.append({"phase": phase, "a": a, "b": b, "metric": label,
+                            "mean_a": stats.spread(va)["mean"], "mean_b": stats.spread(vb)["mean"],
+                            "n_a": len(va), "n_b": len(vb), **test})
+    return out
+
+
+def _fn_p99(phase, fn):
+    return [r["per_function"][fn]["latency_ms"]["p99"] for r in phase["runs"] if fn in r.get("per_function", {})]
+
+
+def winners(result):
+    """For every phase and metric: the best strategy, the runner-up, the margin and Welch's test
+    between the two (over repeats). The leading question of a many-strategy scenario."""
+    names = [s for s in result["scenario"]["strategies"] if s in result["strategies"]]
+    out = []
+    if len(names) < 2:
+        return out
+    for phase in result["scenario"]["phases"]:
+        entries = {s: result["strategies"][s]["phases"].get(phase, {}) for s in names}
+        entries = {s: e for s, e in entries.items() if e.get("runs")}
+        if len(entries) < 2:
+            continue
+        metrics = [(label, key, sub) for key, sub, label in COMPARED]
+        functions = set.intersection(*(set(e["runs"][0].get("per_function", {})) for e in entries.values()))
+        if len(functions) > 1:
+            metrics += [("p99 latency of %s (ms)" % fn, "fn", fn) for fn in sorted(functions)]
+        pools = [r.get("pool", {}).get("workers_mean") for e in entries.values() for r in e["runs"]]
+        if None not in pools and len(set(pools)) > 1:   # fixed pools of one size cost the same
+            metrics.append(("mean workers (cost)", "pool", "workers_mean"))
+        for label, key, sub in metrics:
+            values = {}
+            for s, e in entries.items():
+                if key == "fn":
+                    values[s] = _fn_p99(e, sub)
+                else:
+                    values[s] = [v for v in run_values(e, key, sub) if v is not None]
+            means = {s: stats.spread(v)["mean"] for s, v in values.items() if v}
+            if len(means) < 2:
+                continue
+            higher_is_better = label.startswith("throughput")
+            ranked = sorted(means, key=means.get, reverse=higher_is_better)
+            best, second = ranked[0], ranked[1]
+            margin = abs(means[best] - means[second])
+            out.append({"phase": phase, "metric": label, "best": best, "second": second,
+                        "mean_best": means[best], "mean_second": means[second], "margin": margin,
+                        "margin_pct": 100.0 * margin / abs(means[second]) if means[second] else None,
+                        "n_best": len(values[best]), "n_second": len(values[second]),
+                        **stats.welch(values[best], values[second])})
+    return out
+
+
+def _who_wins(result):
+    rows = winners(result)
+    if not rows:
+        return []
+    lines = ["## Who wins", "",
+             "For each phase and metric, the best strategy, its margin over the runner-up, and whether "
+             "the repeats show that margin is not noise (Welch's t-test between the two, 5% level).", "",
+             "| phase | metric | best | runner-up | margin | significant? |", "|---|---|---|---|---|---|"]
+    for w in rows:
+        if w["p"] is None:
+            sig = "no test (%d run(s); set repeat >= 2)" % min(w["n_best"], w["n_second"])
+        elif w["significant"]:
+            sig = "**yes** (p = %.3g)" % w["p"]
+        else:
+            sig = "no (p = %.3g): a tie as far as the runs show" % w["p"]
+        pct = "" if w["margin_pct"] is None else " (%.0f%%)" % w["margin_pct"]
+        lines.append("| %s | %s | %s: %s | %s: %s | %s%s | %s |" % (
+            w["phase"], w["metric"], w["best"], fmt(w["mean_best"]), w["second"], fmt(w["mean_second"]),
+            fmt(w["margin"]), pct, sig))
+    return lines + [""]
+
+
+def verdict(c):
+    if c["p"] is None:
+        return "no test: %d run(s) each (set repeat >= 2)" % min(c["n_a"], c["n_b"])
+    if c["significant"]:
+        better = _better(c)
+        return "**significant** (p = %.3g): %s is better" % (c["p"], better)
+    return "not significant (p = %.3g): no difference shown" % c["p"]
+
+
+def _better(c):
+    higher_is_better = c["metric"].startswith("throughput")
+    a_higher = c["mean_a"] > c["mean_b"]
+    return c["a"] if a_higher == higher_is_better else c["b"]
+
+
+def render(result):
+    sc = result["scenario"]
+    md = result["metadata"]
+    lines = ["# Scenario `%s`" % sc["name"], ""]
+    if sc.get("description"):
+        lines += [sc["description"], ""]
+    # With [[stacks]] each stack has its own pool, listed under "Stacks compared".
+    workers = "" if _stacks(result) else "Workers: %d; " % sc["workers"]
+    lines += ["%sstrategies: %s; repeat: %d; file: `%s`." % (
+        workers, ", ".join(sc["strategies"]), sc["repeat"], sc.get("file", "?")), "",
+        "Run on %s (%s cores, %s), Python %s, wasmtime %s, commit %s, %s." % (
+            md.get("host"), md.get("cores"), md.get("platform"), md.get("python"), md.get("wasmtime"),
+            (md.get("git_commit") or "?")[:12], md.get("date")), ""]
+    lines += _stacks(result)
+    if not result.get("ok", True):
+        lines += ["## Failures", ""]
+        lines += ["- %s" % e.replace("\n", " ")[:500] for e in result.get("errors", [])]
+        lines.append("")
+
+    strategies = [s for s in sc["strategies"] if s in result["strategies"]]
+    lines += _who_wins(result)
+    for phase in sc["phases"]:
+        lines += ["## Phase `%s`" % phase, ""]
+        lines += ["| strategy | kind | runs | requests | ok | errors | throughput (req/s) | p50 ms | p90 ms "
+                  "| p99 ms | max ms | mean ms | late | workers mean (max) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in strategies:
+            entry = result["strategies"][s]["phases"].get(phase)
+            if not entry or not entry.get("runs"):
+                reason = (entry or {}).get("skipped") or "not run"
+                lines.append("| %s | | 0 | | | | %s | | | | | | | |" % (s, reason))
+                continue
+            agg = entry["aggregate"]
+            lat = agg["latency_ms"]
+            errors = ", ".join("%s %d" % kv for kv in sorted(agg["errors"].items())) or "0"
+            late = sum(r.get("late", 0) for r in entry["runs"]) if entry["kind"] != "closed" else "-"
+            lines.append("| %s | %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                s, entry["kind"], agg["runs"], agg["requests"], agg["ok"], errors,
+                fmt_spread(agg["throughput_rps"]), fmt_spread(lat["p50"]), fmt_spread(lat["p90"]),
+                fmt_spread(lat["p99"]), fmt_spread(lat["max"]), fmt_spread(lat["mean"]), late,
+                _pool_cell(entry["runs"])))
+        lines.append("")
+        lines += _per_function(result, strategies, phase)
+        comparisons = [c for c in compare(result) if c["phase"] == phase]
+        if comparisons:
+            lines += ["Comparison over repeats (Welch's t-test, 5% level):", ""]
+            for c in comparisons:
+                lines.append("- %s, %s vs %s: %s vs %s: %s" % (
+                    c["metric"], c["a"], c["b"], fmt(c["mean_a"]), fmt(c["mean_b"]), verdict(c)))
+            lines.append("")
+        lines += _per_worker(result, strategies, phase)
+
+    lines += ["## First invocation after deploy (cold start)", "",
+              "| function | strategy | latency ms | cold | init ms | ok |", "|---|---|---|---|---|---|"]
+    for s in strategies:
+        for fn, cold in sorted(result["strategies"][s].get("cold", {}).items()):
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                fn, s, fmt(cold.get("latency_ms")), cold.get("cold", "?"), fmt(cold.get("init_ms")),
+                "yes" if cold.get("ok") else "no: %s" % cold.get("kind")))
+    lines.append("")
+    lines += ["## Deploys", "", "| function | strategy | lang | ok | deploy ms | error |", "|---|---|---|---|---|---|"]
+    for s in strategies:
+        for fn, d in sorted(result["strategies"][s].get("deploy", {}).items()):
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                fn, s, d.get("lang"), "yes" if d.get("ok") else "no", fmt(d.get("deploy_ms")),
+                (d.get("error") or "").replace("\n", " ").replace("|", "/")[:200]))
+    plots = ["throughput.png", "latency_cdf.png", "timeline.png", "workers.png"]
+    if any(r.get("pool_timeline") for s in strategies for e in result["strategies"][s]["phases"].values()
+           for r in e.get("runs", [])):
+        plots.append("workers_over_time.png")
+    lines += ["", "Plots: %s." % ", ".join("`%s`" % p for p in plots), ""]
+    return "\n".join(lines)
+
+
+def _pool_cell(runs):
+    """Workers able to take a job, averaged over the phase (and its max): the pool's cost."""
+    pools = [r["pool"] for r in runs if r.get("pool", {}).get("workers_mean") is not None]
+    if not pools:
+        return "-"
+    return "%s (%d)" % (fmt(sum(p["workers_mean"] for p in pools) / len(pools)),
+                        max(p["workers_max"] for p in pools))
+
+
+def _stacks(result):
+    """One line per STRATEGY@label: how its stack was started."""
+    stacks = result["scenario"].get("stacks") or {}
+    if not any(v.get("label") for v in stacks.values()):
+        return []
+    lines = ["Stacks compared:", ""]
+    for key in result["scenario"]["strategies"]:
+        spec = stacks.get(key, {})
+        options = ", ".join("%s %s" % (k, ",".join(map(str, v)) if isinstance(v, list) else v)
+                            for k, v in sorted(spec.items()) if k not in ("label", "strategy"))
+        lines.append("- `%s`: strategy %s, %s" % (key, spec.get("strategy", "?"), options))
+    return lines + [""]
+
+
+def _per_function(result, strategies, phase):
+    """Latency per function, for phases mixing several: where FIFO and RR differ most."""
+    names = set()
+    for s in strategies:
+        for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", []):
+            names.update(r.get("per_function", {}))
+    if len(names) < 2:
+        return []
+    lines = ["Per function (mean over runs):", "",
+             "| function | strategy | requests | ok | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
+    for fn in sorted(names):
+        for s in strategies:
+            runs = [r["per_function"][fn] for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", [])
+                    if fn in r.get("per_function", {})]
+            if not runs:
+                continue
+            mean = lambda k: stats.spread([r["latency_ms"][k] for r in runs])
+            lines.append("| %s | %s | %d | %d | %s | %s | %s |" % (
+                fn, s, sum(r["requests"] for r in runs), sum(r["ok"] for r in runs),
+                fmt_spread(mean("p50")), fmt_spread(mean("p99")), fmt_spread(mean("max"))))
+    return lines + [""]
+
+
+def _per_worker(result, strategies, phase):
+    lines = []
+    for s in strategies:
+        counts = {}
+        for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", []):
+            for w, n in r.get("workers", {}).items():
+                counts[w] = counts.get(w, 0) + n
+        if counts:
+            lines.append("Per-worker load, %s: %s" % (s, ", ".join(
+                "worker %s: %d" % (w, counts[w]) for w in sorted(counts, key=_worker_key))))
+    return lines + [""] if lines else []
+
+
+def _worker_key(w):
+    return (0, int(w), w) if w.lstrip("-").isdigit() else (1, 0, w)
+
+
+def write(result, directory):
+    path = os.path.join(directory, REPORT_FILE)
+    with open(path, "w") as f:
+        f.write(render(result))
+    return path

@@ -1,0 +1,1 @@
+"""Deployed functions: where they are stored, the languages, and the toolchains that compile them."""

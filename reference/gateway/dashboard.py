@@ -1,0 +1,27 @@
+"""The web dashboard: `GET /` and its static files (reference/gateway/static/), served by the gateway
+with no build step; the page's JavaScript reads the same JSON API as any other client."""
+
+import os
+
+import bottle
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+
+
+def install(app, static_root=STATIC):
+    """Add the dashboard's routes to the gateway's bottle app."""
+
+    def send(path):
+        answer = bottle.static_file(path, root=static_root)
+        # Revalidate on every load: the files are tiny, and a stale script after an upgrade would
+        # talk to the new API with old assumptions.
+        answer.set_header("Cache-Control", "no-cache")
+        return answer
+
+    @app.get("/")
+    def index():
+        return send("index.html")
+
+    @app.get("/static/<path:path>")
+    def static(path):
+        return send(path)

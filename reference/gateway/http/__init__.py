@@ -1,0 +1,1 @@
+"""The HTTP servers the gateway's WSGI app runs under."""

@@ -1,0 +1,1 @@
+"""Which worker runs each job: the strategies and the balancer process that applies them."""

@@ -1,0 +1,73 @@
+"""The records that travel between processes: a Job to run and the Outcome of running it.
+
+Both cross the wire as a frame: the JSON header holds the fields, the body the bytes
+(the input for a Job; stdout then stderr for an Outcome).
+"""
+
+from dataclasses import dataclass, field
+
+
+def _shallow(record):
+    """A record's fields as a dict, without dataclasses.asdict's deep copy: on the hot path,
+    and every value here is already plain JSON or bytes. (Field names come from the class's own
+    table: dataclasses.fields() rebuilds a tuple on every call.)"""
+    return {name: getattr(record, name) for name in type(record).__dataclass_fields__}
+
+
+@dataclass
+class Job:
+    """One invocation, as a worker needs it: where the function lives and what to feed it."""
+
+    job_id: int
+    fn_id: str           # "<name>_<unix seconds>", the directory under the functions tree
+    fn_dir: str          # absolute path of functions/<fn_id>
+    lang: str            # canonical language name (reference.functions.languages)
+    input: bytes = b""   # the function's stdin
+    timeout_ms: int = 5000
+    memory_mb: int = 128
+    output_limit: int = 1 << 20
+
+    def to_wire(self):
+        header = _shallow(self)
+        body = header.pop("input")
+        return header, body
+
+    @classmethod
+    def from_wire(cls, header, body):
+        fields = {k: header[k] for k in cls.__dataclass_fields__ if k in header and k != "input"}
+        return cls(input=body, **fields)
+
+
+@dataclass
+class Outcome:
+    """What running a Job produced. `error` is None when the function ran to its end (whatever
+    its exit code), else the kind of limit or fault that stopped it: "timeout", "memory",
+    "runtime" (could not start or trapped), with `message` saying what happened."""
+
+    exit_code: int = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+    error: str = None
+    message: str = ""
+    cold: bool = False
+    init_ms: float = 0.0
+    exec_ms: float = 0.0
+    # Filled in by the server, not the worker:
+    worker: int = -1
+    queue_ms: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_wire(self):
+        header = _shallow(self)
+        stdout, stderr = header.pop("stdout"), header.pop("stderr")
+        header["stdout_len"] = len(stdout)
+        return header, stdout + stderr
+
+    @classmethod
+    def from_wire(cls, header, body):
+        n = header.get("stdout_len", len(body))
+        fields = {k: header[k] for k in cls.__dataclass_fields__ if k in header}
+        fields.pop("stdout", None)
+        fields.pop("stderr", None)
+        return cls(stdout=body[:n], stderr=body[n:], **fields)

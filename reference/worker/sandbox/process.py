@@ -1,0 +1,253 @@
+"""Interpreted functions in a child process: node, python3 or php with an empty environment,
+a private call directory, rlimits, its own process group, an unprivileged user when we are root.
+After the call the whole process tree is killed and reaped."""
+
+import logging
+import math
+import os
+import pwd
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from reference.functions import toolchains
+from reference.functions.languages import LANGUAGES
+from reference.wire.jobs import Outcome
+from reference.worker.capture import Capture, input_fd
+from reference.worker.capture import ms as _ms
+from reference.worker.sandbox.scratch import call_prefix
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_S = 1.0          # how long to drain pipes after the function's processes are killed
+# What the dynamic loader says when the address-space limit is too small to even start.
+LOADER_MEMORY_WORDS = (b"failed to map segment", b"Cannot allocate memory")
+
+
+def _sandbox_user():
+    """(uid, gid) to run functions as when the platform is root, else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("nobody", "nfsnobody"):
+        try:
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            pass
+    return 65534, 65534
+
+
+class ProcessRuntime:
+    """A script run by an interpreter in a child process: empty environment, private scratch
+    directory, rlimits, its own process group, an unprivileged user when we are root."""
+
+    lang = None
+    memory_words = ()           # words in stderr that mean the interpreter ran out of memory
+
+    def __init__(self, scratch):
+        self.scratch = scratch
+        self.user = _sandbox_user()
+        tc = toolchains.find(self.lang)
+        self.interpreter = tc.path if tc else None
+
+    def argv(self, job, script):
+        raise NotImplementedError
+
+    def address_space(self, job):
+        return job.memory_mb << 20
+
+    def run(self, job):
+        if self.interpreter is None:
+            return Outcome(exit_code=1, error="runtime",
+                           message="no %s interpreter on this server: %s" % (self.lang, toolchains.install_hint(self.lang)))
+        started = time.perf_counter()
+        call_dir = tempfile.mkdtemp(prefix=call_prefix(), dir=self.scratch)
+        try:
+            script = os.path.join(call_dir, "code." + LANGUAGES[self.lang].ext)
+            shutil.copyfile(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), script)
+            if self.user:
+                for path in (call_dir, script):
+                    os.chown(path, *self.user)
+            out = self._run_child(job, self.argv(job, script), call_dir, started)
+            # Tracebacks name the script by its scratch path, which means nothing to the user.
+            out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
+            return out
+        finally:
+            shutil.rmtree(call_dir, ignore_errors=True)
+
+    def cpu_seconds(self, job):
+        return math.ceil(job.timeout_ms / 1000) + 1
+
+    def _preexec(self, job, cpu=True):
+        """The rlimits, set in the child before exec. A warm process that outlives calls gets no
+        CPU limit of its own (cpu=False): each call's process sets it."""
+        limits = [(resource.RLIMIT_AS, self.address_space(job)),
+                  (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)]
+        if cpu:
+            limits.append((resource.RLIMIT_CPU, self.cpu_seconds(job)))
+        if self.user:
+            # Counted per user (threads too), so only meaningful for the shared sandbox user.
+            limits.append((resource.RLIMIT_NPROC, 512))
+
+        def preexec():
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+        return preexec
+
+    def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=()):
+        """Start the interpreter locked down: empty environment, its own session (so its process
+        group can be killed as one), the rlimits, and the sandbox user when we are root."""
+        user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env={"PATH": "/usr/bin:/bin"},
+                                start_new_session=True, preexec_fn=self._preexec(job, cpu), pass_fds=pass_fds, **user)
+
+    def _run_child(self, job, argv, cwd, started):
+        stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
+        with input_fd(job.input) as stdin:
+            try:
+                proc = self.spawn(argv, job, cwd, stdin)
+            except OSError as exc:
+                return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
+        init_ms = _ms(started)
+        run_started = time.perf_counter()
+        timed_out = self._collect(proc, job, stdout, stderr)
+        return self.outcome(job, stdout, stderr, proc.returncode, timed_out, init_ms, run_started)
+
+    def outcome(self, job, stdout, stderr, code, timed_out, init_ms, run_started):
+        """The Outcome of a finished call from its exit code (negative: killed by that signal)."""
+        out = Outcome(stdout=stdout.value(), stderr=stderr.value(), truncated=stdout.truncated or stderr.truncated,
+                      init_ms=init_ms, exec_ms=_ms(run_started))
+        out.exit_code = code if code >= 0 else 128 - code
+        if timed_out or code == -signal.SIGXCPU:
+            out.error = "timeout"
+            out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
+        elif code != 0 and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS):
+            out.error = "memory"
+            out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
+        elif code < 0:
+            out.error = "runtime"
+            out.message = "the function was killed by signal %s" % signal.Signals(-code).name
+        return out
+
+    def _collect(self, proc, job, stdout, stderr):
+        """Read both pipes until the deadline; True when it was reached. Afterwards the whole
+        process group and any escaped descendants are dead, and the child is reaped."""
+        deadline = time.monotonic() + job.timeout_ms / 1000
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, stdout)
+        sel.register(proc.stderr, selectors.EVENT_READ, stderr)
+        timed_out, exited_at = False, None
+        try:
+            while sel.get_map():
+                now = time.monotonic()
+                if exited_at is None and proc.poll() is not None:
+                    # Whatever it left running still holds the pipes: end it, then drain a little.
+                    _kill_tree(proc)
+                    exited_at = now
+                if exited_at is not None and now - exited_at > KILL_GRACE_S:
+                    break
+                if exited_at is None and now >= deadline:
+                    timed_out = True
+                    break
+                for key, _ in sel.select(timeout=max(0.0, min(deadline - now, 0.05))):
+                    data = os.read(key.fd, 65536)
+                    if data:
+                        key.data.write(data)    # past the limit it is read and dropped, so the writer never blocks
+                    else:
+                        sel.unregister(key.fileobj)
+        finally:
+            sel.close()
+            _kill_tree(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+        return timed_out
+
+    def close(self):
+        pass
+
+
+def _kill_tree(proc):
+    """SIGKILL the child's process group, reap it, then the descendants that left the group
+    (setsid, double fork): as subreaper the worker inherits them once their parents die."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    kill_strays()
+
+
+def kill_strays():
+    """SIGKILL and reap every child of ours that is not a warm process we keep."""
+    for _ in range(10):
+        strays = _stray_children()
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+# Pids of the warm interpreters this worker keeps between calls (reference/worker/warm/runtimes.py): children
+# of ours, but not strays.
+own_children = set()
+
+
+def _stray_children():
+    """Pids of our child processes: in a worker each one is left over from the call that just
+    ended (a worker keeps no other child of its own but its warm interpreters)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[1]) == me and int(entry) not in own_children:
+            found.append(int(entry))
+    return found
+
+
+class NodeRuntime(ProcessRuntime):
+    lang = "js"
+    memory_words = (b"heap out of memory", b"Allocation failed", b"out of memory")
+
+    def argv(self, job, script):
+        return [self.interpreter, "--max-old-space-size=%d" % job.memory_mb, script]
+
+    def address_space(self, job):
+        # V8 reserves a large virtual cage up front: the heap flag holds the real limit,
+        # the address-space cap only stops runaway native allocations.
+        return (job.memory_mb + 2048) << 20
+
+
+class PythonRuntime(ProcessRuntime):
+    lang = "python"
+    memory_words = (b"MemoryError",)
+
+    def argv(self, job, script):
+        return [self.interpreter, "-I", "-B", script]
+
+
+class PhpRuntime(ProcessRuntime):
+    lang = "php"
+    memory_words = (b"Allowed memory size", b"Out of memory")
+
+    def address_space(self, job):
+        # php's own memory_limit is the real limit; its shared libraries (ICU) need room beyond it.
+        return (job.memory_mb + 128) << 20
+
+    def argv(self, job, script):
+        return [self.interpreter, "-n", "-d", "memory_limit=%dM" % job.memory_mb,
+                "-d", "display_errors=stderr", script]

@@ -1,0 +1,1 @@
+"""Warm interpreters: fork servers and spares that start a call without starting an interpreter."""

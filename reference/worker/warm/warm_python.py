@@ -1,0 +1,194 @@
+"""A warm python3 for one function (a fork server), run by reference/worker/warm/runtimes.py as the sandbox user:
+it compiles the function once, then forks a fresh child per call that runs it as __main__.
+
+Standalone on purpose: it runs under `python3 -I` from a copy in the scratch directory, where the
+`reference` package is neither on the path nor necessarily readable.
+
+Protocol over the SOCK_SEQPACKET socket whose fd is argv[1] (one JSON message per packet):
+  zygote -> worker  {"ready": true}                 once the code is compiled
+  worker -> zygote  {"dir": call_dir, "cpu": secs}  + SCM_RIGHTS [stdin, stdout, stderr]
+  zygote -> worker  {"pid": child}                  the call's process (and group) id
+  zygote -> worker  {"status": code}                when it ended: exit code, or -signal
+The function's source arrives on stdin (fd 0) at start-up.
+"""
+
+# Imported here so that calls find them loaded: the point of a warm interpreter.
+import atexit
+import base64  # noqa: F401
+import builtins
+import collections  # noqa: F401
+import ctypes
+import datetime  # noqa: F401
+import functools  # noqa: F401
+import gc
+import hashlib  # noqa: F401
+import itertools  # noqa: F401
+import json
+import math  # noqa: F401
+import os
+import random  # noqa: F401  (re-seeded in every forked child by random's own at-fork hook)
+import re  # noqa: F401
+import resource
+import signal
+import socket
+import sys
+import time  # noqa: F401
+import types
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+MAX_FD = 256            # the worker's RLIMIT_NOFILE: every fd above stdio is closed in a call
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def read_source():
+    chunks = []
+    while True:
+        data = os.read(0, 1 << 16)
+        if not data:
+            break
+        chunks.append(data)
+    # The zygote's own stdin is done with; calls get theirs from the worker.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return b"".join(chunks)
+
+
+def serve(sock, source, code):
+    """Answer calls until the worker goes away. Returns only in a forked child, set up for its call."""
+    sock.send(json.dumps({"ready": True}).encode())
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 3)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)             # the worker closed the socket: nothing more to serve
+        call = json.loads(msg)
+        pid = os.fork()
+        if pid == 0:
+            sock.detach()           # its fd is closed below; the object must not close a reused one
+            become_call(call, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+        sock.send(json.dumps({"status": reap(pid)}).encode())
+
+
+def reap(pid):
+    """Wait for the call's process, then kill what it left: its group, and any descendant that
+    left the group (as subreaper we inherit those once their parents die)."""
+    _, status = os.waitpid(pid, 0)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for _ in range(10):
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue            # reaped one that had ended
+        except ChildProcessError:
+            break                   # no child at all, the usual case: no need to scan /proc
+        for stray in children():
+            try:
+                os.kill(stray, signal.SIGKILL)
+                os.waitpid(stray, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    return os.waitstatus_to_exitcode(status)
+
+
+def children():
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def become_call(call, fds):
+    """In the forked child: a session of its own, the call's stdio, directory and CPU limit."""
+    os.setsid()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.closerange(3, MAX_FD)
+    os.chdir(call["dir"])
+    resource.setrlimit(resource.RLIMIT_CPU, (call["cpu"], call["cpu"]))
+
+
+def run_as_main(source, code):
+    """Run the function as `python3 -I code.py` would: a fresh __main__, its own traceback, the
+    exit status of SystemExit. Returns the exit status."""
+    main = types.ModuleType("__main__")
+    main.__file__, main.__builtins__ = "code.py", builtins
+    sys.modules["__main__"] = main
+    sys.argv = ["code.py"]
+    try:
+        exec(code if code is not None else compile(source, "code.py", "exec"), main.__dict__)
+    except SystemExit as exc:
+        return exit_status(exc.code)
+    except BaseException as exc:
+        # Leave out this frame: the user's traceback starts in code.py, as with a plain python3.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        sys.excepthook(type(exc), exc, tb)
+        return 1
+    return 0
+
+
+def exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def finish(status):
+    """End the call as the interpreter's exit would, without tearing the interpreter down (the
+    process is thrown away; a full finalisation costs several times the fork)."""
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()    # wait for non-daemon threads, as exit does
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                status = status or 120              # what python3 exits with when flushing fails
+    os._exit(status)
+
+
+def main():
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    # Die with the worker, even if it dies before the prctl (then we are already orphaned).
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(sys.argv[2]):
+        os._exit(0)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    source = read_source()
+    try:
+        code = compile(source, "code.py", "exec")
+    except (SyntaxError, ValueError):
+        code = None                 # each call reports it, as python3 code.py would
+    # Objects made so far stay put: forked calls then share their pages instead of copying them.
+    gc.freeze()
+    serve(sock, source, code)
+    # Only the forked child gets here.
+    finish(run_as_main(source, code))
+
+
+if __name__ == "__main__":
+    main()
