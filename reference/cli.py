@@ -1,15 +1,18 @@
 """The `minifaas` command line: one subcommand per process of the seed, plus `up`, `inject`, `bench`.
 
-Each subcommand parses its arguments here and hands the namespace to the module that owns it,
-so a reader finds the whole command line in one page.
+Each subcommand parses its arguments here, checks them, and hands the module that owns the
+component one frozen settings object (reference/config.py), so a reader finds the whole command
+line in one page and no component reads argparse namespaces.
 """
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from reference import config
+from reference.wire.errors import FaasError
 
 
 def _sockets(p):
@@ -46,7 +49,8 @@ def _gateway_args(p):
     p.add_argument("--functions", default=config.DEFAULT_FUNCTIONS_DIR,
                    help="where deployed functions are stored (default ./functions)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' to deploy (env FAAS_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' to deploy; prefer the environment "
+                        "variable FAAS_API_KEY, which `ps` does not show")
     p.add_argument("--http", choices=("gevent", "waitress"), default="gevent",
                    help="the HTTP server: gevent (default: one thread, a greenlet per connection, "
                         "httptools' parser) or waitress (a thread pool); docs/PERFORMANCE.md compares them")
@@ -111,16 +115,72 @@ def build_parser(argv=()):
     return parser
 
 
+# -- from arguments to each component's settings -----------------------------------------------
+
+def balancer_settings(args):
+    from reference.scheduling import strategies
+    from reference.scheduling.balancer import parse_weights
+
+    weights = parse_weights(args.weights)
+    strategies.create(args.strategy, weights)   # an unknown name is refused before anything starts
+    return config.BalancerSettings(lb_sock=config.lb_sock(args.lb_sock), strategy=args.strategy.upper(),
+                                   weights=tuple(weights) if weights else None)
+
+
+def server_settings(args):
+    return config.ServerSettings(
+        server_sock=config.server_sock(args.server_sock), lb_sock=config.lb_sock(args.lb_sock),
+        workers=args.workers, max_queue=args.max_queue, min_workers=args.min_workers,
+        max_workers=args.max_workers, scale_cooldown=args.scale_cooldown, executor=args.executor,
+        nats_url=args.nats)
+
+
+def gateway_settings(args):
+    return config.GatewaySettings(
+        server_sock=config.server_sock(args.server_sock), host=args.host, port=args.port,
+        functions=args.functions, api_key=args.api_key or os.environ.get("FAAS_API_KEY") or None,
+        http=args.http, threads=args.threads,
+        limits=config.operator_limits(args.max_timeout_ms, args.max_memory_mb))
+
+
+def worker_host_settings(args):
+    return config.WorkerHostSettings(nats_url=args.nats, workers=args.workers, host_id=args.host_id,
+                                     cache=args.cache)
+
+
+def up_settings(args):
+    balancer = balancer_settings(args)
+    if balancer.weights and len(balancer.weights) != args.workers:
+        raise ValueError("--weights gives %d weights for %d workers: give one per worker"
+                         % (len(balancer.weights), args.workers))
+    return config.UpSettings(balancer, server_settings(args), gateway_settings(args), args.log_level)
+
+
+# What each command hands its owner; the harness's commands and `languages` take the namespace.
+SETTINGS = {
+    "up": up_settings,
+    "balancer": balancer_settings,
+    "server": server_settings,
+    "gateway": gateway_settings,
+    "worker-host": worker_host_settings,
+}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        settings = SETTINGS[args.command](args) if args.command in SETTINGS else args
+    except (ValueError, FaasError) as exc:
+        parser.error(getattr(exc, "message", None) or str(exc))   # exit 2, before anything starts
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)
     module, function = COMMANDS[args.command]
-    if args.command == "gateway" and args.http == "gevent":
+    if args.command == "gateway" and settings.http == "gevent":
         # Before the gateway's modules are imported, so that their sockets, locks and threads
         # are gevent's: a blocking wait for the server then yields to the other connections.
         from gevent import monkey
         monkey.patch_all()
-    return getattr(importlib.import_module(module), function)(args)
+    return getattr(importlib.import_module(module), function)(settings)

@@ -1,7 +1,7 @@
 """Defaults every process agrees on: socket paths, ports and the limits of the function contract."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_LB_SOCK = "/tmp/faas_lb.sock"
 DEFAULT_SERVER_SOCK = "/tmp/faas_server.sock"
@@ -36,3 +36,86 @@ class Limits:
 
 
 LIMITS = Limits()
+
+
+# -- each component's settings, built once from the command line (reference/cli.py) -----------
+
+def _at_least(value, floor, flag):
+    if value < floor:
+        raise ValueError("%s must be at least %s, not %s" % (flag, floor, value))
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    lb_sock: str
+    strategy: str = "RR"
+    weights: tuple = None           # per-worker weights for WEIGHTED, in registration order
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    server_sock: str
+    lb_sock: str
+    workers: int = DEFAULT_WORKERS
+    max_queue: int = 1024           # invocations waiting at once before 429
+    min_workers: int = None         # auto-scaling bounds; both default to `workers`
+    max_workers: int = None
+    scale_cooldown: float = 5.0     # a worker idle this long is retired (auto-scaling)
+    executor: str = "local"         # local: pre-forked workers on pipes; nats: worker hosts
+    nats_url: str = "nats://127.0.0.1:4222"
+
+    def __post_init__(self):
+        _at_least(self.workers, 1, "--workers")
+        _at_least(self.max_queue, 1, "--max-queue")
+        if self.min_workers is None:
+            object.__setattr__(self, "min_workers", min(self.workers, self.max_workers or self.workers))
+        if self.max_workers is None:
+            object.__setattr__(self, "max_workers", max(self.workers, self.min_workers))
+        _at_least(self.min_workers, 1, "--min-workers")
+        if not self.min_workers <= self.workers <= self.max_workers:
+            raise ValueError("auto-scaling needs --min-workers <= --workers <= --max-workers, not %d, %d, %d"
+                             % (self.min_workers, self.workers, self.max_workers))
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    server_sock: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    functions: str = DEFAULT_FUNCTIONS_DIR
+    api_key: str = None             # from FAAS_API_KEY or --api-key; never passed on a command line
+    http: str = "gevent"            # the HTTP server: gevent (ours) or waitress
+    threads: int = 16               # waitress's threads
+    limits: Limits = LIMITS         # the contract's limits, with the operator's ceilings
+
+    def __post_init__(self):
+        _at_least(self.port, 0, "--port")
+        _at_least(self.threads, 1, "--threads")
+
+
+@dataclass(frozen=True)
+class WorkerHostSettings:
+    nats_url: str = "nats://127.0.0.1:4222"
+    workers: int = DEFAULT_WORKERS
+    host_id: str = None             # default: hostname and pid
+    cache: str = None               # where fetched functions are kept (default: a temp dir)
+
+    def __post_init__(self):
+        _at_least(self.workers, 1, "--workers")
+
+
+def operator_limits(max_timeout_ms=None, max_memory_mb=None):
+    """The contract's limits with the operator's ceilings; a default above a ceiling comes down to it."""
+    limits = replace(LIMITS, max_timeout_ms=max_timeout_ms or LIMITS.max_timeout_ms,
+                     max_memory_mb=max_memory_mb or LIMITS.max_memory_mb)
+    return replace(limits, timeout_ms=min(limits.timeout_ms, limits.max_timeout_ms),
+                   memory_mb=min(limits.memory_mb, limits.max_memory_mb))
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """`minifaas up`: the three components' settings, and the log level each child is given."""
+    balancer: BalancerSettings
+    server: ServerSettings
+    gateway: GatewaySettings
+    log_level: str = "INFO"

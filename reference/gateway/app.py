@@ -5,12 +5,10 @@ waitress, with --http waitress).
 Every answer is JSON with "ok"; every failure is a FaasError turned into its status in one place.
 """
 
-import dataclasses
 import functools
 import hmac
 import json
 import logging
-import os
 import signal
 
 import bottle
@@ -430,26 +428,18 @@ def _json_code_form(body, need_name):
 
 # -- serve ----------------------------------------------------------------------------------
 
-def serve(args):
+def serve(settings):
     """`minifaas gateway`: the app under the chosen WSGI server until SIGTERM or SIGINT. Returns
     the exit code."""
     from reference.gateway.client import ServerClient
 
-    # The operator's ceilings for what a deploy may ask (timeout_ms, memory_mb).
-    limits = dataclasses.replace(config.LIMITS,
-                                 max_timeout_ms=getattr(args, "max_timeout_ms", None) or config.LIMITS.max_timeout_ms,
-                                 max_memory_mb=getattr(args, "max_memory_mb", None) or config.LIMITS.max_memory_mb)
-    # A default above the operator's ceiling comes down to it.
-    limits = dataclasses.replace(limits, timeout_ms=min(limits.timeout_ms, limits.max_timeout_ms),
-                                 memory_mb=min(limits.memory_mb, limits.max_memory_mb))
-    storage = Storage(args.functions, limits)
+    storage = Storage(settings.functions, settings.limits)
     # ServerClient connects on first use and reconnects after a loss, so the gateway may start
     # before the server and answers 503 'server unavailable' until it is there.
-    client = ServerClient(config.server_sock(args.server_sock))
-    api_key = args.api_key or os.environ.get("FAAS_API_KEY") or None
-    run = HTTP_SERVERS[args.http]
+    client = ServerClient(settings.server_sock)
+    run = HTTP_SERVERS[settings.http]
     try:
-        run(args, lambda **seams: make_app(storage, client, limits, api_key=api_key, **seams), limits)
+        run(settings, lambda **seams: make_app(storage, client, settings.limits, api_key=settings.api_key, **seams))
     finally:
         client.close()
     log.info("stopped")
@@ -462,7 +452,7 @@ def serve(args):
 CONNECTION_LIMIT = 1000
 
 
-def _serve_gevent(args, build_app, limits):
+def _serve_gevent(settings, build_app):
     """One thread, a greenlet per connection, requests parsed by httptools (reference/gateway/http/server.py).
     The process was monkey-patched before the gateway was imported (reference/cli.py), so waiting
     for the server costs a greenlet switch, not a thread handoff under the GIL: the cheapest
@@ -479,13 +469,13 @@ def _serve_gevent(args, build_app, limits):
 
     app = build_app(precompile=precompile)
     # Bodies up to 1 MiB past our own limits reach the app, which answers them with its JSON 413.
-    server = HTTPServer((args.host, args.port), app, max_body=limits.payload_bytes + config.MIB,
+    server = HTTPServer((settings.host, settings.port), app, max_body=settings.limits.payload_bytes + config.MIB,
                         spawn=CONNECTION_LIMIT, backlog=1024)
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
     server.start()
-    log.info("listening on http://%s:%s (gevent)", args.host, server.server_port)
+    log.info("listening on http://%s:%s (gevent)", settings.host, server.server_port)
     try:
         stopping.wait()
     finally:
@@ -493,15 +483,15 @@ def _serve_gevent(args, build_app, limits):
         app.calls.close()
 
 
-def _serve_waitress(args, build_app, limits):
+def _serve_waitress(settings, build_app):
     """A thread pool of --threads threads over waitress's own asyncore loop."""
     from waitress.server import create_server
 
     app = build_app()
     server = create_server(
-        app, host=args.host, port=args.port, threads=args.threads, ident="minifaas",
+        app, host=settings.host, port=settings.port, threads=settings.threads, ident="minifaas",
         # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
-        max_request_body_size=limits.payload_bytes + config.MIB,
+        max_request_body_size=settings.limits.payload_bytes + config.MIB,
         connection_limit=CONNECTION_LIMIT, backlog=1024,
     )
     # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.

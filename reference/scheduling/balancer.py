@@ -17,7 +17,6 @@ import stat
 
 import uvloop
 
-from reference import config
 from reference.scheduling import strategies
 from reference.wire import framing
 from reference.wire.errors import BadRequest, FaasError, ProtocolError
@@ -245,20 +244,15 @@ def remove_socket(path, inode):
             log.warning("could not remove %s: %s", path, exc)
 
 
-def serve(args):
-    """`minifaas balancer`: run until SIGTERM or SIGINT; returns the process exit code."""
-    try:
-        weights = parse_weights(getattr(args, "weights", None))
-        strategies.create(args.strategy, weights)  # refuse a bad name before touching the socket
-    except BadRequest as exc:
-        log.error("%s", exc.message)
-        return EXIT_BAD_ARGS
-    path = config.lb_sock(args.lb_sock)
+def serve(settings):
+    """`minifaas balancer`: run until SIGTERM or SIGINT; returns the process exit code. The
+    strategy and weights were checked when the settings were made (reference/cli.py)."""
+    path = settings.lb_sock
     problem = claim_socket_path(path)
     if problem:
         log.error("%s", problem)
         return EXIT_IN_USE
-    balancer = Balancer(args.strategy.upper(), weights, path)
+    balancer = Balancer(settings.strategy, list(settings.weights) if settings.weights else None, path)
     try:
         # uvloop: the balancer's loop in C. Not in the server, which forks workers: libuv's
         # at-fork handler closes fd numbers in children that the worker has since reused.

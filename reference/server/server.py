@@ -13,7 +13,6 @@ import os
 import signal
 import time
 
-from reference import config
 from reference.executors.local import LocalWorkers
 from reference.wire import framing
 from reference.wire.errors import FaasError, Overloaded, ProtocolError, Unavailable
@@ -36,27 +35,26 @@ class Pending:
         self.job, self.reply, self.arrived, self.worker = job, reply, time.monotonic(), None
 
 
-def make_executor(args, on_up, on_down):
+def make_executor(settings, on_up, on_down):
     """The executor seam: whatever runs jobs offers start, submit, alive, snapshot and stop."""
-    if getattr(args, "executor", "local") == "nats":
+    if settings.executor == "nats":
         from reference.executors.nats.executor import NatsWorkers, balancer_strategy
 
         # The strategy is the balancer's option: NatsWorkers asks the balancer for it (FIFO
         # means a shared work queue in NATS rather than each host's own subject).
-        lb_sock = config.lb_sock(getattr(args, "lb_sock", None))
-        return NatsWorkers(args.nats, on_up=on_up, on_down=on_down,
-                           strategy=lambda: balancer_strategy(lb_sock))
-    return LocalWorkers(args.workers, on_up=on_up, on_down=on_down,
-                        min_size=getattr(args, "min_workers", None), max_size=getattr(args, "max_workers", None))
+        return NatsWorkers(settings.nats_url, on_up=on_up, on_down=on_down,
+                           strategy=lambda: balancer_strategy(settings.lb_sock))
+    return LocalWorkers(settings.workers, on_up=on_up, on_down=on_down,
+                        min_size=settings.min_workers, max_size=settings.max_workers)
 
 
 class Server:
-    def __init__(self, server_sock, lb_sock, args):
-        self.server_sock = server_sock
-        self.lb_sock = lb_sock
-        self.max_queue = args.max_queue
-        self.scale_cooldown = getattr(args, "scale_cooldown", 5.0)
-        self.pool = make_executor(args, self._worker_up, self._worker_down)
+    def __init__(self, settings):
+        self.server_sock = settings.server_sock
+        self.lb_sock = settings.lb_sock
+        self.max_queue = settings.max_queue
+        self.scale_cooldown = settings.scale_cooldown
+        self.pool = make_executor(settings, self._worker_up, self._worker_down)
         self.pending = {}            # job id -> Pending, from arrival to answer
         self.unassigned = set()      # job ids submitted to the balancer and not yet assigned
         self.job_ids = itertools.count(1)
@@ -312,6 +310,6 @@ def unlink_quietly(path):
         pass
 
 
-def serve(args):
-    server = Server(config.server_sock(args.server_sock), config.lb_sock(args.lb_sock), args)
+def serve(settings):
+    server = Server(settings)
     return asyncio.run(server.run())

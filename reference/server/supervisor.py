@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from reference import config
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +23,24 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 30.0
 
 
-def component_commands(args):
-    """The three command lines, in start order: the seed's three terminals."""
-    base = [sys.executable, "-m", "reference", "--log-level", args.log_level]
-    socks = ["--lb-sock", config.lb_sock(args.lb_sock), "--server-sock", config.server_sock(args.server_sock)]
-    balancer = base + ["balancer", "--strategy", args.strategy] + socks
-    if args.weights:
-        balancer += ["--weights", args.weights]
-    server = base + ["server", "--workers", str(args.workers), "--max-queue", str(args.max_queue),
-                     "--executor", args.executor, "--nats", args.nats,
-                     "--scale-cooldown", str(args.scale_cooldown)] + socks
-    for flag in ("min_workers", "max_workers"):
-        if getattr(args, flag) is not None:
-            server += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    gateway = base + ["gateway", "--host", args.host, "--port", str(args.port),
-                      "--functions", args.functions, "--http", args.http, "--threads", str(args.threads)] + socks
-    for flag in ("max_timeout_ms", "max_memory_mb"):
-        if getattr(args, flag) is not None:
-            gateway += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    return {"balancer": balancer, "server": server, "gateway": gateway}
+def component_commands(balancer, server, gateway, log_level):
+    """The three command lines, in start order: the seed's three terminals, from the settings
+    `minifaas up` was given. The API key is not among them: it travels in the environment."""
+    base = [sys.executable, "-m", "reference", "--log-level", log_level]
+    socks = ["--lb-sock", balancer.lb_sock, "--server-sock", server.server_sock]
+    balancer_cmd = base + ["balancer", "--strategy", balancer.strategy] + socks
+    if balancer.weights:
+        balancer_cmd += ["--weights", ",".join(map(str, balancer.weights))]
+    server_cmd = base + ["server", "--workers", str(server.workers), "--max-queue", str(server.max_queue),
+                         "--min-workers", str(server.min_workers), "--max-workers", str(server.max_workers),
+                         "--executor", server.executor, "--nats", server.nats_url,
+                         "--scale-cooldown", str(server.scale_cooldown)] + socks
+    limits = gateway.limits
+    gateway_cmd = base + ["gateway", "--host", gateway.host, "--port", str(gateway.port),
+                          "--functions", gateway.functions, "--http", gateway.http,
+                          "--threads", str(gateway.threads), "--max-timeout-ms", str(limits.max_timeout_ms),
+                          "--max-memory-mb", str(limits.max_memory_mb)] + socks
+    return {"balancer": balancer_cmd, "server": server_cmd, "gateway": gateway_cmd}
 
 
 class Supervisor:
@@ -116,12 +114,13 @@ class GiveUp(Exception):
     pass
 
 
-def up(args):
-    if args.api_key:
+def up(settings):
+    balancer, server, gateway = settings.balancer, settings.server, settings.gateway
+    if gateway.api_key:
         # Through the environment, not the command line, where `ps` would show it to everyone.
-        os.environ["FAAS_API_KEY"] = args.api_key
-    sockets = [config.lb_sock(args.lb_sock), config.server_sock(args.server_sock)]
-    supervisor = Supervisor(component_commands(args), sockets)
+        os.environ["FAAS_API_KEY"] = gateway.api_key
+    sockets = [balancer.lb_sock, server.server_sock]
+    supervisor = Supervisor(component_commands(balancer, server, gateway, settings.log_level), sockets)
     print("Mini FaaS: %s strategy, %d workers, http://%s:%d (Ctrl-C stops everything)"
-          % (args.strategy, args.workers, args.host, args.port), file=sys.stderr, flush=True)
+          % (balancer.strategy, server.workers, gateway.host, gateway.port), file=sys.stderr, flush=True)
     return supervisor.run()

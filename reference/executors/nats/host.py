@@ -227,6 +227,6 @@ def _copy(source, target):
         target.set_result(source.result())
 
 
-def serve(args):
-    host = WorkerHost(args.nats, args.workers, host_id=args.host_id, cache_dir=args.cache)
+def serve(settings):
+    host = WorkerHost(settings.nats_url, settings.workers, host_id=settings.host_id, cache_dir=settings.cache)
     return asyncio.run(host.run())
