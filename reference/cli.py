@@ -67,7 +67,7 @@ COMMANDS = {
     "up": ("reference.server.supervisor", "up"),
     "balancer": ("reference.scheduling.balancer", "serve"),
     "server": ("reference.server.server", "serve"),
-    "gateway": ("reference.gateway.app", "serve"),
+    "gateway": ("reference.gateway.serve", "serve"),
     "worker-host": ("reference.executors.nats.host", "serve"),
     "languages": ("reference.functions.toolchains", "cli"),
     "inject": ("harness.load.injector", "cli"),

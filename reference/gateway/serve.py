@@ -1,0 +1,98 @@
+"""`minifaas gateway`: the gateway's WSGI app (reference/gateway/app.py) under an HTTP server,
+ours (gevent greenlets and httptools, reference/gateway/http/server.py) or waitress, until
+SIGTERM or SIGINT."""
+
+import logging
+import signal
+
+from reference import config
+from reference.functions.storage import Storage
+from reference.gateway.app import make_app
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings):
+    """`minifaas gateway`: the app under the chosen WSGI server until SIGTERM or SIGINT. Returns
+    the exit code."""
+    from reference.gateway.client import ServerClient
+
+    storage = Storage(settings.functions, settings.limits)
+    # ServerClient connects on first use and reconnects after a loss, so the gateway may start
+    # before the server and answers 503 'server unavailable' until it is there.
+    client = ServerClient(settings.server_sock)
+    run = HTTP_SERVERS[settings.http]
+    try:
+        run(settings, lambda **seams: make_app(storage, client, settings.limits, api_key=settings.api_key, **seams))
+    finally:
+        client.close()
+    log.info("stopped")
+    return 0
+
+
+# Requests beyond this many connections wait at accept(); overload is the server's to answer
+# (429), not a silent stall. (Waitress's default of 100 made a load test's new connections wait
+# about 5 s for an idle one to close.)
+CONNECTION_LIMIT = 1000
+
+
+def _serve_gevent(settings, build_app):
+    """One thread, a greenlet per connection, requests parsed by httptools (reference/gateway/http/server.py).
+    The process was monkey-patched before the gateway was imported (reference/cli.py), so waiting
+    for the server costs a greenlet switch, not a thread handoff under the GIL: the cheapest
+    server measured on this path (docs/PERFORMANCE.md)."""
+    import gevent
+    from gevent.event import Event
+
+    from reference.gateway.http.server import HTTPServer
+    from reference.worker.wasm import engine as wasm
+
+    def precompile(module):
+        # wasmtime compiles in C without yielding: in a real thread, the loop keeps serving.
+        return gevent.get_hub().threadpool.apply(wasm.precompile, (module,))
+
+    app = build_app(precompile=precompile)
+    # Bodies up to 1 MiB past our own limits reach the app, which answers them with its JSON 413.
+    server = HTTPServer((settings.host, settings.port), app, max_body=settings.limits.payload_bytes + config.MIB,
+                        spawn=CONNECTION_LIMIT, backlog=1024)
+    stopping = Event()
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    server.start()
+    log.info("listening on http://%s:%s (gevent)", settings.host, server.server_port)
+    try:
+        stopping.wait()
+    finally:
+        server.stop(timeout=5)
+        app.calls.close()
+
+
+def _serve_waitress(settings, build_app):
+    """A thread pool of --threads threads over waitress's own asyncore loop."""
+    from waitress.server import create_server
+
+    app = build_app()
+    server = create_server(
+        app, host=settings.host, port=settings.port, threads=settings.threads, ident="minifaas",
+        # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
+        max_request_body_size=settings.limits.payload_bytes + config.MIB,
+        connection_limit=CONNECTION_LIMIT, backlog=1024,
+    )
+    # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+    def stop(signum, frame):
+        # waitress's run() turns SystemExit into a clean shutdown of its loop and threads.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on http://%s:%s (waitress)", server.effective_host, server.effective_port)
+    try:
+        server.run()
+    finally:
+        server.close()
+        app.calls.close()
+
+
+HTTP_SERVERS = {"gevent": _serve_gevent, "waitress": _serve_waitress}
