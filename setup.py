@@ -20,6 +20,9 @@ setup(
         "httptools>=0.6",
         "waitress>=3.0",
         "matplotlib>=3.7",
+        # The harness's statistics (percentile CIs, Welch's test) and its numerics.
+        "numpy>=1.24",
+        "scipy>=1.11",
         "prometheus_client>=0.17",
     ],
     extras_require={

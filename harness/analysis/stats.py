@@ -1,145 +1,170 @@
-"""Statistics for the harness: percentiles, per-second timelines, spread and significance.
+"""Statistics for the harness: percentiles and their confidence intervals, timelines, the spread
+over repeats, tests between strategies and Holm's correction for many of them.
 
-Standard library only (`statistics`, `math`): the Student t distribution is computed here
-through the regularized incomplete beta function, so Welch's test needs no scipy.
+numpy and scipy do the numerics (matplotlib brings numpy already); what each test assumes is
+written in results/README.md ("Significance").
 """
 
 import math
-import statistics
+
+import numpy as np
+from scipy import stats as sps
 
 PERCENTILES = (50, 90, 99)
+CONFIDENCE = 0.95
+# Timeline buckets: the smallest width that gives at most MAX_BUCKETS over the phase.
+BUCKET_WIDTHS = (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+MAX_BUCKETS = 60
 
 
-def percentile(sorted_values, p):
-    """The p-th percentile (0..100) of already sorted values, interpolating linearly (numpy's default)."""
-    if not sorted_values:
-        return None
-    if len(sorted_values) == 1:
-        return float(sorted_values[0])
-    rank = (len(sorted_values) - 1) * p / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    frac = rank - low
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * frac
+def _array(values):
+    return np.asarray([v for v in values if v is not None], dtype=float)
+
+
+def percentile(values, p):
+    """The p-th percentile (0..100), interpolating linearly (numpy's default); None when empty."""
+    a = _array(values)
+    return float(np.percentile(a, p)) if a.size else None
 
 
 def latency_summary(latencies_ms):
     """p50/p90/p99/max/mean of latencies in ms (None for each when there is none)."""
-    values = sorted(latencies_ms)
-    summary = {"p%d" % p: percentile(values, p) for p in PERCENTILES}
-    summary["max"] = values[-1] if values else None
-    summary["mean"] = statistics.fmean(values) if values else None
+    a = _array(latencies_ms)
+    if not a.size:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    summary = {"p%d" % p: float(v) for p, v in zip(PERCENTILES, np.percentile(a, PERCENTILES))}
+    summary["max"] = float(a.max())
+    summary["mean"] = float(a.mean())
     return summary
 
 
 def quantiles(latencies_ms, points=101):
-    """`points` evenly spaced quantiles from min to max: a compact latency distribution for CDF plots."""
-    values = sorted(latencies_ms)
-    if not values:
+    """`points` evenly spaced quantiles from min to max: a compact latency distribution."""
+    a = _array(latencies_ms)
+    if not a.size:
         return []
-    return [percentile(values, 100.0 * i / (points - 1)) for i in range(points)]
+    return [float(v) for v in np.percentile(a, np.linspace(0, 100, points))]
 
 
-def timeline(events, duration):
-    """Per-second buckets of (completion time in s from the phase start, ok, latency ms) events.
+def ccdf(latencies_ms, points=40):
+    """[latency ms, fraction of requests at least that slow] at log-spaced fractions from 1 to 1/n.
 
-    Each bucket has the second `t`, `ok`, `errors` and the median and p99 latency of what
-    completed in it, so a plot shows throughput over time and whether latency drifted.
+    The tail is where strategies differ; 101 evenly spaced quantiles stop at 1 %, these reach
+    the slowest request, so a CCDF on log axes shows p99.9 when there are thousands of samples.
     """
-    seconds = max(1, math.ceil(duration))
-    buckets = [{"t": t, "ok": 0, "errors": 0, "latencies": []} for t in range(seconds)]
+    a = np.sort(_array(latencies_ms))
+    n = a.size
+    if not n:
+        return []
+    # a[i] has n - i samples at or above it; pick the i whose n - i are log-spaced from n to 1,
+    # and the decades (p90, p99, p99.9 of n) exactly.
+    decades = n / 10.0 ** np.arange(0, math.floor(math.log10(n)) + 1)
+    above = np.unique(np.round(np.concatenate([np.logspace(math.log10(n), 0, points), decades])).astype(int))
+    return [[float(a[n - k]), k / n] for k in above[::-1]]
+
+
+def quantile_ci(values, q, confidence=CONFIDENCE):
+    """A distribution-free confidence interval for the q-quantile (0..1) from order statistics.
+
+    The number of samples below the true quantile is Binomial(n, q), so [x_(l), x_(u)] with l and
+    u its two-sided bounds covers it with at least `confidence` (exactly, for continuous data),
+    assuming independent samples. None when n is too small for any interval; the upper end is
+    None when the sample is too small to bound it (e.g. p99 of 50 requests).
+    """
+    a = np.sort(_array(values))
+    n = a.size
+    if n < 2:
+        return None
+    alpha = 1.0 - confidence
+    low = int(sps.binom.ppf(alpha / 2, n, q))            # 1-based rank: P(B <= low - 1) <= alpha/2
+    high = int(sps.binom.ppf(1 - alpha / 2, n, q)) + 1   # P(B >= high) <= alpha/2
+    return [float(a[low - 1]) if low >= 1 else None, float(a[high - 1]) if high <= n else None]
+
+
+def quantile_ci_coverage(n, q, confidence=CONFIDENCE):
+    """The exact coverage of quantile_ci's ranks for n samples (for the tests and the README)."""
+    alpha = 1.0 - confidence
+    low = int(sps.binom.ppf(alpha / 2, n, q))
+    high = int(sps.binom.ppf(1 - alpha / 2, n, q)) + 1
+    return float(sps.binom.cdf(high - 1, n, q) - sps.binom.cdf(low - 1, n, q))
+
+
+def bucket_width(duration):
+    """The timeline's bucket width for a phase of `duration` s: sub-second for short phases."""
+    for width in BUCKET_WIDTHS:
+        if duration / width <= MAX_BUCKETS:
+            return width
+    return BUCKET_WIDTHS[-1]
+
+
+def timeline(events, duration, width=None):
+    """Buckets of (completion time in s from the phase start, ok, latency ms) events.
+
+    Only whole buckets are kept: the last partial one would be drawn as a collapse of throughput
+    that never happened. Each bucket has its start `t`, width `dt`, `ok`, `errors` and the median
+    and p99 latency of what completed in it. Events before 0 go in the first bucket.
+    """
+    width = width or bucket_width(duration)
+    if duration < width:
+        width = max(duration, 1e-3)
+    count = max(1, int(math.floor(duration / width + 1e-9)))
+    buckets = [{"t": round(i * width, 6), "dt": width, "ok": 0, "errors": 0, "latencies": []} for i in range(count)]
     for done_at, ok, latency_ms in events:
-        b = buckets[min(max(int(done_at), 0), seconds - 1)]
+        i = int(max(done_at, 0.0) // width)
+        if i >= count:
+            continue
+        b = buckets[i]
         b["ok" if ok else "errors"] += 1
         b["latencies"].append(latency_ms)
     for b in buckets:
-        lat = sorted(b.pop("latencies"))
+        lat = b.pop("latencies")
         b["p50_ms"] = percentile(lat, 50)
         b["p99_ms"] = percentile(lat, 99)
     return buckets
 
 
-def spread(values):
-    """Mean, stdev and a 95% confidence interval of the mean over repeats (stdev/CI None for one run)."""
-    values = [v for v in values if v is not None]
-    n = len(values)
+def spread(values, confidence=CONFIDENCE):
+    """Mean, stdev and a confidence interval of the mean over repeats (Student t; stdev/CI None for one run)."""
+    a = _array(values)
+    n = a.size
     if n == 0:
         return {"n": 0, "mean": None, "stdev": None, "ci95": None}
-    mean = statistics.fmean(values)
+    mean = float(a.mean())
     if n == 1:
         return {"n": 1, "mean": mean, "stdev": None, "ci95": None}
-    sd = statistics.stdev(values)
-    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    sd = float(a.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "stdev": sd, "ci95": [mean - half, mean + half]}
 
 
 def welch(a, b, alpha=0.05):
-    """Welch's two-sample t-test: {"t", "df", "p", "significant"}; p None when either side has < 2 values."""
-    a = [v for v in a if v is not None]
-    b = [v for v in b if v is not None]
-    if len(a) < 2 or len(b) < 2:
+    """Welch's two-sample t-test over per-run values: {"t", "df", "p", "significant"}.
+
+    p is None when either side has fewer than 2 values. Identical repeats on both sides (no
+    variance at all) give p = 1 when the means are equal, else 0: the difference is exact.
+    """
+    a, b = _array(a), _array(b)
+    if a.size < 2 or b.size < 2:
         return {"t": None, "df": None, "p": None, "significant": None}
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        # Identical repeats on both sides: the difference is exact, or there is none.
-        p = 1.0 if ma == mb else 0.0
+    if a.var(ddof=1) + b.var(ddof=1) == 0:
+        p = 1.0 if a.mean() == b.mean() else 0.0
         return {"t": None, "df": None, "p": p, "significant": p < alpha}
-    t = (ma - mb) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    p = t_two_sided_p(t, df)
-    return {"t": t, "df": df, "p": p, "significant": p < alpha}
+    res = sps.ttest_ind(a, b, equal_var=False)
+    p = float(res.pvalue)
+    return {"t": float(res.statistic), "df": float(res.df), "p": p, "significant": p < alpha}
 
 
-def t_two_sided_p(t, df):
-    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+def holm(pvalues, alpha=0.05):
+    """Holm's step-down adjusted p-values for a family of tests (None entries are left out).
 
-
-def t_cdf(t, df):
-    tail = 0.5 * t_two_sided_p(t, df)
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(q, df):
-    """The t value below which a fraction q of Student's t(df) lies, by bisection on the CDF."""
-    low, high = -1e3, 1e3
-    for _ in range(200):
-        mid = (low + high) / 2
-        if t_cdf(mid, df) < q:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
-def betainc(a, b, x):
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (Numerical Recipes 6.4)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log(1.0 - x))
-    # The fraction converges fast only on one side of the mean; use the symmetry on the other.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def _beta_fraction(a, b, x, eps=1e-14, tiny=1e-300):
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
-                    -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
+    Returns (adjusted, significant) lists aligned with `pvalues`: the family-wise error rate
+    stays under alpha however many pairs and metrics the report compares.
+    """
+    indexed = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(indexed)
+    adjusted = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted, [None if p is None else p < alpha for p in adjusted]
