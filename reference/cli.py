@@ -44,8 +44,9 @@ def _server_args(p):
 
 
 def _gateway_args(p):
-    p.add_argument("--host", default=config.DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
+    p.add_argument("--host", default=config.DEFAULT_HOST,
+                   help="address to listen on (default %s; 0.0.0.0 for every interface)" % config.DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=config.DEFAULT_PORT, help="HTTP port (default %d)" % config.DEFAULT_PORT)
     p.add_argument("--functions", default=config.DEFAULT_FUNCTIONS_DIR,
                    help="where deployed functions are stored (default ./functions)")
     p.add_argument("--api-key", default=None,
@@ -75,9 +76,30 @@ COMMANDS = {
 }
 
 
+def _version():
+    try:
+        from importlib.metadata import version
+        return version("minifaas")
+    except Exception:       # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """Every subcommand's help line is also its --help page's description, and every
+    subcommand takes --log-level too (`minifaas up --log-level DEBUG`)."""
+
+    def add_parser(self, name, **kwargs):
+        kwargs.setdefault("description", kwargs.get("help"))
+        p = super().add_parser(name, **kwargs)
+        p.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING (default INFO)")
+        return p
+
+
 def build_parser(argv=()):
     parser = argparse.ArgumentParser(prog="minifaas", description="Mini FaaS: a small Function-as-a-Service platform")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--version", action="version", version="minifaas %s" % _version())
+    parser.register("action", "parsers", _SubParsers)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="balancer, server (+ workers) and gateway in one foreground command")
@@ -94,7 +116,8 @@ def build_parser(argv=()):
 
     p = sub.add_parser("worker-host", help="pre-forked workers on this machine taking jobs from NATS")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
-    p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS)
+    p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS,
+                   help="worker processes on this host (default %d)" % config.DEFAULT_WORKERS)
     p.add_argument("--host-id", default=None, help="this host's name (default: hostname and pid)")
     p.add_argument("--cache", default=None, help="where fetched functions are cached (default: a temp dir)")
 
