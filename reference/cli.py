@@ -7,6 +7,7 @@ line in one page and no component reads argparse namespaces.
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -189,6 +190,11 @@ SETTINGS = {
 }
 
 
+def _needs_nats(command, settings):
+    server = settings.server if command == "up" else settings if command == "server" else None
+    return command == "worker-host" or (server is not None and server.executor == "nats")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
@@ -197,6 +203,8 @@ def main(argv=None):
         settings = SETTINGS[args.command](args) if args.command in SETTINGS else args
     except (ValueError, FaasError) as exc:
         parser.error(getattr(exc, "message", None) or str(exc))   # exit 2, before anything starts
+    if _needs_nats(args.command, settings) and importlib.util.find_spec("nats") is None:
+        parser.error("%s through NATS needs the nats-py package: pip install 'minifaas[nats]'" % args.command)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)

@@ -73,3 +73,15 @@ def test_settings_defaults_match_the_design():
     s = config.ServerSettings(server_sock="s", lb_sock="l")
     assert (s.workers, s.min_workers, s.max_workers, s.executor) == (4, 4, 4, "local")
     assert config.DEFAULT_LB_SOCK == "/tmp/faas_lb.sock" and config.DEFAULT_SERVER_SOCK == "/tmp/faas_server.sock"
+
+
+def test_nats_commands_without_nats_py_say_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nats" else real(name, *a))
+    for argv in (["worker-host"], ["server", "--executor", "nats"], ["up", "--executor", "nats"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2
+        assert "pip install 'minifaas[nats]'" in capsys.readouterr().err
