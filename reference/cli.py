@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from reference import config
+from reference import config, remote
 from reference.wire.errors import FaasError
 
 
@@ -74,6 +74,7 @@ COMMANDS = {
     "languages": ("reference.functions.toolchains", "cli"),
     "inject": ("harness.load.injector", "cli"),
     "bench": ("harness.bench", "cli"),
+    **{name: ("reference.remote", "cli") for name in ("deploy", "invoke", "list", "get", "delete", "versions", "rollback")},
 }
 
 
@@ -131,6 +132,8 @@ def build_parser(argv=()):
     if "inject" in argv:
         from harness.load import injector
         injector.add_arguments(p)
+
+    remote.add_arguments(sub)   # deploy, invoke, list, get, delete, versions, rollback: the HTTP API's client
 
     p = sub.add_parser("bench", help="run scenarios against fresh stacks and write reports")
     if "bench" in argv:

@@ -1,0 +1,75 @@
+"""The `minifaas` client commands (deploy, invoke, list, get, delete, versions, rollback)
+against a real stack, run as a user runs them: as processes, with FAAS_URL."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from support import EXAMPLES, TEST_FUNCTIONS
+
+
+@pytest.fixture
+def mf(start_stack, tmp_path):
+    stack = start_stack(workers=1)
+
+    def run(*argv, env=None, check=True):
+        proc = subprocess.run([sys.executable, "-m", "reference", *argv], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "FAAS_URL": stack.url, **(env or {})})
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+    run.stack = stack
+    return run
+
+
+def test_deploy_invoke_get_list_delete_like_the_readme(mf, tmp_path):
+    deployed = json.loads(mf("deploy", str(EXAMPLES / "greet.py")).stdout)
+    assert deployed["ok"] and deployed["name"] == "greet" and deployed["lang"] == "python"
+    # --input parses as JSON when it can: a string reaches stdin as its bytes.
+    out = mf("invoke", "greet", "--input", '"Ada"')
+    assert "Ada" in out.stdout
+    assert json.loads(mf("invoke", "greet", "--input", "Ada", "--json").stdout)["ok"] is True
+    assert mf("get", "greet", "--code").stdout == (EXAMPLES / "greet.py").read_text()
+    listed = json.loads(mf("list").stdout)
+    assert [f["name"] for f in listed["functions"]] == ["greet"]
+    assert json.loads(mf("delete", "greet").stdout)["deleted"]
+    gone = mf("invoke", "greet", check=False)
+    assert gone.returncode == 1 and "function not found" in gone.stderr
+
+
+def test_failures_say_why_with_exit_codes(mf, tmp_path):
+    failing = mf("deploy", str(TEST_FUNCTIONS / "fail.py"), "--name", "failing")
+    assert json.loads(failing.stdout)["ok"]
+    ran = mf("invoke", "failing", check=False)
+    # A function that ran and failed: its output and stderr are shown, and the platform's sentence.
+    assert ran.returncode == 1 and ran.stdout == "partial output\n"
+    assert "something went wrong" in ran.stderr and "minifaas invoke:" in ran.stderr
+    taken = mf("deploy", str(TEST_FUNCTIONS / "fail.py"), "--name", "failing", check=False)
+    assert taken.returncode == 1 and "already exists" in taken.stderr
+    odd = tmp_path / "code.txt"
+    odd.write_text("x")
+    unknown = mf("deploy", str(odd), check=False)
+    assert unknown.returncode == 2 and "--lang" in unknown.stderr
+    nowhere = mf("list", env={"FAAS_URL": "http://127.0.0.1:9"}, check=False)
+    assert nowhere.returncode == 1 and "cannot reach the gateway" in nowhere.stderr
+
+
+def test_rollback_makes_a_new_version_with_the_old_code(mf, tmp_path):
+    first = tmp_path / "v.py"
+    first.write_text("print('one')\n")
+    mf("deploy", str(first), "--name", "v")
+    second = tmp_path / "v2.py"
+    second.write_text("print('two')\n")
+    subprocess.run(["curl", "-s", "-X", "PUT", "%s/function/v" % mf.stack.url, "--data-binary", "@%s" % second],
+                   check=True, capture_output=True, timeout=60)
+    assert mf("invoke", "v").stdout == "two\n"
+    versions = json.loads(mf("versions", "v").stdout)["versions"]
+    assert sorted(v["version"] for v in versions) == [1, 2]
+    rolled = json.loads(mf("rollback", "v", "1").stdout)
+    assert rolled["ok"]
+    assert mf("invoke", "v").stdout == "one\n"
+    assert len(json.loads(mf("versions", "v").stdout)["versions"]) == 3
+    missing = mf("rollback", "v", "9", check=False)
+    assert missing.returncode == 1 and "no version 9" in missing.stderr
