@@ -1,0 +1,185 @@
+"""The discrete-event model against queueing theory where it has closed forms, and the real
+strategy classes' orderings on a mix where they differ."""
+
+import random
+import statistics
+
+import pytest
+
+from harness.analysis import invocations, model
+from harness.analysis.model import Job
+from reference.scheduling import strategies
+from reference.wire.errors import BadRequest
+
+
+def exp_jobs(rate, mu, n, seed, fn="f"):
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(Job(t, fn, rng.expovariate(mu)))
+    return out
+
+
+def mean_wait(calls, skip=2000):
+    """Mean time in queue, the first calls (the empty system's warm-up) left out."""
+    return statistics.fmean(c.wait for c in calls[skip:])
+
+
+# -- closed forms ------------------------------------------------------------------------------
+
+def test_closed_forms_agree_with_each_other():
+    assert model.mm1_wait(0.5, 1.0) == pytest.approx(1.0)
+    assert model.mmc_wait(1, 0.7, 1.0) == pytest.approx(model.mm1_wait(0.7, 1.0))
+    assert model.erlang_c(2, 1.0) == pytest.approx(1.0 / 3.0)
+    # E_1/M/1 is M/M/1; Erlang-k gaps are more regular, so RR's queue waits less than M/M/1's.
+    assert model.ekm1_wait(1, 0.6, 1.0) == pytest.approx(model.mm1_wait(0.6, 1.0), rel=1e-6)
+    assert model.ekm1_wait(4, 3.0, 1.0) < model.mm1_wait(0.75, 1.0)
+
+
+# Sizes where the estimate's own noise is 1 to 2 %: a 5 % miss is the model's, not chance's.
+@pytest.mark.parametrize("strategy", ["FIFO", "RR"])
+@pytest.mark.parametrize("rho", [0.5, 0.7])
+def test_one_worker_is_mm1_whatever_the_strategy(strategy, rho):
+    calls = model.simulate(exp_jobs(rho, 1.0, 150_000, seed=1), 1, strategy)
+    assert all(c.ok for c in calls)
+    assert mean_wait(calls) == pytest.approx(model.mm1_wait(rho, 1.0), rel=0.05)
+
+
+@pytest.mark.parametrize("workers,rho", [(4, 0.75), (8, 0.7)])
+def test_fifo_over_k_workers_is_mmk_erlang_c(workers, rho):
+    lam = rho * workers
+    calls = model.simulate(exp_jobs(lam, 1.0, 200_000, seed=2), workers, "FIFO")
+    assert mean_wait(calls) == pytest.approx(model.mmc_wait(workers, lam, 1.0), rel=0.05)
+    # Erlang C is also the share of calls that wait at all.
+    waited = sum(c.wait > 0 for c in calls[2000:]) / len(calls[2000:])
+    assert waited == pytest.approx(model.erlang_c(workers, lam), abs=0.02)
+
+
+def test_rr_over_k_workers_is_k_ekm1_queues_and_worse_than_fifo():
+    workers, lam = 4, 3.0
+    jobs = exp_jobs(lam, 1.0, 200_000, seed=3)
+    rr = mean_wait(model.simulate(jobs, workers, "RR"))
+    fifo = mean_wait(model.simulate(jobs, workers, "FIFO"))
+    assert rr == pytest.approx(model.ekm1_wait(workers, lam, 1.0), rel=0.05)
+    assert fifo == pytest.approx(model.mmc_wait(workers, lam, 1.0), rel=0.05)
+    assert fifo < rr / 3     # one shared queue: at rho 0.75 a third of RR's wait, or less
+
+
+def test_rr_sends_every_kth_call_to_the_same_worker():
+    calls = model.simulate([Job(float(i), "f", 0.5) for i in range(12)], 3, "RR")
+    assert [c.worker for c in calls] == [0, 1, 2] * 4
+    assert all(c.wait == 0 for c in calls)
+
+
+# -- orderings on a bimodal mix ------------------------------------------------------------------
+
+def bimodal(n=60_000, seed=4):
+    """90% 5 ms, 10% 200 ms calls; 4 workers at 60% load."""
+    mean = 0.9 * 0.005 + 0.1 * 0.2
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(0.6 * 4 / mean)
+        long = rng.random() < 0.1
+        out.append(Job(t, "long" if long else "short", 0.2 if long else 0.005))
+    return out
+
+
+def short_latencies(calls):
+    return sorted(c.latency for c in calls if c.job.fn == "short")
+
+
+def test_fifo_beats_rr_on_short_calls_behind_long_ones():
+    jobs = bimodal()
+    rr, fifo = (short_latencies(model.simulate(jobs, 4, s)) for s in ("RR", "FIFO"))
+    p99 = lambda xs: xs[int(0.99 * len(xs))]
+    assert statistics.fmean(fifo) < statistics.fmean(rr) / 2
+    assert p99(fifo) < p99(rr) / 1.5
+    # LEAST sees the queues, as FIFO does: between the two, closer to FIFO.
+    least = short_latencies(model.simulate(jobs, 4, "LEAST"))
+    assert statistics.fmean(fifo) <= statistics.fmean(least) < statistics.fmean(rr)
+
+
+def test_every_registered_strategy_runs_every_call_once_and_in_order_per_worker():
+    jobs = bimodal(5000)
+    for name in strategies.STRATEGIES:
+        calls = model.simulate(jobs, 3, name, weights=[1, 2, 3] if name == "WEIGHTED" else None)
+        assert all(c.ok and c.end - c.start >= c.job.service - 1e-12 for c in calls), name
+        by_worker = {}
+        for c in sorted(calls, key=lambda c: c.start):
+            last = by_worker.get(c.worker)
+            assert last is None or c.start >= last.end - 1e-12, name   # one call at a time
+            by_worker[c.worker] = c
+
+
+def test_weighted_shares_follow_the_weights():
+    calls = model.simulate([Job(i * 0.01, "f", 0.001) for i in range(600)], 3, "WEIGHTED", weights=[1, 2, 3])
+    counts = [sum(c.worker == w for c in calls) for w in range(3)]
+    assert counts == [100, 200, 300]
+
+
+def test_a_strategy_instance_is_driven_as_given_and_unknown_names_refused():
+    class LastWorker(strategies.Strategy):
+        name = "LAST"
+
+        def _choose(self, job_id, fn_id):
+            return self._order[-1]
+    calls = model.simulate([Job(float(i), "f", 0.1) for i in range(5)], 3, LastWorker())
+    assert {c.worker for c in calls} == {2}
+    with pytest.raises(BadRequest):
+        model.simulate([], 2, "NOPE")
+
+
+# -- closed loops, cold starts, refusals ----------------------------------------------------------
+
+def test_closed_loop_throughput_is_workers_over_service():
+    m = model.Model(4, "FIFO")
+    calls = model.closed_loop(m, threads=10, requests=100, fn="f", service=lambda: 0.01)
+    assert len(calls) == 1000
+    assert max(c.end for c in calls) == pytest.approx(1000 * 0.01 / 4)
+    # Fewer threads than workers: each thread runs alone, no wait.
+    calls = model.closed_loop(model.Model(4, "RR"), threads=2, requests=50, fn="f", service=lambda: 0.01)
+    assert max(c.end for c in calls) == pytest.approx(0.5) and max(c.wait for c in calls) == 0
+
+
+def test_a_call_is_cold_on_a_worker_that_has_not_run_its_function_lately():
+    jobs = [Job(float(i), fn, 0.1) for i, fn in enumerate("aabab")]
+    calls = model.simulate(jobs, 1, "RR", init_s={"a": 0.5})
+    assert [c.cold for c in calls] == [True, False, True, False, False]
+    assert [round(c.end - c.start, 9) for c in calls] == [0.6, 0.1, 0.1, 0.1, 0.1]
+    # One warm slot: every change of function evicts the other.
+    calls = model.simulate(jobs, 1, "RR", init_s={"a": 0.5}, warm_slots=1)
+    assert [c.cold for c in calls] == [True, False, True, True, True]
+
+
+def test_warm_strategy_cuts_cold_starts():
+    rng = random.Random(5)
+    jobs = [Job(i * 0.05, rng.choice("abcdefgh"), 0.02) for i in range(4000)]
+    rate = lambda s: statistics.fmean(c.cold for c in model.simulate(jobs, 8, s, warm_slots=1))
+    assert rate("WARM") < rate("RR") / 2
+
+
+def test_max_queue_refuses_calls_as_the_server_does():
+    jobs = [Job(0.0, "f", 1.0) for _ in range(10)]
+    calls = model.simulate(jobs, 2, "FIFO", max_queue=3)
+    assert [c.ok for c in calls] == [True] * 5 + [False] * 5
+    assert {c.kind for c in calls if not c.ok} == {"overloaded"}
+
+
+# -- slowdown and cold-start figures -----------------------------------------------------------
+
+def test_slowdown_is_latency_over_exec_with_a_floor():
+    assert invocations.slowdown(30.0, 10.0) == 3.0
+    assert invocations.slowdown(5.0, 0.0) == 5.0        # 0 ms in the trace: over 1 ms
+    calls = [{"fn": "a", "t": 0.5, "latency_ms": 20.0, "exec_ms": 10.0, "cold": True, "trace_fn": "x"},
+             {"fn": "a", "t": 1.5, "latency_ms": 10.0, "exec_ms": 10.0, "cold": False, "trace_fn": "x"},
+             {"fn": "b", "t": 1.7, "latency_ms": 40.0, "exec_ms": 10.0, "cold": False, "trace_fn": "y"},
+             {"fn": "b", "t": 1.8, "latency_ms": 40.0, "exec_ms": None, "ok": True}]
+    fig = invocations.figures(calls, duration_s=2.0)
+    assert fig["slowdown"]["n"] == 3 and fig["slowdown"]["mean"] == pytest.approx(7 / 3)
+    assert fig["per_function"]["a"]["slowdown"]["p50"] == 1.5
+    assert fig["per_trace_function"]["x"]["invocations"] == 2
+    assert fig["cold"]["rate"] == pytest.approx(1 / 3)
+    assert [(b["calls"], b["cold"]) for b in fig["cold"]["timeline"]] == [(1, 1), (2, 0)]
+    assert len(invocations.select(calls, "warm")) == 2 and len(invocations.select(calls, "cold")) == 1
