@@ -57,6 +57,9 @@ def _gateway_args(p):
                    help="the HTTP server: gevent (default: one thread, a greenlet per connection, "
                         "httptools' parser) or waitress (a thread pool); docs/PERFORMANCE.md compares them")
     p.add_argument("--threads", type=int, default=16, help="waitress's threads (default 16)")
+    p.add_argument("--max-connections", type=int, default=10_000,
+                   help="open connections at once; at the limit idle ones are closed to make room, "
+                        "and a new one gets 503 only when none can be (default 10000)")
     p.add_argument("--max-timeout-ms", type=int, default=None,
                    help="the most a deploy may ask as timeout_ms (default %d)" % config.LIMITS.max_timeout_ms)
     p.add_argument("--max-memory-mb", type=int, default=None,
@@ -166,7 +169,7 @@ def gateway_settings(args):
     return config.GatewaySettings(
         server_sock=config.server_sock(args.server_sock), host=args.host, port=args.port,
         functions=args.functions, api_key=args.api_key or os.environ.get("FAAS_API_KEY") or None,
-        http=args.http, threads=args.threads,
+        http=args.http, threads=args.threads, max_connections=args.max_connections,
         limits=config.operator_limits(args.max_timeout_ms, args.max_memory_mb))
 
 

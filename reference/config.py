@@ -86,11 +86,13 @@ class GatewaySettings:
     api_key: str = None             # from FAAS_API_KEY or --api-key; never passed on a command line
     http: str = "gevent"            # the HTTP server: gevent (ours) or waitress
     threads: int = 16               # waitress's threads
+    max_connections: int = 10_000   # open connections at once (--max-connections)
     limits: Limits = LIMITS         # the contract's limits, with the operator's ceilings
 
     def __post_init__(self):
         _at_least(self.port, 0, "--port")
         _at_least(self.threads, 1, "--threads")
+        _at_least(self.max_connections, 1, "--max-connections")
 
 
 @dataclass(frozen=True)
