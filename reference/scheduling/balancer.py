@@ -1,9 +1,10 @@
 """The balancer process: a scheduling strategy (reference/scheduling/strategies.py) behind a UNIX socket.
 
 The server registers its workers, submits jobs and reports them done; the balancer answers
-with `assign` frames (see docs/ARCHITECTURE.md). Worker and job ids are the server's own, so
-each connection gets its own strategy instance: when a server goes away its workers and the
-jobs it had queued go with it, and a server that reconnects starts clean by registering again.
+with `assign` frames (the ops are in reference/wire/ops.py; docs/ARCHITECTURE.md). Worker and
+job ids are the server's own, so each connection gets its own strategy instance: when a server
+goes away its workers and the jobs it had queued go with it, and a server that reconnects
+starts clean by registering again.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ import stat
 import uvloop
 
 from reference.scheduling import strategies
-from reference.wire import framing
+from reference.wire import framing, ops
 from reference.wire.errors import BadRequest, FaasError, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Session:
         if assignments:
             # One write for the whole batch: frames are self-delimiting.
             self.writer.write(b"".join(
-                framing.encode({"op": "assign", "job": job, "worker": worker})
+                framing.encode(ops.assign(job, worker))
                 for job, worker in assignments))
 
 
@@ -152,8 +153,7 @@ class Balancer:
     def op_submit(self, session, header):
         job = header["job"]
         if not session.strategy.workers():
-            session.send({"op": "reject", "job": job, "error": "unavailable",
-                          "message": "no worker available"})
+            session.send(ops.reject(job, "no worker available"))
             return
         worker = session.strategy.submit(job, header.get("fn"))
         if worker is not None:
@@ -164,12 +164,10 @@ class Balancer:
 
     def op_stats(self, session, header):
         strategy = session.strategy
-        session.send({
-            "op": "stats", "req": header.get("req"), "strategy": strategy.name,
-            "queue": strategy.queue_length(),
-            "workers": [{"id": w, "outstanding": strategy.outstanding(w), "weight": strategy.weight(w)}
-                        for w in strategy.workers()],
-        })
+        session.send(ops.balancer_stats(
+            header.get("req"), strategy.name, strategy.queue_length(),
+            [{"id": w, "outstanding": strategy.outstanding(w), "weight": strategy.weight(w)}
+             for w in strategy.workers()]))
 
     # -- life cycle ----------------------------------------------------------------------
 

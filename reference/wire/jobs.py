@@ -6,14 +6,24 @@ Both cross the wire as a frame: the JSON header holds the fields, the body the b
 
 from dataclasses import dataclass, field
 
+# The metadata of a field that stays in the process that set it: it never crosses the wire.
+LOCAL = {"local": True}
+
 
 def _shallow(record):
-    """A record's fields as a dict, without dataclasses.asdict's deep copy: on the hot path,
-    and every value here is already plain JSON or bytes. (Field names come from the class's own
-    table: dataclasses.fields() rebuilds a tuple on every call.)"""
-    return {name: getattr(record, name) for name in type(record).__dataclass_fields__}
+    """A record's wire fields as a dict, without dataclasses.asdict's deep copy: on the hot path,
+    and every value here is already plain JSON or bytes."""
+    return {name: getattr(record, name) for name in record.WIRE_FIELDS}
 
 
+def _wire_fields(cls):
+    """The names of `cls`'s fields that travel, computed once (dataclasses.fields() rebuilds a
+    tuple on every call)."""
+    cls.WIRE_FIELDS = tuple(name for name, f in cls.__dataclass_fields__.items() if not f.metadata.get("local"))
+    return cls
+
+
+@_wire_fields
 @dataclass
 class Job:
     """One invocation, as a worker needs it: where the function lives and what to feed it."""
@@ -26,6 +36,9 @@ class Job:
     timeout_ms: int = 5000
     memory_mb: int = 128
     output_limit: int = 1 << 20
+    # When the executor handed the job to a worker (the server's time.monotonic()): where the
+    # queue time the server reports ends. The server's own clock, so not on the wire.
+    started: float = field(default=None, compare=False, metadata=LOCAL)
 
     def to_wire(self):
         header = _shallow(self)
@@ -34,10 +47,11 @@ class Job:
 
     @classmethod
     def from_wire(cls, header, body):
-        fields = {k: header[k] for k in cls.__dataclass_fields__ if k in header and k != "input"}
+        fields = {k: header[k] for k in cls.WIRE_FIELDS if k in header and k != "input"}
         return cls(input=body, **fields)
 
 
+@_wire_fields
 @dataclass
 class Outcome:
     """What running a Job produced. `error` is None when the function ran to its end (whatever
@@ -67,7 +81,7 @@ class Outcome:
     @classmethod
     def from_wire(cls, header, body):
         n = header.get("stdout_len", len(body))
-        fields = {k: header[k] for k in cls.__dataclass_fields__ if k in header}
+        fields = {k: header[k] for k in cls.WIRE_FIELDS if k in header}
         fields.pop("stdout", None)
         fields.pop("stderr", None)
         return cls(stdout=body[:n], stderr=body[n:], **fields)
