@@ -1,31 +1,44 @@
-"""The load injector: keep-alive HTTP clients that invoke functions and time every answer.
+"""The load injector: keep-alive HTTP/1.1 clients on an asyncio (uvloop) event loop that invoke
+functions and time every answer.
 
-`minifaas inject FN THREADS REQS` is the seed's closed loop (each thread sends its requests back
-to back); `run_schedule` is the open loop the scenarios use (arrivals at fixed times, latency
-counted from the intended send time so a slow platform cannot hide its queue).
+`minifaas inject FN THREADS REQS` is the seed's closed loop (each of THREADS connections sends
+its requests back to back); `run_schedule` is the open loop the scenarios use (arrivals at fixed
+times, latency counted from the intended send time so a slow platform cannot hide its queue).
+
+One event loop in one thread, requests prebuilt as bytes, answers parsed by hand and with
+orjson: on this 2-core machine the injector must drive at least 3 x what the stack serves
+(tests/bench/bench_injector.py measures it against wrk), or the figures measure the client.
+`CpuMeter` gives the share of a core it used, which every run records.
 """
 
+import asyncio
 import dataclasses
-import http.client
 import json
 import logging
-import queue
+import resource
 import sys
-import threading
 import time
 import urllib.parse
 
+import orjson
+
 from harness.analysis import stats
+
+try:
+    import uvloop
+except ImportError:   # plain asyncio works, only slower
+    uvloop = None
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-# A request whose sender picked it up later than this after its intended time is counted late:
-# the injector's own sender pool, not the platform, was the limit for it.
+# A request sent later than this after its intended time is counted late: the injector (all
+# its connections busy, or its loop behind), not the platform, was the limit for it.
 LATE_S = 0.010
+MAX_HEADER = 65536
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Sample:
     """One invocation as the client saw it (times from time.monotonic())."""
     fn: str
@@ -43,12 +56,127 @@ class Sample:
         return (self.done - self.intended) * 1000.0
 
 
+class CpuMeter:
+    """CPU time of the calling thread (where the event loop runs) over wall time: the share of
+    one core the injector used. Over 0.5 the injector may have been the limit."""
+
+    def __enter__(self):
+        self.cpu0, self.wall0 = self._cpu(), time.monotonic()
+        self.share = None
+        return self
+
+    def __exit__(self, *exc):
+        wall = max(time.monotonic() - self.wall0, 1e-9)
+        self.cpu_s = self._cpu() - self.cpu0
+        self.share = self.cpu_s / wall
+
+    @staticmethod
+    def _cpu():
+        usage = resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF))
+        return usage.ru_utime + usage.ru_stime
+
+
+def _new_loop():
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
+def run_loop(coro):
+    """Run `coro` to the end on a fresh (uvloop) event loop in this thread."""
+    loop = _new_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to the gateway, used by one coroutine at a time."""
+
+    def __init__(self, host, port, timeout):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEADER)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def exchange(self, request):
+        """Send prebuilt request bytes, return (status, body bytes). A kept-alive connection the
+        server closed while idle is opened again once: the request never got there."""
+        for attempt in (1, 2):
+            reused = self.writer is not None
+            if not reused:
+                await self.open()
+            try:
+                return await self._exchange(request)
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                self.close()
+                if not reused or attempt == 2:
+                    raise ConnectionError(str(e)) from None
+
+    async def _exchange(self, request):
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        end = head.find(b"\r\n")
+        status = int(head[9:12]) if end >= 12 else 0
+        lower = head.lower()
+        i = lower.find(b"\r\ncontent-length:")
+        if i < 0:
+            raise ConnectionError("an answer without Content-Length")
+        length = int(lower[i + 17:lower.find(b"\r\n", i + 2)])
+        body = await self.reader.readexactly(length) if length else b""
+        if b"\r\nconnection: close" in lower:
+            self.close()
+        return status, body
+
+
+def request_bytes(host, port, fn_id, payload):
+    """The whole POST /invoke request, built once per function and input."""
+    head = ("POST /invoke?fn=%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+            "Content-Length: %d\r\n\r\n" % (urllib.parse.quote(fn_id), host, port, len(payload)))
+    return head.encode() + payload
+
+
+def _address(url):
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname, parts.port or 80
+
+
+async def _invoke(conn, request, name, intended, sent):
+    """One invocation on `conn` as a Sample; never raises for a platform or network failure."""
+    try:
+        async with asyncio.timeout(conn.timeout):
+            status, body = await conn.exchange(request)
+    except TimeoutError:
+        conn.close()
+        return Sample(name, intended, sent, time.monotonic(), 0, False, "client_timeout")
+    except (OSError, ValueError):
+        conn.close()
+        return Sample(name, intended, sent, time.monotonic(), 0, False, "connection")
+    done = time.monotonic()
+    try:
+        answer = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        answer = {"ok": False, "kind": "bad_answer"}
+    if not isinstance(answer, dict):
+        answer = {}
+    ok = status == 200 and answer.get("ok") is True
+    kind = None if ok else (answer.get("kind") or "http_%d" % status)
+    return Sample(name, intended, sent, done, status, ok, kind, answer.get("worker"), answer.get("cold"))
+
+
 class Client:
-    """One keep-alive HTTP/1.1 connection to the gateway; one per thread (http.client is not thread-safe)."""
+    """A blocking keep-alive client for the harness's few one-off calls (deploy, first call)."""
 
     def __init__(self, url=DEFAULT_URL, timeout=60.0):
-        parts = urllib.parse.urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port or 80
+        import http.client
+        self._http = http.client
+        self.host, self.port = _address(url)
         self.timeout = timeout
         self.conn = None
 
@@ -57,7 +185,7 @@ class Client:
         for attempt in (1, 2):
             reused = self.conn is not None
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self.conn = self._http.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
                 self.conn.request("POST", path, body=body, headers={"Content-Type": content_type})
                 resp = self.conn.getresponse()
@@ -65,13 +193,11 @@ class Client:
                 if resp.will_close:
                     self.close()
                 break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self.close()
-                # A kept-alive connection the server closed while idle: the request never got
-                # there, so sending it once more on a fresh connection is safe.
                 if not reused or attempt == 2:
                     raise
-            except (OSError, http.client.HTTPException):
+            except (OSError, self._http.HTTPException):
                 self.close()
                 raise
         try:
@@ -79,22 +205,6 @@ class Client:
         except ValueError:
             answer = {"ok": False, "kind": "bad_answer", "error": data[:200].decode(errors="replace")}
         return resp.status, answer if isinstance(answer, dict) else {}
-
-    def invoke(self, fn_id, payload, name=None, intended=None):
-        """Invoke `fn_id` with `payload` (bytes) and return a Sample."""
-        sent = time.monotonic()
-        path = "/invoke?fn=" + urllib.parse.quote(fn_id)
-        try:
-            status, answer = self.post(path, payload)
-        except TimeoutError:
-            return Sample(name or fn_id, intended or sent, sent, time.monotonic(), 0, False, "client_timeout")
-        except (OSError, http.client.HTTPException):
-            return Sample(name or fn_id, intended or sent, sent, time.monotonic(), 0, False, "connection")
-        done = time.monotonic()
-        ok = status == 200 and answer.get("ok") is True
-        kind = None if ok else (answer.get("kind") or "http_%d" % status)
-        return Sample(name or fn_id, intended or sent, sent, done, status, ok, kind,
-                      answer.get("worker"), answer.get("cold"))
 
     def close(self):
         if self.conn is not None:
@@ -108,74 +218,88 @@ def payload_for(value):
 
 
 def run_closed(url, fn_id, threads, requests, payload, name=None, progress=None, timeout=60.0):
-    """THREADS x REQUESTS back-to-back invocations; returns (samples, started, ended) in monotonic time."""
-    per_thread = [[] for _ in range(threads)]
-    barrier = threading.Barrier(threads + 1)
+    """THREADS connections x REQUESTS back-to-back invocations; returns (samples, started, ended)
+    in monotonic time. (THREADS is the seed's word: here they are coroutines on one loop.)"""
+    return run_loop(_closed(url, fn_id, threads, requests, payload, name or fn_id, progress, timeout))
 
-    def loop(out):
-        client = Client(url, timeout)
-        try:
-            barrier.wait()
-            for _ in range(requests):
-                out.append(client.invoke(fn_id, payload, name))
-                if progress:
-                    progress(1)
-        finally:
-            client.close()
 
-    workers = [threading.Thread(target=loop, args=(out,), daemon=True) for out in per_thread]
-    for t in workers:
-        t.start()
-    barrier.wait()
+async def _closed(url, fn_id, threads, requests, payload, name, progress, timeout):
+    host, port = _address(url)
+    request = request_bytes(host, port, fn_id, payload)
+    conns = [Connection(host, port, timeout) for _ in range(threads)]
+    opened = await asyncio.gather(*(c.open() for c in conns), return_exceptions=True)
+    for c, failure in zip(conns, opened):
+        if failure is not None:
+            c.close()   # counted per request below, as `connection` errors
+
+    async def loop(conn, out):
+        for _ in range(requests):
+            now = time.monotonic()
+            out.append(await _invoke(conn, request, name, now, now))
+            if progress:
+                progress(1)
+        conn.close()
+
+    per_conn = [[] for _ in conns]
     started = time.monotonic()
-    for t in workers:
-        t.join()
+    await asyncio.gather(*(loop(c, out) for c, out in zip(conns, per_conn)))
     ended = time.monotonic()
-    return [s for out in per_thread for s in out], started, ended
+    return [s for out in per_conn for s in out], started, ended
 
 
 def run_schedule(url, items, senders, progress=None, timeout=60.0):
-    """Send each (offset s, name, fn_id, payload) at its offset from now, from a pool of `senders` threads.
+    """Send each (offset s, name, fn_id, payload) at its offset from now over at most `senders`
+    keep-alive connections (opened as needed). Returns (samples, started, ended, late).
 
-    Returns (samples, started, ended, late). Latency is measured from the intended time, so a
-    request that waited for a free sender still counts its wait; `late` counts those.
+    Latency is measured from the intended time, so a request that waited for a free connection
+    still counts its wait; `late` counts those sent more than LATE_S after their time.
     """
-    pending = queue.Queue()
-    samples = []
-    late = [0] * senders
+    return run_loop(_schedule(url, items, senders, progress, timeout))
 
-    def sender(i):
-        client = Client(url, timeout)
-        try:
-            while True:
-                item = pending.get()
-                if item is None:
-                    return
-                intended, name, fn_id, payload = item
-                if time.monotonic() - intended > LATE_S:
-                    late[i] += 1
-                samples.append(client.invoke(fn_id, payload, name, intended))
-                if progress:
-                    progress(1)
-        finally:
-            client.close()
 
-    pool = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(senders)]
-    for t in pool:
-        t.start()
-    started = time.monotonic() + 0.05   # let the senders reach their queue first
+async def _schedule(url, items, senders, progress, timeout, started=None):
+    host, port = _address(url)
+    built = {}
+    plan = []
     for offset, name, fn_id, payload in sorted(items, key=lambda item: item[0]):
+        key = (fn_id, payload)
+        if key not in built:
+            built[key] = request_bytes(host, port, fn_id, payload)
+        plan.append((offset, name, built[key]))
+    free = asyncio.Queue()
+    opened = [0]
+    samples = []
+    tasks = set()
+
+    async def send(intended, name, request):
+        if free.empty() and opened[0] < senders:
+            opened[0] += 1
+            conn = Connection(host, port, timeout)
+        else:
+            conn = await free.get()
+        sample = await _invoke(conn, request, name, intended, time.monotonic())
+        samples.append(sample)
+        free.put_nowait(conn)
+        if progress:
+            progress(1)
+
+    started = (time.monotonic() + 0.02) if started is None else started
+    for offset, name, request in plan:
         intended = started + offset
         delay = intended - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        pending.put((intended, name, fn_id, payload))
-    for _ in pool:
-        pending.put(None)
-    for t in pool:
-        t.join()
+        while delay > 0:   # uvloop's timers count whole milliseconds: it may wake up early
+            await asyncio.sleep(delay)
+            delay = intended - time.monotonic()
+        task = asyncio.ensure_future(send(intended, name, request))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
     ended = time.monotonic()
-    return samples, started, ended, sum(late)
+    while not free.empty():
+        free.get_nowait().close()
+    late = sum(1 for s in samples if s.sent - s.intended > LATE_S)
+    return samples, started, ended, late
 
 
 def summarize(samples, started, ended):
@@ -196,7 +320,8 @@ def summarize(samples, started, ended):
         mine = [s for s in samples if s.fn == name]
         mine_ok = [s.latency_ms for s in mine if s.ok]
         per_function[name] = {"requests": len(mine), "ok": len(mine_ok),
-                              "latency_ms": stats.latency_summary(mine_ok)}
+                              "latency_ms": stats.latency_summary(mine_ok),
+                              "p99_ci95": stats.quantile_ci(mine_ok, 0.99)}
     return {
         "requests": len(samples),
         "ok": len(ok),
@@ -205,6 +330,8 @@ def summarize(samples, started, ended):
         "throughput_rps": len(ok) / duration,
         "latency_ms": stats.latency_summary(latencies),
         "latency_quantiles_ms": stats.quantiles(latencies),
+        "latency_ccdf": stats.ccdf(latencies),
+        "p99_ci95": stats.quantile_ci(latencies, 0.99),
         "timeline": stats.timeline([(s.done - started, s.ok, s.latency_ms) for s in samples], duration),
         "workers": workers,
         "per_function": per_function,
@@ -215,7 +342,8 @@ def summarize(samples, started, ended):
 
 def add_arguments(parser):
     parser.add_argument("fn", metavar="FN", help="function id (or name) to invoke")
-    parser.add_argument("threads", metavar="THREADS", type=int, help="concurrent client threads")
+    parser.add_argument("threads", metavar="THREADS", type=int,
+                        help="concurrent keep-alive connections (the seed's threads)")
     parser.add_argument("reqs", metavar="REQS", type=int, help="requests per thread")
     parser.add_argument("--url", default=DEFAULT_URL, help="gateway URL (default %s)" % DEFAULT_URL)
     parser.add_argument("--input", default="test data", help="input sent to the function (default 'test data')")
@@ -248,6 +376,7 @@ def format_summary(fn, threads, reqs, figures):
         "Latency p90: %s" % ms(lat["p90"]),
         "Latency p99: %s" % ms(lat["p99"]),
         "Latency max: %s" % ms(lat["max"]),
+        "Injector CPU: %.0f%% of a core" % (100.0 * (figures.get("injector_cpu_share") or 0.0)),
         "===============",
     ]
     if figures["errors"]:
@@ -257,8 +386,10 @@ def format_summary(fn, threads, reqs, figures):
 
 def inject(url, fn, threads, reqs, value="test data", timeout=60.0):
     """Run the seed's load test and return its figures (the dict `--json` writes)."""
-    samples, started, ended = run_closed(url, fn, threads, reqs, payload_for(value), timeout=timeout)
+    with CpuMeter() as cpu:
+        samples, started, ended = run_closed(url, fn, threads, reqs, payload_for(value), timeout=timeout)
     figures = summarize(samples, started, ended)
+    figures["injector_cpu_share"] = cpu.share
     figures["requests_per_s"] = len(samples) / figures["duration_s"]
     figures.update(function=fn, threads=threads, requests_per_thread=reqs, url=url)
     return figures
