@@ -1,9 +1,16 @@
 """The local executor, the parent side of the worker pool: pre-forked processes, one pipe pair
 each, replaced when they die. The child side is reference/worker/main.py.
 
-`LocalWorkers` implements the executor seam (reference/executors/__init__.py): the server hands
-it (worker id, Job) pairs and gets Outcomes back, without knowing that a worker is a forked
-process behind two pipes.
+`LocalWorkers` implements the executor seam, `Scalable` (reference/executors/__init__.py): the
+server hands it (worker id, Job) pairs and gets Outcomes back, without knowing that a worker is
+a forked process behind two pipes.
+
+A worker's life: forked ("starting"); it makes its runtimes and says `booted` on its result
+pipe ("idle": only now is it announced with on_up and given jobs); one job at a time ("busy");
+it exits at the end of its job pipe, or dies. Its exit status is logged, and a dead worker is
+replaced, with a back-off when workers die young, except one that could not boot (exit
+WORKER_BOOT_ERROR, as gunicorn's arbiter halts on it): a replacement would fail the same way,
+so the pool stops respawning and reports why through on_broken.
 """
 
 import asyncio
@@ -15,8 +22,8 @@ import os
 import signal
 import time
 
-from reference.wire import framing
-from reference.wire.errors import Timeout, WorkerLost
+from reference.wire import framing, ops
+from reference.wire.errors import ProtocolError, Timeout, WorkerLost
 from reference.wire.jobs import Outcome
 from reference.worker.main import WORKER_BOOT_ERROR, close_inherited_fds, worker_main
 
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 WATCHDOG_GRACE_S = 2.0
 # Workers that die faster than this after their birth are respawned with a back-off.
 QUICK_DEATH_S = 1.0
+# A worker whose result pipe closed is waited for this long before it is killed.
+EXIT_WAIT_S = 2.0
 
 
 class Worker:
@@ -42,8 +51,10 @@ class Worker:
         self.queue = collections.deque()  # (job, future) assigned to this worker, not yet sent
         self.current = None          # (job, future) being run
         self.writer = None           # asyncio write transport of the job pipe
-        self.reader_task = None
         self.watchdog = None
+        self.booted = False          # said `booted`: its runtimes are made
+        self.boot_error = None       # what it said instead, if it could not boot
+        self.exit_code = None        # os.waitstatus_to_exitcode of its last process, once reaped
 
     def snapshot(self):
         state = "retiring" if self.retiring and self.state != "dead" else self.state
@@ -56,22 +67,28 @@ class LocalWorkers:
 
     on_up(wid) and on_down(wid, orphans) tell the server when a worker can take jobs and when
     one is gone; `orphans` are the jobs that were waiting for it and never started, which the
-    server schedules again.
+    server schedules again. on_broken(reason) says that a worker could not boot, so that no
+    more will be started; `broken` keeps the reason.
     """
 
-    def __init__(self, size, on_up, on_down, min_size=None, max_size=None):
+    def __init__(self, size, on_up, on_down, min_size=None, max_size=None, on_broken=None):
         self.min_size = size if min_size is None else min_size
         self.max_size = size if max_size is None else max_size
         self.size = max(self.min_size, min(size, self.max_size))
         self.on_up = on_up
         self.on_down = on_down
+        self.on_broken = on_broken or (lambda reason: None)
         self.workers = {}
         self.stopping = False
+        self.broken = None           # why workers cannot boot, once one could not
         self._quick_deaths = 0
+        self._tasks = set()          # every worker's result reader, kept until it ends
+        self._respawns = {}          # wid -> the timer of its replacement, not started yet
 
     # -- the executor seam -------------------------------------------------------------------
 
-    def start(self):
+    async def start(self):
+        """Fork the workers; they come up (on_up) as each says it booted."""
         for wid in range(self.size):
             self._spawn(wid)
 
@@ -90,7 +107,7 @@ class LocalWorkers:
 
     def grow(self):
         """Add one worker, up to max_size; True if one was added."""
-        if self.stopping or self.size >= self.max_size:
+        if self.stopping or self.broken or self.size >= self.max_size:
             return False
         wid = next(i for i in itertools.count() if i not in self.workers)
         self.size += 1
@@ -128,6 +145,9 @@ class LocalWorkers:
     async def stop(self, grace=5.0):
         """Close every job pipe (workers exit at EOF), then TERM and KILL the slow ones."""
         self.stopping = True
+        for timer in self._respawns.values():
+            timer.cancel()
+        self._respawns.clear()
         for w in self.workers.values():
             if w.writer:
                 w.writer.close()
@@ -136,10 +156,15 @@ class LocalWorkers:
             while time.monotonic() < deadline and self._reap_all():
                 await asyncio.sleep(0.05)
             for w in self.workers.values():
-                if w.pid and w.state != "dead":
+                if w.pid and w.exit_code is None:
                     self._signal(w, sig)
             deadline = time.monotonic() + 1.0
         self._reap_all()
+        # The readers end at the end of their pipes, now that every worker is gone.
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=1.0)
+            for task in late:
+                task.cancel()
 
     # -- process management --------------------------------------------------------------
 
@@ -159,27 +184,58 @@ class LocalWorkers:
         self.workers[wid] = worker
         worker.pid, worker.born, worker.state = pid, time.monotonic(), "starting"
         worker.current, worker.idle_since = None, time.monotonic()
-        loop = asyncio.get_running_loop()
-        worker.reader_task = loop.create_task(self._read_results(worker, job_w, result_r))
+        worker.booted, worker.boot_error, worker.exit_code = False, None, None
+        task = asyncio.get_running_loop().create_task(self._read_results(worker, job_w, result_r))
+        self._tasks.add(task)
+        task.add_done_callback(self._reader_ended)
         log.info("worker %d started (pid %d)", wid, pid)
+
+    def _reader_ended(self, task):
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a worker's result reader failed", exc_info=task.exception())
 
     async def _read_results(self, worker, job_w, result_r):
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=framing.MAX_BODY)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result_r, "rb", 0))
         worker.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(job_w, "wb", 0))
-        worker.state = "idle"  # only now can it take jobs, and only now is it announced
-        self.on_up(worker.id)
-        self._feed(worker)
         frames = framing.AsyncFrameReader(reader)
         try:
-            while True:
-                header, body = await frames.read_frame()
-                self._finish(worker, Outcome.from_wire(header, body))
-        except (EOFError, ConnectionError, framing.ProtocolError) as exc:
+            if await self._boot(worker, frames):
+                while True:
+                    header, body = await frames.read_frame()
+                    self._finish(worker, Outcome.from_wire(header, body))
+        except (EOFError, ConnectionError, ProtocolError) as exc:
             if not isinstance(exc, EOFError):
                 log.error("worker %d: %s", worker.id, exc)
+        await self._wait_exit(worker)
         self._bury(worker)
+
+    async def _boot(self, worker, frames):
+        """Wait for the worker's first frame: True once it says it booted (it is then idle and
+        announced), False if it says it could not."""
+        header, _ = await frames.read_frame()
+        op = header.get("op")
+        if op == ops.BOOT_ERROR:
+            worker.boot_error = header.get("message") or "no reason given"
+            return False
+        if op != ops.BOOTED:
+            raise ProtocolError("worker %d sent %r before saying it booted" % (worker.id, op))
+        worker.booted, worker.state = True, "idle"
+        self.on_up(worker.id)
+        self._feed(worker)
+        return True
+
+    async def _wait_exit(self, worker):
+        """The result pipe is closed: wait until the process is reaped (for its exit status),
+        killing it if it lingers."""
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while self._reap_all() and worker.exit_code is None:
+            if time.monotonic() > deadline:
+                self._signal(worker, signal.SIGKILL)
+                deadline = time.monotonic() + EXIT_WAIT_S
+            await asyncio.sleep(0.01)
 
     def _feed(self, worker):
         """Send the worker its next job if it is idle: it runs one at a time."""
@@ -227,7 +283,6 @@ class LocalWorkers:
             worker.writer.close()
         worker.writer = None
         worker.state = "dead"
-        self._reap_all()
         if worker.current:
             job, future = worker.current
             if not future.done():
@@ -241,17 +296,24 @@ class LocalWorkers:
             del self.workers[worker.id]
             log.info("worker %d retired", worker.id)
             return
-        self.on_down(worker.id, orphans)
-        if self.stopping:
+        if worker.booted or orphans:
+            self.on_down(worker.id, orphans)
+        if self.stopping or self.broken:
+            return
+        if not worker.booted and worker.exit_code == WORKER_BOOT_ERROR:
+            self.broken = "worker %d could not boot: %s" % (worker.id, worker.boot_error or "see the server's log")
+            log.error("%s; not starting any more workers (fix the cause and restart the server)", self.broken)
+            self.on_broken(self.broken)
             return
         quick = time.monotonic() - worker.born < QUICK_DEATH_S
         self._quick_deaths = self._quick_deaths + 1 if quick else 0
         delay = min(5.0, 0.1 * 2 ** self._quick_deaths) if quick else 0.0
         log.warning("worker %d (pid %s) died; starting a replacement in %.1fs", worker.id, worker.pid, delay)
-        asyncio.get_running_loop().call_later(delay, self._respawn, worker.id)
+        self._respawns[worker.id] = asyncio.get_running_loop().call_later(delay, self._respawn, worker.id)
 
     def _respawn(self, wid):
-        if not self.stopping and self.workers[wid].state == "dead":
+        del self._respawns[wid]
+        if not self.stopping and not self.broken and self.workers[wid].state == "dead":
             self._spawn(wid)
 
     def _signal(self, worker, sig):
@@ -264,7 +326,7 @@ class LocalWorkers:
         """Collect dead children without blocking; True while some worker is still running."""
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             except OSError as exc:
@@ -274,6 +336,22 @@ class LocalWorkers:
             if pid == 0:
                 break
             for w in self.workers.values():
-                if w.pid == pid:
-                    w.state = "dead"
-        return any(w.state != "dead" for w in self.workers.values())
+                if w.pid == pid and w.exit_code is None:
+                    w.exit_code = os.waitstatus_to_exitcode(status)
+                    log_exit(w, w.exit_code)
+        return any(w.pid and w.exit_code is None for w in self.workers.values())
+
+
+def log_exit(worker, code):
+    """Say how a worker's process ended: an exit code, or the signal that killed it."""
+    if code < 0:
+        try:
+            how = "was killed by %s" % signal.Signals(-code).name
+        except ValueError:
+            how = "was killed by signal %d" % -code
+    elif code == WORKER_BOOT_ERROR:
+        how = "exited with code %d (WORKER_BOOT_ERROR: it could not boot)" % code
+    else:
+        how = "exited with code %d" % code
+    level = logging.INFO if code == 0 else logging.WARNING
+    log.log(level, "worker %d (pid %d) %s", worker.id, worker.pid, how)

@@ -1,19 +1,20 @@
 """The child side of a local worker, as gunicorn's workers/base.py is to its arbiter.
 
 The worker's contract (`worker_main`): it runs in a child made by `os.fork()` from the server
-(reference/executors/local.py), before which nothing of wasmtime has run; it reads one Job
-frame at a time from its job pipe, answers exactly one Outcome frame on its result pipe, and
-exits when the job pipe closes (the server is gone). It never answers out of order, so the
-server knows which job it holds. Exit codes: 0 at the end of the job pipe, WORKER_BOOT_ERROR
-when its runtimes could not be made (the pool then stops respawning: a restart would fail the
-same way).
+(reference/executors/local.py), before which nothing of wasmtime has run; it makes its
+runtimes and says so with one `booted` frame on its result pipe (or `boot_error` with the
+reason, then exits WORKER_BOOT_ERROR); then it reads one Job frame at a time from its job pipe,
+answers exactly one Outcome frame on its result pipe, and exits when the job pipe closes (the
+server is gone). It never answers out of order, so the server knows which job it holds. Exit
+codes: 0 at the end of the job pipe, WORKER_BOOT_ERROR when its runtimes could not be made (the
+pool then stops respawning: a restart would fail the same way).
 """
 
 import logging
 import os
 import signal
 
-from reference.wire import framing
+from reference.wire import framing, ops
 from reference.wire.jobs import Job, Outcome
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,11 @@ def worker_main(job_fd, result_fd):
         )
 
         runtimes = WorkerRuntimes()
-    except Exception:
+    except Exception as exc:
         log.exception("worker %d could not start its runtimes", os.getpid())
+        _say(result_fd, ops.boot_error("%s: %s" % (type(exc).__name__, exc)))
         os._exit(WORKER_BOOT_ERROR)
+    _say(result_fd, ops.booted())
     frames = framing.FrameReader(job_fd)
     try:
         while True:
@@ -55,6 +58,14 @@ def worker_main(job_fd, result_fd):
     finally:
         runtimes.close()
     os._exit(0)
+
+
+def _say(result_fd, header):
+    """Tell the server how the boot went; if it is gone already, the exit says the rest."""
+    try:
+        framing.write_frame(result_fd, header)
+    except OSError:
+        pass
 
 
 def close_inherited_fds(keep):
