@@ -2,8 +2,14 @@
 each one, runs it on that worker and answers with the Outcome.
 
 One asyncio loop owns everything: the gateway connections (many invocations in flight on
-each), the persistent connection to the balancer (reconnected whenever it drops) and the
-worker pool's pipes. Nothing on the request path sleeps or polls.
+each), the persistent link to the balancer (reference/server/balancer_link.py), the executor
+that runs the jobs (reference/executors/) and, when the pool may grow and shrink, the
+autoscaler (reference/server/autoscaler.py). Nothing on the request path sleeps or polls.
+
+An invocation's way through: `op_invoke` admits it (or answers at once: 429, 503) and
+`submit`s it to the balancer; the balancer's `assign` reaches `assigned`, which hands the job
+to the executor; the executor's future settles it, and `answer_of` turns what it holds into
+the answer frame. A job the balancer holds when the link drops is answered 503.
 """
 
 import asyncio
@@ -11,22 +17,23 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 
+from reference.executors import Executor
 from reference.executors.local import LocalWorkers
-from reference.wire import framing
+from reference.server.autoscaler import Autoscaler
+from reference.server.balancer_link import BalancerLink
+from reference.wire import framing, ops
 from reference.wire.errors import FaasError, Overloaded, ProtocolError, Unavailable
 from reference.wire.jobs import Job
 
 log = logging.getLogger(__name__)
 
-BALANCER_RETRY_S = 0.2
 STATS_TIMEOUT_S = 1.0
-# Auto-scaling looks at the queues this often, and retires a worker idle this long.
-SCALE_EVERY_S = 0.25
 
 
-class Pending:
+class Invocation:
     """An invocation between its arrival and its answer."""
 
     __slots__ = ("job", "reply", "arrived", "worker")
@@ -35,32 +42,63 @@ class Pending:
         self.job, self.reply, self.arrived, self.worker = job, reply, time.monotonic(), None
 
 
-def make_executor(settings, on_up, on_down):
-    """The executor seam: whatever runs jobs offers start, submit, alive, snapshot and stop."""
+def make_executor(settings, on_up, on_down, on_broken):
+    """The executor the settings name, and the same executor again as the Scalable to
+    auto-scale, or None when its pool has a fixed size."""
     if settings.executor == "nats":
         from reference.executors.nats.executor import NatsWorkers, balancer_strategy
 
+        if settings.max_workers > settings.min_workers:
+            log.warning("--min-workers/--max-workers are ignored with --executor nats: "
+                        "worker hosts bring their own workers")
         # The strategy is the balancer's option: NatsWorkers asks the balancer for it (FIFO
         # means a shared work queue in NATS rather than each host's own subject).
         return NatsWorkers(settings.nats_url, on_up=on_up, on_down=on_down,
-                           strategy=lambda: balancer_strategy(settings.lb_sock))
-    return LocalWorkers(settings.workers, on_up=on_up, on_down=on_down,
+                           strategy=lambda: balancer_strategy(settings.lb_sock)), None
+    pool = LocalWorkers(settings.workers, on_up=on_up, on_down=on_down, on_broken=on_broken,
                         min_size=settings.min_workers, max_size=settings.max_workers)
+    return pool, (pool if pool.max_size > pool.min_size else None)
+
+
+def answer_of(result, queue_ms):
+    """The frame (header, body) that answers an invocation, from what the executor's future
+    held: an Outcome, or the exception that stopped the job (a FaasError keeps its kind, any
+    other is the executor's failure: 503). The one place where a failure becomes an answer."""
+    if isinstance(result, FaasError):
+        return result.to_wire(), b""
+    if isinstance(result, BaseException):
+        return Unavailable("the executor failed: %s" % (result or type(result).__name__)).to_wire(), b""
+    header, body = result.to_wire()
+    header["queue_ms"] = round(queue_ms, 3)
+    return header, body
+
+
+def result_of(future):
+    """What a settled future holds: its result, or its exception (cancelled is one too)."""
+    if future.cancelled():
+        return Unavailable("the job was cancelled")
+    return future.exception() or future.result()
 
 
 class Server:
-    def __init__(self, settings):
+    """Gateway connections on one side, the balancer link and the executor on the other.
+
+    Gateway requests are dispatched by op to `op_<name>(header, body, reply)`; the link calls
+    back `balancer_up`, `assigned`, `rejected` and `balancer_lost`; the executor calls back
+    `worker_up`, `worker_down` and `pool_broken`."""
+
+    def __init__(self, settings, executor_factory=make_executor):
         self.server_sock = settings.server_sock
-        self.lb_sock = settings.lb_sock
         self.max_queue = settings.max_queue
-        self.scale_cooldown = settings.scale_cooldown
-        self.pool = make_executor(settings, self._worker_up, self._worker_down)
-        self.pending = {}            # job id -> Pending, from arrival to answer
+        pool, scalable = executor_factory(settings, self.worker_up, self.worker_down, self.pool_broken)
+        self.pool: Executor = pool
+        self.scaler = Autoscaler(scalable, lambda: len(self.unassigned), settings.scale_cooldown) if scalable else None
+        self.link = BalancerLink(settings.lb_sock, self)
+        self.in_flight = {}          # job id -> Invocation, from arrival to answer
         self.unassigned = set()      # job ids submitted to the balancer and not yet assigned
+        self.broken = None           # why no worker can start, once the executor said so
         self.job_ids = itertools.count(1)
-        self.stat_ids = itertools.count(1)
-        self.stat_waiters = {}
-        self.lb_writer = None
+        self.tasks = set()           # per-request tasks (stats), kept until they end
         self.stopping = asyncio.Event()
 
     # -- gateway side --------------------------------------------------------------------
@@ -71,7 +109,7 @@ class Server:
         try:
             while True:
                 header, body = await frames.read_frame()
-                self.dispatch_request(header, body, writer)
+                self.dispatch(header, body, writer)
         except (EOFError, ConnectionError):
             pass
         except ProtocolError as exc:
@@ -80,7 +118,8 @@ class Server:
             writer.close()
             log.info("gateway disconnected")
 
-    def dispatch_request(self, header, body, writer):
+    def dispatch(self, header, body, writer):
+        """Call the request's `op_<name>` with a `reply(header, body=b"")` that answers it."""
         op, req = header.get("op"), header.get("req")
 
         def reply(answer, payload=b""):
@@ -88,169 +127,125 @@ class Server:
             if not writer.is_closing():
                 writer.write(framing.encode(answer, payload))
 
-        try:
-            if op == "invoke":
-                return self.invoke(header, body, reply)
-            if op == "stats":
-                return asyncio.ensure_future(self.stats(reply))
-            if op == "health":
-                return reply(self.health())
-            raise ProtocolError("unknown op %r" % op)
-        except FaasError as exc:
-            reply(exc.to_wire())
+        handler = getattr(self, "op_%s" % op, None) if isinstance(op, str) else None
+        if handler is None:
+            return reply(ProtocolError("unknown op %r" % (op,)).to_wire())
+        handler(header, body, reply)
 
-    def invoke(self, header, body, reply):
-        if len(self.pending) >= self.max_queue:
-            raise Overloaded("the platform is overloaded (%d invocations waiting); retry later" % len(self.pending),
-                             retry_after=1)
-        if self.lb_writer is None:
-            raise Unavailable("balancer unavailable: no load balancer is connected to the server")
-        if not self.pool.alive():
-            raise Unavailable("no worker available")
-        header = dict(header, job_id=next(self.job_ids))
-        job = Job.from_wire(header, body)
-        self.pending[job.job_id] = Pending(job, reply)
+    def op_invoke(self, header, body, reply):
+        refusal = self.refusal()
+        if refusal is not None:
+            return reply(refusal.to_wire())
+        try:
+            job = Job.from_wire(dict(header, job_id=next(self.job_ids)), body)
+        except (KeyError, TypeError) as exc:
+            return reply(ProtocolError("malformed invoke: %s" % exc).to_wire())
+        self.in_flight[job.job_id] = Invocation(job, reply)
         self.submit(job)
+
+    def op_health(self, header, body, reply):
+        reply(self.health())
+
+    def op_stats(self, header, body, reply):
+        # The balancer's part takes a round trip: a task, kept until it ends.
+        task = asyncio.get_running_loop().create_task(self.stats(reply))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def refusal(self):
+        """Why a new invocation cannot be taken now (a FaasError), or None."""
+        if len(self.in_flight) >= self.max_queue:
+            return Overloaded("the platform is overloaded (%d invocations waiting); retry later"
+                              % len(self.in_flight), retry_after=1)
+        if not self.link.connected:
+            return Unavailable("balancer unavailable: no load balancer is connected to the server")
+        if not self.pool.alive():
+            return Unavailable("no worker available: %s" % self.broken if self.broken else "no worker available")
+        return None
+
+    def health(self):
+        answer = {"server": True, "balancer": self.link.connected, "workers": len(self.pool.alive()),
+                  "size": self.pool.size}
+        if self.broken:
+            answer["broken"] = self.broken
+        return answer
+
+    async def stats(self, reply):
+        answer = {"workers": self.pool.snapshot(), "balancer": self.link.connected,
+                  "pending": len(self.in_flight)}
+        lb = await self.link.stats(STATS_TIMEOUT_S)
+        if lb is None:
+            return reply(Unavailable("balancer unavailable").to_wire())
+        answer.update(strategy=lb.get("strategy"), balancer_workers=lb.get("workers"),
+                      queue=lb.get("queue", 0) + sum(w.get("queue", 0) for w in answer["workers"]))
+        reply(answer)
+
+    # -- the job flow ----------------------------------------------------------------------
 
     def submit(self, job):
         self.unassigned.add(job.job_id)
-        self.lb_writer.write(framing.encode({"op": "submit", "job": job.job_id, "fn": job.fn_id}))
+        if not self.link.send(ops.submit(job.job_id, job.fn_id)):
+            self.answer(job.job_id, Unavailable("balancer unavailable").to_wire())
 
-    def answer(self, job_id, outcome=None, error=None):
-        pending = self.pending.pop(job_id, None)
+    def answer(self, job_id, header, body=b""):
+        invocation = self.in_flight.pop(job_id, None)
         self.unassigned.discard(job_id)
-        if pending is None:
+        if invocation is not None:
+            invocation.reply(header, body)
+
+    def settle(self, job_id, wid, future):
+        """The executor is done with the job: free the balancer's slot, answer the call."""
+        self.link.send(ops.done(job_id, wid))
+        invocation = self.in_flight.get(job_id)
+        if invocation is not None:
+            started = invocation.job.started or time.monotonic()
+            self.answer(job_id, *answer_of(result_of(future), (started - invocation.arrived) * 1000))
+
+    # -- the balancer's side (called by BalancerLink) --------------------------------------
+
+    def balancer_up(self):
+        alive = self.pool.alive()
+        if alive:
+            self.link.send(ops.register(alive))
+
+    def assigned(self, job_id, wid):
+        invocation = self.in_flight.get(job_id)
+        self.unassigned.discard(job_id)
+        if invocation is None:
+            self.link.send(ops.done(job_id, wid))  # answered meanwhile: free the worker's slot
             return
-        if error is not None:
-            return pending.reply(error.to_wire())
-        outcome.queue_ms = round((getattr(pending.job, "started", time.monotonic()) - pending.arrived) * 1000, 3)
-        header, body = outcome.to_wire()
-        pending.reply(header, body)
-
-    def health(self):
-        return {"server": True, "balancer": self.lb_writer is not None,
-                "workers": len(self.pool.alive()), "size": self.pool.size}
-
-    async def stats(self, reply):
-        answer = {"workers": self.pool.snapshot(), "balancer": self.lb_writer is not None,
-                  "pending": len(self.pending)}
-        if self.lb_writer is not None:
-            req = next(self.stat_ids)
-            waiter = self.stat_waiters[req] = asyncio.get_running_loop().create_future()
-            self.lb_writer.write(framing.encode({"op": "stats", "req": req}))
-            try:
-                lb = await asyncio.wait_for(waiter, STATS_TIMEOUT_S)
-                answer.update(strategy=lb.get("strategy"), queue=lb.get("queue", 0) + sum(
-                    w["queue"] for w in answer["workers"]), balancer_workers=lb.get("workers"))
-            except asyncio.TimeoutError:
-                answer["balancer"] = False
-            finally:
-                self.stat_waiters.pop(req, None)
-        if not answer["balancer"]:
-            return reply(Unavailable("balancer unavailable").to_wire())
-        reply(answer)
-
-    # -- balancer side -------------------------------------------------------------------
-
-    async def balancer_link(self):
-        """Keep one connection to the balancer; after each (re)connect, register every worker."""
-        announced = False
-        while not self.stopping.is_set():
-            try:
-                reader, writer = await asyncio.open_unix_connection(self.lb_sock, limit=framing.MAX_BODY)
-            except OSError as exc:
-                if not announced:
-                    log.info("waiting for the balancer at %s (%s)", self.lb_sock, exc.strerror or exc)
-                    announced = True
-                await asyncio.sleep(BALANCER_RETRY_S)
-                continue
-            announced = False
-            log.info("connected to the balancer at %s", self.lb_sock)
-            self.lb_writer = writer
-            alive = self.pool.alive()
-            if alive:
-                writer.write(framing.encode({"op": "register", "workers": [{"id": w} for w in alive]}))
-            frames = framing.AsyncFrameReader(reader)
-            try:
-                while True:
-                    header, _ = await frames.read_frame()
-                    self.on_balancer(header)
-            except (EOFError, ConnectionError, ProtocolError) as exc:
-                log.warning("lost the balancer (%s)", exc or "closed")
-            self.lb_writer = None
-            writer.close()
-            # Jobs the balancer held are lost with it: answer them rather than let them hang.
-            for job_id in list(self.unassigned):
-                self.answer(job_id, error=Unavailable("balancer unavailable: it went away before scheduling the call"))
-
-    def on_balancer(self, header):
-        op = header.get("op")
-        if op == "assign":
-            self.run_on(header["job"], header["worker"])
-        elif op == "reject":
-            self.answer(header["job"], error=Unavailable(header.get("message") or "no worker available"))
-        elif op == "stats":
-            waiter = self.stat_waiters.get(header.get("req"))
-            if waiter and not waiter.done():
-                waiter.set_result(header)
-        else:
-            log.warning("unknown message from the balancer: %r", op)
-
-    def run_on(self, job_id, wid):
-        pending = self.pending.get(job_id)
-        self.unassigned.discard(job_id)
-        if pending is None:
-            return self.done(job_id, wid)  # answered meanwhile (e.g. timed out): free the worker's slot
         if wid not in self.pool.alive():
-            return self.submit(pending.job)  # assigned to a worker that just died: schedule again
-        pending.worker = wid
-        future = self.pool.submit(wid, pending.job)
-        future.add_done_callback(lambda f: self.job_finished(job_id, wid, f))
+            return self.submit(invocation.job)  # assigned to a worker that just died: schedule again
+        invocation.worker = wid
+        future = self.pool.submit(wid, invocation.job)
+        future.add_done_callback(lambda f: self.settle(job_id, wid, f))
 
-    def job_finished(self, job_id, wid, future):
-        self.done(job_id, wid)
-        exc = future.exception()
-        if exc is not None:
-            self.answer(job_id, error=exc if isinstance(exc, FaasError) else Unavailable(str(exc)))
-        else:
-            self.answer(job_id, outcome=future.result())
+    def rejected(self, job_id, message):
+        self.answer(job_id, Unavailable(message).to_wire())
 
-    def done(self, job_id, wid):
-        if self.lb_writer is not None:
-            self.lb_writer.write(framing.encode({"op": "done", "job": job_id, "worker": wid}))
+    def balancer_lost(self):
+        for job_id in list(self.unassigned):
+            self.answer(job_id, Unavailable(
+                "balancer unavailable: it went away before scheduling the call").to_wire())
 
-    # -- pool events ---------------------------------------------------------------------
+    # -- the executor's side -----------------------------------------------------------------
 
-    def _worker_up(self, wid):
-        if self.lb_writer is not None:
-            self.lb_writer.write(framing.encode({"op": "register", "workers": [{"id": wid}]}))
+    def worker_up(self, wid):
+        self.link.send(ops.register([wid]))
 
-    def _worker_down(self, wid, orphans):
-        if self.lb_writer is not None:
-            self.lb_writer.write(framing.encode({"op": "unregister", "workers": [wid]}))
+    def worker_down(self, wid, orphans):
+        self.link.send(ops.unregister([wid]))
         for job, future in orphans:
             # Nothing of these ran: they are retried on whichever worker the balancer names.
-            if not future.done() and job.job_id in self.pending and self.lb_writer is not None:
+            if job.job_id in self.in_flight and not future.done():
                 self.submit(job)
-            elif job.job_id in self.pending:
-                self.answer(job.job_id, error=Unavailable("balancer unavailable"))
+            else:
+                self.answer(job.job_id, Unavailable("no worker available: the worker went away").to_wire())
 
-    # -- auto-scaling ----------------------------------------------------------------------
-
-    async def autoscale(self):
-        """Add a worker while jobs wait and every worker is busy; retire one idle for a while.
-
-        Off the request path: a periodic look at the queues, one step per look, so the pool
-        grows and shrinks gradually instead of chasing every burst."""
-        pool = self.pool
-        while True:
-            await asyncio.sleep(SCALE_EVERY_S)
-            waiting = len(self.unassigned) + pool.waiting()
-            busy = all(w["state"] == "busy" for w in pool.snapshot() if w["state"] in ("idle", "busy"))
-            if waiting and busy:
-                pool.grow()
-            elif not waiting:
-                pool.retire_idle(self.scale_cooldown)
+    def pool_broken(self, reason):
+        """The executor cannot start workers (one could not boot): say why, keep answering."""
+        self.broken = reason
+        log.error("no more workers will be started: %s", reason)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -258,38 +253,37 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        started = self.pool.start()  # fork before any other task runs: the children start from a quiet process
-        if asyncio.iscoroutine(started):
-            await started
+        await self.pool.start()  # fork before any other task runs: the children start from a quiet process
         remove_stale_socket(self.server_sock)
         old_umask = os.umask(0o177)  # the socket is born 0600
         try:
             listener = await asyncio.start_unix_server(self.handle_gateway, self.server_sock, limit=framing.MAX_BODY)
         finally:
             os.umask(old_umask)
-        link = loop.create_task(self.balancer_link())
-        scaler = None
-        if getattr(self.pool, "max_size", 0) > getattr(self.pool, "min_size", 0):
-            scaler = loop.create_task(self.autoscale())
-            log.info("auto-scaling between %d and %d workers", self.pool.min_size, self.pool.max_size)
         log.info("server listening on %s with %d workers", self.server_sock, self.pool.size)
-        await self.stopping.wait()
-        log.info("server stopping")
-        listener.close()
-        link.cancel()
-        if scaler:
-            scaler.cancel()
-        await self.pool.stop()
-        for job_id in list(self.pending):
-            self.answer(job_id, error=Unavailable("server unavailable: it is shutting down"))
-        unlink_quietly(self.server_sock)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                # Each runs until cancelled; a failure in one cancels the rest and stops the server.
+                running = [tasks.create_task(self.link.run())]
+                if self.scaler is not None:
+                    running.append(tasks.create_task(self.scaler.run()))
+                await self.stopping.wait()
+                log.info("server stopping")
+                for task in running:
+                    task.cancel()
+        finally:
+            listener.close()
+            for task in list(self.tasks):
+                task.cancel()
+            await self.pool.stop()
+            for job_id in list(self.in_flight):
+                self.answer(job_id, Unavailable("server unavailable: it is shutting down").to_wire())
+            unlink_quietly(self.server_sock)
         return 0
 
 
 def remove_stale_socket(path):
     """Remove a socket file left by a dead process; refuse if something still answers on it."""
-    import socket
-
     if not os.path.exists(path):
         return
     probe = socket.socket(socket.AF_UNIX)

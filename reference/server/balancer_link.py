@@ -1,0 +1,129 @@
+"""The server's persistent connection to the balancer: reconnected whenever it drops, the
+server's workers registered again after each (re)connect, and the balancer's frames dispatched
+by name (`op_<name>`, as the balancer does with the server's).
+
+The link knows the protocol (reference/wire/ops.py), not the jobs: what an `assign` or a
+`reject` means is the server's (`Scheduler` below).
+"""
+
+import asyncio
+import itertools
+import logging
+from typing import Protocol
+
+from reference.wire import framing, ops
+from reference.wire.errors import FaasError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 0.2
+
+
+class Scheduler(Protocol):
+    """What the link tells the server (reference/server/server.py)."""
+
+    def balancer_up(self) -> None:
+        """Connected (again): the balancer knows no worker of ours yet."""
+
+    def assigned(self, job_id: int, worker_id: int) -> None:
+        """The balancer chose `worker_id` for `job_id`."""
+
+    def rejected(self, job_id: int, message: str) -> None:
+        """The balancer cannot schedule `job_id` (no worker registered)."""
+
+    def balancer_lost(self) -> None:
+        """The connection dropped: whatever the balancer held is gone with it."""
+
+
+class BalancerLink:
+    def __init__(self, path, scheduler: Scheduler):
+        self.path = path
+        self.scheduler = scheduler
+        self.writer = None
+        self._stat_ids = itertools.count(1)
+        self._stat_waiters = {}      # stats request id -> future of the balancer's answer
+
+    @property
+    def connected(self):
+        return self.writer is not None
+
+    def send(self, header):
+        """Send one frame if connected; False if there is no balancer to send it to."""
+        if self.writer is None:
+            return False
+        self.writer.write(framing.encode(header))
+        return True
+
+    async def stats(self, timeout_s):
+        """The balancer's answer to `stats`, or None if it is not connected or does not answer
+        in time."""
+        if self.writer is None:
+            return None
+        req = next(self._stat_ids)
+        waiter = self._stat_waiters[req] = asyncio.get_running_loop().create_future()
+        self.send(ops.stats(req))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._stat_waiters.pop(req, None)
+
+    async def run(self):
+        """Connect, serve the connection until it drops, reconnect; until cancelled."""
+        announced = False
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=framing.MAX_BODY)
+            except OSError as exc:
+                if not announced:
+                    log.info("waiting for the balancer at %s (%s)", self.path, exc.strerror or exc)
+                    announced = True
+                await asyncio.sleep(RETRY_S)
+                continue
+            announced = False
+            log.info("connected to the balancer at %s", self.path)
+            self.writer = writer
+            try:
+                self.scheduler.balancer_up()
+                await self._serve(framing.AsyncFrameReader(reader))
+            finally:
+                self.writer = None
+                writer.close()
+                for waiter in self._stat_waiters.values():
+                    if not waiter.done():
+                        waiter.set_result(None)
+            # Jobs the balancer held are lost with it: the server answers them.
+            self.scheduler.balancer_lost()
+
+    async def _serve(self, frames):
+        try:
+            while True:
+                header, _ = await frames.read_frame()
+                self.dispatch(header)
+        except (EOFError, ConnectionError, ProtocolError) as exc:
+            log.warning("lost the balancer (%s)", exc or "closed")
+
+    def dispatch(self, header):
+        op = header.get("op")
+        handler = getattr(self, "op_%s" % op, None) if isinstance(op, str) else None
+        if handler is None:
+            log.warning("unknown message from the balancer: %r", op)
+            return
+        try:
+            handler(header)
+        except (KeyError, TypeError, ValueError, FaasError) as exc:
+            log.warning("bad %r message from the balancer %r ignored (%s: %s)", op, header, type(exc).__name__, exc)
+
+    # -- the balancer's messages -----------------------------------------------------------
+
+    def op_assign(self, header):
+        self.scheduler.assigned(header["job"], header["worker"])
+
+    def op_reject(self, header):
+        self.scheduler.rejected(header["job"], header.get("message") or "no worker available")
+
+    def op_stats(self, header):
+        waiter = self._stat_waiters.get(header.get("req"))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(header)
