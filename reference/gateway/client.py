@@ -11,7 +11,8 @@ import logging
 import socket
 import threading
 
-from reference.wire import framing
+from reference import config
+from reference.wire import framing, ops
 from reference.wire.errors import FaasError, Timeout, Unavailable, from_wire
 from reference.wire.jobs import Outcome
 
@@ -31,47 +32,52 @@ class _Slot:
 
 
 class ServerClient:
-    def __init__(self, path):
+    """`limits`: the contract's limits (reference.config.Limits) this gateway runs with; a
+    function's own timeout and memory come from its metadata, and the rest (the output cap)
+    from here."""
+
+    def __init__(self, path, limits=config.LIMITS):
         self.path = path
-        self._lock = threading.Lock()   # guards the socket, its writes and the pending table
+        self.limits = limits
+        self._lock = threading.Lock()   # guards the socket, its writes and the awaited table
         self._sock = None
-        self._pending = {}
+        self._awaited = {}              # request id -> (socket, _Slot) of a call waiting for its answer
         self._ids = itertools.count(1)
 
     def invoke(self, meta, payload, limits=None):
         """Run the function described by `meta` (storage metadata) on `payload`; an Outcome.
+        `limits` overrides the client's own for this call.
 
         Platform failures (server or balancer down, overload, a worker lost) raise FaasError.
         """
-        timeout_ms = int(meta.get("timeout_ms") or 5000)
-        header = {"op": "invoke", "fn_id": meta["id"], "fn_dir": meta["dir"], "lang": meta["lang"],
-                  "timeout_ms": timeout_ms, "memory_mb": int(meta.get("memory_mb") or 128)}
-        if limits is not None:
-            header["output_limit"] = limits.output_bytes
+        limits = limits or self.limits
+        timeout_ms = int(meta.get("timeout_ms") or limits.timeout_ms)
+        header = ops.invoke(meta["id"], meta["dir"], meta["lang"], timeout_ms,
+                            int(meta.get("memory_mb") or limits.memory_mb), limits.output_bytes)
         answer, body = self.call(header, payload, timeout_ms / 1000.0 + QUEUE_ALLOWANCE_S)
         return Outcome.from_wire(answer, body)
 
     def stats(self):
-        return self.call({"op": "stats"}, timeout=5.0)[0]
+        return self.call(ops.stats(), timeout=5.0)[0]
 
     def health(self):
-        return self.call({"op": "health"}, timeout=2.0)[0]
+        return self.call(ops.health(), timeout=2.0)[0]
 
     def call(self, header, body=b"", timeout=30.0):
         slot = _Slot()
         with self._lock:
             sock = self._connected()
             req = next(self._ids)
-            self._pending[req] = (sock, slot)
+            self._awaited[req] = (sock, slot)
             try:
                 framing.send_all(sock, framing.encode(dict(header, req=req), body))
             except OSError as exc:
-                self._pending.pop(req, None)
+                self._awaited.pop(req, None)
                 self._drop(sock, "server unavailable: %s" % exc)
                 raise Unavailable("server unavailable: %s" % exc) from None
         if not slot.event.wait(timeout):
             with self._lock:
-                self._pending.pop(req, None)
+                self._awaited.pop(req, None)
             raise Timeout("no answer from the server within %.0f s" % timeout)
         if slot.error is not None:
             raise slot.error
@@ -107,7 +113,7 @@ class ServerClient:
             while True:
                 header, body = frames.read_frame()
                 with self._lock:
-                    _, slot = self._pending.pop(header.get("req"), (None, None))
+                    _, slot = self._awaited.pop(header.get("req"), (None, None))
                 if slot is not None:
                     slot.header, slot.body = header, body
                     slot.event.set()
@@ -126,8 +132,8 @@ class ServerClient:
             sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread, which closes the socket
         except OSError:
             pass
-        for req, (owner, slot) in list(self._pending.items()):
+        for req, (owner, slot) in list(self._awaited.items()):
             if owner is sock:
-                del self._pending[req]
+                del self._awaited[req]
                 slot.error = Unavailable(reason)
                 slot.event.set()

@@ -20,7 +20,7 @@ def serve(settings):
     storage = Storage(settings.functions, settings.limits)
     # ServerClient connects on first use and reconnects after a loss, so the gateway may start
     # before the server and answers 503 'server unavailable' until it is there.
-    client = ServerClient(settings.server_sock)
+    client = ServerClient(settings.server_sock, settings.limits)
     run = HTTP_SERVERS[settings.http]
     try:
         run(settings, lambda **seams: make_app(storage, client, settings.limits, api_key=settings.api_key, **seams))
