@@ -3,6 +3,7 @@ ours (gevent greenlets and httptools, reference/gateway/http/server.py) or waitr
 SIGTERM or SIGINT."""
 
 import logging
+import resource
 import signal
 
 from reference import config
@@ -30,12 +31,6 @@ def serve(settings):
     return 0
 
 
-# Requests beyond this many connections wait at accept(); overload is the server's to answer
-# (429), not a silent stall. (Waitress's default of 100 made a load test's new connections wait
-# about 5 s for an idle one to close.)
-CONNECTION_LIMIT = 1000
-
-
 def _serve_gevent(settings, build_app):
     """One thread, a greenlet per connection, requests parsed by httptools (reference/gateway/http/server.py).
     The process was monkey-patched before the gateway was imported (reference/cli.py), so waiting
@@ -52,9 +47,10 @@ def _serve_gevent(settings, build_app):
         return gevent.get_hub().threadpool.apply(wasm.precompile, (module,))
 
     app = build_app(precompile=precompile)
+    _raise_open_files(settings.max_connections)
     # Bodies up to 1 MiB past our own limits reach the app, which answers them with its JSON 413.
     server = HTTPServer((settings.host, settings.port), app, max_body=settings.limits.payload_bytes + config.MIB,
-                        spawn=CONNECTION_LIMIT, backlog=1024)
+                        max_connections=settings.max_connections, backlog=1024)
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
@@ -72,11 +68,13 @@ def _serve_waitress(settings, build_app):
     from waitress.server import create_server
 
     app = build_app()
+    _raise_open_files(settings.max_connections)
     server = create_server(
         app, host=settings.host, port=settings.port, threads=settings.threads, ident="minifaas",
         # Above our own limits, so bodies up to there get our JSON 413 rather than waitress's.
         max_request_body_size=settings.limits.payload_bytes + config.MIB,
-        connection_limit=CONNECTION_LIMIT, backlog=1024,
+        # poll(), not select(): select cannot watch a descriptor numbered past 1,023.
+        connection_limit=settings.max_connections, asyncore_use_poll=True, backlog=1024,
     )
     # Waitress's task-queue warnings are expected under a load test; keep the log for real trouble.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -93,6 +91,19 @@ def _serve_waitress(settings, build_app):
     finally:
         server.close()
         app.calls.close()
+
+
+def _raise_open_files(connections):
+    """Room for `connections` sockets and the gateway's own files: the soft limit of open files
+    raised toward the hard one (often 1,024 by default, which a few slow clients would fill)."""
+    want = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < want:
+            log.warning("open files limited to %d: fewer than --max-connections %d can be open",
+                        target, connections)
 
 
 HTTP_SERVERS = {"gevent": _serve_gevent, "waitress": _serve_waitress}
