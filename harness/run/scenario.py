@@ -10,7 +10,7 @@ import re
 import tomllib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-KINDS = ("closed", "open", "trace")
+KINDS = ("closed", "open", "trace", "sweep")
 TRACE_FORMATS = ("azure2021",)
 
 # How a stack is started, beyond the strategy: allowed at the top level (every stack) and in each
@@ -26,8 +26,13 @@ PHASE_FIELDS = {
     "open": COMMON_PHASE_FIELDS | {"rate", "duration", "mix", "senders", "seed"},
     "trace": COMMON_PHASE_FIELDS | {"file", "format", "speedup", "functions", "senders", "limit",
                                     "input_from_duration", "max_input_ms"},
+    "sweep": COMMON_PHASE_FIELDS | {"mix", "rates", "step_duration", "warmup", "slo_p99_ms",
+                                    "stop_when_saturated", "senders", "seed"},
 }
 DEFAULT_SENDERS = 32
+# A sweep goes past saturation, where hundreds of requests are outstanding at once: each needs
+# a connection of its own, or it waits for one and the injector becomes the limit.
+SWEEP_SENDERS = 512
 
 
 class ScenarioError(ValueError):
@@ -106,6 +111,12 @@ class Phase:
     limit: int = None
     input_from_duration: bool = False
     max_input_ms: float = 1000.0
+    # sweep
+    rates: list = None
+    step_duration: float = None
+    warmup: float = 0.0
+    slo_p99_ms: float = None
+    stop_when_saturated: bool = True
 
     def input_for(self, function):
         """What one invocation of `function` (a Function) sends: phase per-function, phase, function."""
@@ -133,8 +144,20 @@ class Scenario:
         return next(f for f in self.functions if f.name == name)
 
     def runs(self, strategies=None):
-        """(key, strategy, StackSpec) for every stack to start, strategy by strategy."""
+        """(key, strategy, StackSpec) for every column compared, strategy by strategy."""
         return [(spec.key(s), s, spec) for s in (strategies or self.strategies) for spec in self.stacks]
+
+    def schedule(self, strategies=None):
+        """(repeat index, key, strategy, StackSpec) for every fresh stack, in a balanced order.
+
+        Repeats alternate the columns forwards and backwards (A B, B A, A B: A B B A A B), so a
+        drift of the machine's load over the run favours no column: each is as often early as late.
+        """
+        columns = self.runs(strategies)
+        order = []
+        for i in range(self.repeat):
+            order += [(i, *c) for c in (columns if i % 2 == 0 else columns[::-1])]
+        return order
 
 
 def load(path):
@@ -262,9 +285,12 @@ def _phase(v, raw, i, function_names):
         v.known_function(phase.function, function_names, where + "function")
         phase.threads = v.positive_int(raw, "threads", where)
         phase.requests = v.positive_int(raw, "requests", where)
-    elif kind == "open":
-        phase.rate = v.positive_number(raw, "rate", where)
-        phase.duration = v.positive_number(raw, "duration", where)
+    elif kind in ("open", "sweep"):
+        if kind == "open":
+            phase.rate = v.positive_number(raw, "rate", where)
+            phase.duration = v.positive_number(raw, "duration", where)
+        else:
+            _sweep(v, raw, where, phase)
         mix = raw.get("mix")
         if not isinstance(mix, dict) or not mix:
             v.fail(where + "mix", "must be a table of function name = weight")
@@ -273,7 +299,8 @@ def _phase(v, raw, i, function_names):
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
                 v.fail(where + "mix." + fn, "must be a positive number")
         phase.mix = dict(mix)
-        phase.senders = v.positive_int(raw, "senders", where, default=DEFAULT_SENDERS)
+        phase.senders = v.positive_int(raw, "senders", where,
+                                       default=SWEEP_SENDERS if kind == "sweep" else DEFAULT_SENDERS)
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             v.fail(where + "seed", "must be an integer")
@@ -298,6 +325,36 @@ def _phase(v, raw, i, function_names):
         phase.input_from_duration = flag
         phase.max_input_ms = v.positive_number(raw, "max_input_ms", where, default=1000.0)
     return phase
+
+
+def _sweep(v, raw, where, phase):
+    """A sweep's steps: `rates` as a list of rising rates, or {start, factor, steps}."""
+    rates = raw.get("rates")
+    if isinstance(rates, dict):
+        v.known(rates, {"start", "factor", "steps"}, where + "rates.")
+        start = v.positive_number(rates, "start", where + "rates.")
+        factor = v.positive_number(rates, "factor", where + "rates.")
+        steps = v.positive_int(rates, "steps", where + "rates.")
+        if factor <= 1.0:
+            v.fail(where + "rates.factor", "must be over 1 (the rate rises step by step)")
+        phase.rates = [start * factor ** i for i in range(steps)]
+    elif (isinstance(rates, list) and rates
+          and all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)):
+        if any(b <= a for a, b in zip(rates, rates[1:])):
+            v.fail(where + "rates", "must rise step by step, e.g. [20, 40, 80]")
+        phase.rates = [float(r) for r in rates]
+    else:
+        v.fail(where + "rates", "must be a list of positive rates or a table {start, factor, steps}")
+    phase.step_duration = v.positive_number(raw, "step_duration", where)
+    warmup = raw.get("warmup", 0.0)
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < phase.step_duration:
+        v.fail(where + "warmup", "must be a number of seconds, at least 0 and under step_duration")
+    phase.warmup = float(warmup)
+    phase.slo_p99_ms = v.positive_number(raw, "slo_p99_ms", where)
+    flag = raw.get("stop_when_saturated", True)
+    if not isinstance(flag, bool):
+        v.fail(where + "stop_when_saturated", "must be true or false")
+    phase.stop_when_saturated = flag
 
 
 class _Validator:

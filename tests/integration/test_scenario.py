@@ -230,3 +230,60 @@ def test_bad_trace_row_names_the_line(tmp_path):
     path.write_text("app,func,end_timestamp,duration\na,f,1.0,0.5\na,f,oops,1\n")
     with pytest.raises(ValueError, match="t.csv:3"):
         traces.read(str(path))
+
+
+SWEEP = VALID + """
+[[phases]]
+name = "capacity"
+kind = "sweep"
+mix = { greet = 0.9, spin = 0.1 }
+rates = [20, 40, 80, 120]
+step_duration = 6.0
+warmup = 1.0
+slo_p99_ms = 100.0
+"""
+
+
+def test_sweep_phase(tmp_path):
+    sc = scenario.load(write(tmp_path, SWEEP))
+    sweep = sc.phases[-1]
+    assert (sweep.kind, sweep.rates, sweep.step_duration, sweep.warmup, sweep.slo_p99_ms) == (
+        "sweep", [20.0, 40.0, 80.0, 120.0], 6.0, 1.0, 100.0)
+    assert sweep.stop_when_saturated is True and sweep.senders == scenario.SWEEP_SENDERS
+    geometric = scenario.load(write(tmp_path, SWEEP.replace(
+        "rates = [20, 40, 80, 120]", "rates = { start = 10, factor = 1.5, steps = 3 }")))
+    assert geometric.phases[-1].rates == pytest.approx([10, 15, 22.5])
+
+
+@pytest.mark.parametrize("change, message", [
+    (("rates = [20, 40, 80, 120]", "rates = [20, 10]"), "phases[3].rates must rise step by step"),
+    (("rates = [20, 40, 80, 120]", "rates = []"), "phases[3].rates must be a list of positive rates"),
+    (("rates = [20, 40, 80, 120]", "rates = { start = 10, factor = 1.0, steps = 3 }"),
+     "phases[3].rates.factor must be over 1"),
+    (("rates = [20, 40, 80, 120]", "rates = { start = 10, steps = 3 }"), "phases[3].rates.factor is required"),
+    (("warmup = 1.0", "warmup = 6.0"), "phases[3].warmup must be a number of seconds"),
+    (("slo_p99_ms = 100.0", ""), "phases[3].slo_p99_ms is required"),
+    (("slo_p99_ms = 100.0", "slo_p99_ms = 100.0\nrate = 3"), "phases[3].rate is not a known field"),
+    (("step_duration = 6.0", "step_duration = 0"), "phases[3].step_duration must be a positive number"),
+    (("warmup = 1.0", "warmup = 1.0\nstop_when_saturated = 1"), "phases[3].stop_when_saturated must be true or false"),
+])
+def test_invalid_sweeps_name_the_field(tmp_path, change, message):
+    old, new = change
+    assert old in SWEEP
+    assert message in refuse(tmp_path, SWEEP.replace(old, new, 1))
+
+
+def test_balanced_order_alternates_the_columns_repeat_by_repeat(tmp_path):
+    sc = scenario.load(write(tmp_path, VALID.replace("repeat = 2", "repeat = 3")))
+    order = [(i, key) for i, key, _, _ in sc.schedule()]
+    # A B B A A B: each strategy runs first as often as second, each on a fresh stack.
+    assert order == [(0, "RR"), (0, "FIFO"), (1, "FIFO"), (1, "RR"), (2, "RR"), (2, "FIFO")]
+    stacks = scenario.load(write(tmp_path, STACKS))
+    keys = [key for _, key, _, _ in stacks.schedule(["RR", "FIFO"])]
+    assert keys == ["RR@fixed", "RR@auto", "FIFO@fixed", "FIFO@auto",
+                    "FIFO@auto", "FIFO@fixed", "RR@auto", "RR@fixed"]
+    # Over any even number of repeats, every column's mean position is the same.
+    positions = {}
+    for pos, key in enumerate(keys):
+        positions.setdefault(key, []).append(pos % 4)
+    assert len({sum(p) for p in positions.values()}) == 1
