@@ -246,3 +246,19 @@ def schedule(invocations, names, speedup=1.0, limit=None):
     """(wall-clock offset s, function name, trace duration s) for each invocation, time-compressed."""
     chosen = invocations[:limit] if limit else invocations
     return [(inv.at / speedup, map_function(inv.func, names), inv.duration) for inv in chosen]
+
+
+def phase_invocations(phase):
+    """The invocations a trace phase replays (its file, format and azure2019 options)."""
+    options = {}
+    if phase.format == "azure2019":
+        options = {"durations": phase.durations, "minutes": phase.minutes,
+                   "functions_sample": phase.functions_sample, "arrivals": phase.arrivals,
+                   "seed": phase.seed}
+    return read(phase.file, phase.format, **options)
+
+
+def duration_input_ms(duration, speedup, cap_ms):
+    """The input a trace call sends with `input_from_duration`: its run time in whole ms,
+    compressed like the clock, at most `cap_ms`, at least 1 (spin.c spins 20 ms for 0)."""
+    return max(1, round(min(duration * 1000.0 / speedup, cap_ms)))

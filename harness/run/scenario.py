@@ -9,9 +9,13 @@ import os
 import re
 import tomllib
 
+from harness.load import traces
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 KINDS = ("closed", "open", "trace", "sweep")
-TRACE_FORMATS = ("azure2021",)
+TRACE_FORMATS = ("azure2021", "azure2019")
+ARRIVALS = traces.ARRIVALS
+COUNTS = ("all", "warm", "cold")   # which calls a phase's figures count
 
 # How a stack is started, beyond the strategy: allowed at the top level (every stack) and in each
 # [[stacks]] entry (that variant only, over the top level's values).
@@ -19,15 +23,17 @@ STACK_FIELDS = {"workers", "min_workers", "max_workers", "scale_cooldown", "weig
 TOP_FIELDS = {"name", "description", "strategies", "repeat", "functions", "phases", "stacks"} | STACK_FIELDS
 EXECUTORS = ("local", "nats")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
-FUNCTION_FIELDS = {"name", "lang", "source", "input", "timeout_ms", "memory_mb"}
-COMMON_PHASE_FIELDS = {"name", "kind", "input", "inputs"}
+FUNCTION_FIELDS = {"name", "lang", "source", "input", "timeout_ms", "memory_mb", "service_ms"}
+COMMON_PHASE_FIELDS = {"name", "kind", "input", "inputs", "count"}
 PHASE_FIELDS = {
     "closed": COMMON_PHASE_FIELDS | {"function", "threads", "requests"},
-    "open": COMMON_PHASE_FIELDS | {"rate", "duration", "mix", "senders", "seed"},
+    "open": COMMON_PHASE_FIELDS | {"rate", "duration", "mix", "senders", "seed", "model"},
     "trace": COMMON_PHASE_FIELDS | {"file", "format", "speedup", "functions", "senders", "limit",
-                                    "input_from_duration", "max_input_ms"},
+                                    "input_from_duration", "max_input_ms", "model",
+                                    # azure2019 only
+                                    "durations", "minutes", "functions_sample", "arrivals", "seed"},
     "sweep": COMMON_PHASE_FIELDS | {"mix", "rates", "step_duration", "warmup", "slo_p99_ms",
-                                    "stop_when_saturated", "senders", "seed"},
+                                    "stop_when_saturated", "senders", "seed", "model"},
 }
 DEFAULT_SENDERS = 32
 # A sweep goes past saturation, where hundreds of requests are outstanding at once: each needs
@@ -47,6 +53,7 @@ class Function:
     input: object = None   # default input of every invocation of this function
     timeout_ms: int = None
     memory_mb: int = None
+    service_ms: float = None   # the model's service time when no run measured one (minifaas simulate)
 
 
 @dataclasses.dataclass
@@ -117,6 +124,12 @@ class Phase:
     warmup: float = 0.0
     slo_p99_ms: float = None
     stop_when_saturated: bool = True
+    durations: str = None        # azure2019: the durations file (default: beside `file`)
+    minutes: list = None         # azure2019: [start, end] trace minutes, both included
+    functions_sample: int = None # azure2019: replay only this many trace functions (seeded)
+    arrivals: str = "poisson"    # azure2019: how a minute's count is spread over the minute
+    model: bool = False          # predict the phase with harness/analysis/model.py too
+    count: str = "all"           # the calls the figures count: "all", "warm" or "cold"
 
     def input_for(self, function):
         """What one invocation of `function` (a Function) sends: phase per-function, phase, function."""
@@ -262,7 +275,8 @@ def _function(v, raw, i):
     source = v.existing_file(raw, "source", where)
     return Function(name=name, lang=lang, source=source, input=raw.get("input"),
                     timeout_ms=v.positive_int(raw, "timeout_ms", where, default=None),
-                    memory_mb=v.positive_int(raw, "memory_mb", where, default=None))
+                    memory_mb=v.positive_int(raw, "memory_mb", where, default=None),
+                    service_ms=(v.positive_number(raw, "service_ms", where) if "service_ms" in raw else None))
 
 
 def _phase(v, raw, i, function_names):
@@ -279,6 +293,13 @@ def _phase(v, raw, i, function_names):
     for fn in inputs:
         v.known_function(fn, function_names, where + "inputs." + fn)
     phase.inputs = dict(inputs)
+    phase.count = v.string(raw, "count", where, default="all")
+    if phase.count not in COUNTS:
+        v.fail(where + "count", "must be one of %s" % ", ".join(COUNTS))
+    if "model" in raw:
+        if not isinstance(raw["model"], bool):
+            v.fail(where + "model", "must be true or false")
+        phase.model = raw["model"]
 
     if kind == "closed":
         phase.function = v.string(raw, "function", where)
@@ -324,7 +345,42 @@ def _phase(v, raw, i, function_names):
             v.fail(where + "input_from_duration", "must be true or false")
         phase.input_from_duration = flag
         phase.max_input_ms = v.positive_number(raw, "max_input_ms", where, default=1000.0)
+        _azure2019(v, raw, where, phase)
     return phase
+
+
+def _azure2019(v, raw, where, phase):
+    """The options of an azure2019 trace phase; refused on another format."""
+    options = ("durations", "minutes", "functions_sample", "arrivals", "seed")
+    if phase.format != "azure2019":
+        for key in options:
+            if key in raw:
+                v.fail(where + key, "is an option of format = \"azure2019\" only")
+        return
+    if "durations" in raw:
+        phase.durations = v.existing_file(raw, "durations", where)
+    else:
+        try:
+            phase.durations = traces.durations_path(phase.file)
+        except ValueError as e:
+            v.fail(where + "durations", "is needed: %s" % e)
+        if not os.path.isfile(phase.durations):
+            v.fail(where + "durations", "is needed: no %s beside the trace" % os.path.basename(phase.durations))
+    if "minutes" in raw:
+        minutes = raw["minutes"]
+        if (not isinstance(minutes, list) or len(minutes) != 2
+                or not all(isinstance(m, int) and not isinstance(m, bool) for m in minutes)
+                or not 1 <= minutes[0] <= minutes[1]):
+            v.fail(where + "minutes", "must be [start, end], whole trace minutes with 1 <= start <= end")
+        phase.minutes = list(minutes)
+    phase.functions_sample = v.positive_int(raw, "functions_sample", where, default=None)
+    phase.arrivals = v.string(raw, "arrivals", where, default="poisson")
+    if phase.arrivals not in ARRIVALS:
+        v.fail(where + "arrivals", "must be one of %s" % ", ".join(ARRIVALS))
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        v.fail(where + "seed", "must be an integer")
+    phase.seed = seed
 
 
 def _sweep(v, raw, where, phase):

@@ -1,6 +1,7 @@
 """The discrete-event model against queueing theory where it has closed forms, and the real
 strategy classes' orderings on a mix where they differ."""
 
+import os
 import random
 import statistics
 
@@ -10,6 +11,8 @@ from harness.analysis import invocations, model
 from harness.analysis.model import Job
 from reference.scheduling import strategies
 from reference.wire.errors import BadRequest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def exp_jobs(rate, mu, n, seed, fn="f"):
@@ -183,3 +186,121 @@ def test_slowdown_is_latency_over_exec_with_a_floor():
     assert fig["cold"]["rate"] == pytest.approx(1 / 3)
     assert [(b["calls"], b["cold"]) for b in fig["cold"]["timeline"]] == [(1, 1), (2, 0)]
     assert len(invocations.select(calls, "warm")) == 2 and len(invocations.select(calls, "cold")) == 1
+
+
+# -- minifaas simulate: a scenario through the model -------------------------------------------------
+
+def tiny_scenario(tmp_path, phases, service_ms=(5.0, 200.0)):
+    from harness.run import scenario
+    src = tmp_path / "spin.c"
+    src.write_text("int main(void) { return 0; }\n")
+    functions = [{"name": "short", "lang": "c", "source": str(src)},
+                 {"name": "long", "lang": "c", "source": str(src)}]
+    for f, ms in zip(functions, service_ms):
+        if ms is not None:
+            f["service_ms"] = ms
+    raw = {"name": "tiny", "workers": 2, "strategies": ["RR", "FIFO"], "repeat": 2,
+           "functions": functions, "phases": phases}
+    return scenario.parse(raw, str(tmp_path / "tiny.toml"))
+
+
+OPEN = {"name": "mix", "kind": "open", "rate": 40.0, "duration": 20.0, "mix": {"short": 0.9, "long": 0.1}}
+
+
+def test_simulated_result_has_the_measured_format_marked_simulated(tmp_path):
+    from harness import simulate
+    sc = tiny_scenario(tmp_path, [OPEN, {"name": "seed", "kind": "closed", "function": "short",
+                                         "threads": 4, "requests": 10}])
+    result = simulate.simulate_scenario(sc)
+    assert result["simulated"] is True and result["ok"] is True
+    assert result["model"]["service"] == {"short": "service_ms 5", "long": "service_ms 200"}
+    for key in ("RR", "FIFO"):
+        mix = result["strategies"][key]["phases"]["mix"]
+        assert len(mix["runs"]) == 2 and mix["aggregate"]["runs"] == 2
+        run = mix["runs"][0]
+        for field in ("requests", "ok", "throughput_rps", "latency_ms", "latency_quantiles_ms", "timeline",
+                      "workers", "per_function", "slowdown", "cold"):
+            assert field in run, field
+        assert run["simulated"] is True and run["requests"] == run["ok"]
+        assert run["per_function"]["short"]["slowdown"]["p50"] >= 1.0
+        assert result["strategies"][key]["phases"]["seed"]["runs"][0]["requests"] == 40
+    # The same arrivals as bench: the open loop's seeded schedule, for every strategy.
+    rr, fifo = (result["strategies"][k]["phases"]["mix"]["runs"][0]["requests"] for k in ("RR", "FIFO"))
+    from harness.run import runner
+    assert rr == fifo == len(runner.open_items(sc.phases[0], sc, {"short": "s", "long": "l"}, 0))
+    short_p99 = {k: result["strategies"][k]["phases"]["mix"]["aggregate"]["latency_ms"]["p99"]["mean"]
+                 for k in ("RR", "FIFO")}
+    assert short_p99["FIFO"] < short_p99["RR"]
+
+
+def test_a_function_without_a_service_time_is_skipped_with_the_way_to_give_one(tmp_path):
+    from harness import simulate
+    sc = tiny_scenario(tmp_path, [OPEN], service_ms=(5.0, None))
+    entry = simulate.simulate_scenario(sc)["strategies"]["RR"]["phases"]["mix"]
+    assert entry["runs"] == [] and "service_ms" in entry["skipped"] and "long" in entry["skipped"]
+    # A bench run that measured it gives it one.
+    measured = {"strategies": {"RR": {"cold": {}, "phases": {"mix": {"runs": [
+        {"per_function": {"long": {"exec_quantiles_ms": [100.0, 150.0, 300.0]}}}]}}}}}
+    service = simulate.ServiceTimes.from_result(sc.functions, measured)
+    result = simulate.simulate_scenario(sc, service=service)
+    assert result["strategies"]["RR"]["phases"]["mix"]["runs"]
+    assert result["model"]["service"]["long"] == "measured exec_ms"
+    rng = random.Random(0)
+    assert all(0.1 <= service.draw("long", rng) <= 0.3 for _ in range(100))
+
+
+def test_a_trace_phase_is_simulated_with_the_durations_it_sends(tmp_path):
+    from harness import simulate
+    trace = tmp_path / "t.csv"
+    trace.write_text("app,func,end_timestamp,duration\n" + "".join(
+        "a,f%d,%f,%f\n" % (i % 3, 1.0 + i * 0.5, 0.01 * (1 + i % 3)) for i in range(60)))
+    sc = tiny_scenario(tmp_path, [{"name": "tr", "kind": "trace", "file": str(trace), "functions": ["short", "long"],
+                                   "input_from_duration": True, "speedup": 1.0}], service_ms=(None, None))
+    run = simulate.simulate_scenario(sc, workers=50)["strategies"]["FIFO"]["phases"]["tr"]["runs"][0]
+    assert run["requests"] == 60
+    # 50 idle workers: nothing waits, every call takes its own 10, 20 or 30 ms.
+    assert run["slowdown"]["p99"] == pytest.approx(1.0)
+    assert set(run["per_trace_function"]) == {"f0", "f1", "f2"}
+    assert run["latency_ms"]["max"] == pytest.approx(30.0)
+
+
+def test_predict_puts_the_model_beside_each_measured_run_of_a_model_phase(tmp_path):
+    from harness import simulate
+    sc = tiny_scenario(tmp_path, [dict(OPEN, model=True), dict(OPEN, name="plain")], service_ms=(None, None))
+    measured_run = {"per_function": {"short": {"exec_quantiles_ms": [5.0] * 11},
+                                     "long": {"exec_quantiles_ms": [200.0] * 11}}}
+    outcome = {"cold": {}, "phases": {"mix": {"runs": [dict(measured_run)], "aggregate": {}},
+                                      "plain": {"runs": [dict(measured_run)], "aggregate": {}}}}
+    simulate.predict(sc, sc.stacks[0], "FIFO", outcome)
+    predicted = outcome["phases"]["mix"]["runs"][0]["predicted"]
+    assert predicted["latency_ms"]["p50"] == pytest.approx(5.0, rel=0.2)
+    assert outcome["phases"]["mix"]["aggregate"]["predicted"]["latency_ms"]["p99"]["n"] == 1
+    assert "predicted" not in outcome["phases"]["plain"]["runs"][0]
+
+
+def test_simulate_cli_writes_the_result_and_its_report(tmp_path):
+    import argparse
+    from harness import simulate
+    from harness.analysis import results
+    scenario_file = tmp_path / "cli.toml"
+    scenario_file.write_text('''name = "cli"
+workers = 2
+[[functions]]
+name = "short"
+lang = "c"
+source = "%s"
+service_ms = 5.0
+[[phases]]
+name = "mix"
+kind = "open"
+rate = 50.0
+duration = 4.0
+mix = { short = 1.0 }
+''' % os.path.join(ROOT, "examples", "spin.c"))
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args([str(scenario_file), "--workers", "3", "--out", str(tmp_path / "out")])
+    assert simulate.cli(args) == 0
+    result = results.load(str(tmp_path / "out" / "cli" / "result.json"))
+    assert result["simulated"] is True and result["scenario"]["workers"] == 3
+    assert (tmp_path / "out" / "cli" / "report.md").exists()

@@ -229,3 +229,60 @@ def test_schedule_compresses_time_and_maps_stably():
     assert {p[1] for p in plan} == {"x", "y"}
     assert plan == traces.schedule(invs, ["x", "y"], speedup=60.0)
     assert len(traces.schedule(invs, ["x"], limit=5)) == 5
+
+
+# -- the scenario format -----------------------------------------------------------------------
+
+def parse_phase(tmp_path, **fields):
+    from harness.run import scenario
+    src = tmp_path / "f.c"
+    src.write_text("int main(void) { return 0; }\n")
+    phase = {"name": "t", "kind": "trace", "functions": ["f"], **fields}
+    raw = {"name": "t", "functions": [{"name": "f", "lang": "c", "source": str(src)}], "phases": [phase]}
+    return scenario.parse(raw, str(tmp_path / "t.toml")).phases[0]
+
+
+def test_scenario_reads_an_azure2019_phase_and_finds_its_durations(tmp_path):
+    counts = write_counts(tmp_path / "9_inv.csv", "invitro")
+    write_durations(tmp_path / "9_run.csv")
+    phase = parse_phase(tmp_path, file=str(counts), format="azure2019", minutes=[2, 3],
+                        functions_sample=2, arrivals="uniform", seed=4, model=True, count="warm")
+    assert phase.durations == str(tmp_path / "9_run.csv")
+    assert (phase.minutes, phase.functions_sample, phase.arrivals, phase.seed) == ([2, 3], 2, "uniform", 4)
+    assert phase.model is True and phase.count == "warm"
+    got = traces.phase_invocations(phase)
+    assert got == traces.read(str(counts), "azure2019", minutes=[2, 3], functions_sample=2,
+                              arrivals="uniform", seed=4)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"minutes": [5, 2]}, "minutes"),
+    ({"minutes": [1]}, "minutes"),
+    ({"arrivals": "bursty"}, "arrivals"),
+    ({"functions_sample": 0}, "functions_sample"),
+    ({"count": "hot"}, "count"),
+    ({"model": "yes"}, "model"),
+])
+def test_scenario_refuses_bad_azure2019_options_naming_the_field(tmp_path, fields, message):
+    from harness.run import scenario
+    counts = write_counts(tmp_path / "9_inv.csv", "invitro")
+    write_durations(tmp_path / "9_run.csv")
+    with pytest.raises(scenario.ScenarioError, match=message):
+        parse_phase(tmp_path, file=str(counts), format="azure2019", **fields)
+
+
+def test_scenario_refuses_azure2019_options_on_azure2021_and_a_missing_durations_file(tmp_path):
+    from harness.run import scenario
+    rows = tmp_path / "t.csv"
+    rows.write_text("app,func,end_timestamp,duration\na,f,1,1\n")
+    with pytest.raises(scenario.ScenarioError, match="azure2019"):
+        parse_phase(tmp_path, file=str(rows), format="azure2021", minutes=[1, 2])
+    counts = write_counts(tmp_path / "8_inv.csv", "invitro")
+    with pytest.raises(scenario.ScenarioError, match="8_run.csv"):
+        parse_phase(tmp_path, file=str(counts), format="azure2019")
+
+
+def test_duration_input_is_whole_ms_compressed_capped_and_never_zero():
+    assert traces.duration_input_ms(2.0, 20.0, 1000.0) == 100
+    assert traces.duration_input_ms(60.0, 1.0, 250.0) == 250
+    assert traces.duration_input_ms(0.0, 24.0, 50.0) == 1
