@@ -125,3 +125,40 @@ def test_buffered_reader_sees_a_clean_close_between_frames():
     with pytest.raises(EOFError):
         reader.read_frame()
     b.close()
+
+
+def test_when_a_job_was_handed_over_stays_in_the_process_that_knows_it():
+    job = Job(job_id=1, fn_id="f_1", fn_dir="/x/f_1", lang="python")
+    job.started = 12.5  # the server's monotonic clock: meaningless anywhere else
+    header, _ = job.to_wire()
+    assert "started" not in header
+    assert Job.from_wire(dict(header, started=99.0), b"").started is None
+
+
+def test_every_op_built_has_a_handler_on_the_side_that_receives_it():
+    from reference.scheduling.balancer import Balancer
+    from reference.server.balancer_link import BalancerLink
+    from reference.server.server import Server
+    from reference.wire import ops
+
+    receivers = {
+        Server: [ops.invoke("f_1", "/x/f_1", "python", 100, 64, 1024), ops.health(), ops.stats()],
+        Balancer: [ops.register([0, 1]), ops.unregister([1]), ops.submit(1, "f_1"), ops.done(1, 0),
+                   ops.stats(req=3)],
+        BalancerLink: [ops.assign(1, 0), ops.reject(1, "no worker available"),
+                       ops.balancer_stats(3, "RR", 0, [])],
+    }
+    for receiver, headers in receivers.items():
+        for header in headers:
+            assert callable(getattr(receiver, "op_%s" % header["op"], None)), (receiver.__name__, header)
+
+
+def test_op_frames_have_the_fields_their_receivers_read():
+    from reference.wire import ops
+
+    assert ops.register([0, 2]) == {"op": "register", "workers": [{"id": 0}, {"id": 2}]}
+    assert ops.submit(5, "f_1") == {"op": "submit", "job": 5, "fn": "f_1"}
+    assert ops.assign(5, 2) == {"op": "assign", "job": 5, "worker": 2}
+    invoke = ops.invoke("f_1", "/x/f_1", "python", 100, 64, 1024)
+    job = Job.from_wire(dict(invoke, job_id=9), b"in")
+    assert (job.fn_id, job.lang, job.timeout_ms, job.memory_mb, job.output_limit) == ("f_1", "python", 100, 64, 1024)
