@@ -2,10 +2,16 @@
 
 import concurrent.futures
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 
-from support import deploy, http, invoke
+from support import deploy, http, invoke, stop_group, wait_listening
+
+from harness.run.stack import free_port
 
 SLEEPY = b"import sys, time\ntime.sleep(float(sys.stdin.read() or 0))\nprint('slept')\n"
 
@@ -125,3 +131,66 @@ def test_overload_answers_429_with_retry_after(start_stack):
     rejected = [(body, headers) for status, body, headers in answers if status == 429]
     assert all(headers.get("Retry-After") for _, headers in rejected)
     assert all("overloaded" in body["error"] for body, _ in rejected)
+
+
+# A server whose workers cannot make their runtimes: WorkerRuntimes is replaced before the
+# server forks, so each child fails its boot as a worker on a broken machine would.
+BROKEN_SERVER = """
+import sys
+import reference.worker.runtimes as runtimes
+
+class WorkerRuntimes:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("no runtimes on this machine (test)")
+
+runtimes.WorkerRuntimes = WorkerRuntimes
+from reference.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workers_that_cannot_boot_stop_the_respawns_and_health_says_why(tmp_path):
+    socks = tempfile.mkdtemp(prefix="mf-boot-", dir="/tmp")  # short: a socket path fits in 108 bytes
+    lb_sock, server_sock = os.path.join(socks, "lb.sock"), os.path.join(socks, "server.sock")
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    common = ["--lb-sock", lb_sock, "--server-sock", server_sock]
+    commands = {
+        "balancer": [sys.executable, "-m", "reference", "balancer"] + common,
+        "server": [sys.executable, "-c", BROKEN_SERVER, "server", "--workers", "2"] + common,
+        "gateway": [sys.executable, "-m", "reference", "gateway", "--port", str(port),
+                    "--functions", str(tmp_path / "functions")] + common,
+    }
+    procs, logs = {}, {}
+
+    def output():
+        return "\n".join("--- %s\n%s" % (name, path.read_text(errors="replace")) for name, path in logs.items())
+
+    try:
+        for name, command in commands.items():
+            logs[name] = tmp_path / ("%s.log" % name)
+            with open(logs[name], "wb") as log:
+                procs[name] = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                               start_new_session=True)
+        wait_listening(port, procs["gateway"], output)
+
+        def broken_health():
+            status, body, _ = http("GET", url + "/health")
+            return (status, body) if isinstance(body, dict) and body.get("broken") else None
+        status, body = wait_for(broken_health)
+        assert status == 503 and "workers" in body["down"], body
+        assert "could not boot" in body["broken"] and "no runtimes on this machine" in body["broken"], body
+
+        deploy(url, "hi", "python", b"print('hi')")
+        status, body, _ = invoke(url, "hi", "")
+        assert status == 503 and "no runtimes on this machine" in body["error"], body
+
+        server_log = logs["server"].read_text(errors="replace")
+        assert procs["server"].poll() is None, output()  # it stays up, saying why
+        # Two workers forked, none replaced: the respawn loop stopped at the first boot error.
+        assert server_log.count("started (pid") == 2, server_log
+        assert "exited with code 3" in server_log and "not starting any more workers" in server_log, server_log
+    finally:
+        for proc in procs.values():
+            stop_group(proc)
+        shutil.rmtree(socks, ignore_errors=True)
