@@ -42,6 +42,22 @@ def _server_args(p):
     p.add_argument("--executor", choices=("local", "nats"), default="local",
                    help="local: pre-forked workers on pipes (default); nats: worker hosts through NATS JetStream")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL for --executor nats")
+    _nats_args(p)
+
+
+def _nats_args(p):
+    """How to reach NATS; the secrets are not flags (docs/NATS.md)."""
+    p.add_argument("--nats-creds", default=os.environ.get("FAAS_NATS_CREDS") or None, metavar="FILE",
+                   help="NATS credentials: a .creds file, or FAAS_NATS_USER=/FAAS_NATS_PASSWORD= (or "
+                        "FAAS_NATS_TOKEN=) lines, mode 600 (env FAAS_NATS_CREDS; else those variables "
+                        "are read from the environment)")
+    p.add_argument("--nats-ca", default=os.environ.get("FAAS_NATS_CA") or None, metavar="FILE",
+                   help="CA certificate of the NATS servers, for tls:// URLs (env FAAS_NATS_CA)")
+    p.add_argument("--nats-insecure", action="store_true", default=os.environ.get("FAAS_NATS_INSECURE") == "1",
+                   help="connect to a NATS server that accepts anonymous clients (refused otherwise)")
+    p.add_argument("--nats-replicas", type=int, default=None,
+                   help="the jobs stream's replicas (default: one per --nats URL, up to 3); give "
+                        "the server and every host the same")
 
 
 def _gateway_args(p):
@@ -53,6 +69,15 @@ def _gateway_args(p):
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' to deploy; prefer the environment "
                         "variable FAAS_API_KEY, which `ps` does not show")
+    p.add_argument("--invoke-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (this key or the API key) to invoke "
+                        "(/invoke, /run, /call); prefer the environment variable FAAS_INVOKE_KEY")
+    p.add_argument("--public-name", action="append", default=[], metavar="NAME",
+                   help="a name clients reach the gateway by (a proxy's, a DNS name); other Host "
+                        "headers than these and the loopback names get 421 (repeat for several)")
+    p.add_argument("--keep-answers-mb", type=int, default=256,
+                   help="memory for the answers of async and keyed calls kept for GET /call/ID; "
+                        "when full, new ones get 429 (default 256)")
     p.add_argument("--http", choices=("gevent", "waitress"), default="gevent",
                    help="the HTTP server: gevent (default: one thread, a greenlet per connection, "
                         "httptools' parser) or waitress (a thread pool); docs/PERFORMANCE.md compares them")
@@ -121,6 +146,7 @@ def build_parser(argv=()):
 
     p = sub.add_parser("worker-host", help="pre-forked workers on this machine taking jobs from NATS")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    _nats_args(p)
     p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS,
                    help="worker processes on this host (default %d)" % config.DEFAULT_WORKERS)
     p.add_argument("--host-id", default=None, help="this host's name (default: hostname and pid)")
@@ -162,20 +188,31 @@ def server_settings(args):
         server_sock=config.server_sock(args.server_sock), lb_sock=config.lb_sock(args.lb_sock),
         workers=args.workers, max_queue=args.max_queue, min_workers=args.min_workers,
         max_workers=args.max_workers, scale_cooldown=args.scale_cooldown, executor=args.executor,
-        nats_url=args.nats)
+        nats_url=args.nats, nats=_nats_settings(args))
+
+
+def _nats_settings(args):
+    return config.NatsSettings(url=args.nats, creds=args.nats_creds, ca=args.nats_ca,
+                               insecure=args.nats_insecure, replicas=args.nats_replicas)
 
 
 def gateway_settings(args):
+    from reference.gateway.checks import public_name
+
+    for name in args.public_name:
+        public_name(name)   # a name the Host check could never match is refused here
     return config.GatewaySettings(
         server_sock=config.server_sock(args.server_sock), host=args.host, port=args.port,
         functions=args.functions, api_key=args.api_key or os.environ.get("FAAS_API_KEY") or None,
         http=args.http, threads=args.threads, max_connections=args.max_connections,
-        limits=config.operator_limits(args.max_timeout_ms, args.max_memory_mb))
+        limits=config.operator_limits(args.max_timeout_ms, args.max_memory_mb),
+        invoke_key=args.invoke_key or os.environ.get("FAAS_INVOKE_KEY") or None,
+        public_names=tuple(args.public_name), keep_answers_mb=args.keep_answers_mb)
 
 
 def worker_host_settings(args):
     return config.WorkerHostSettings(nats_url=args.nats, workers=args.workers, host_id=args.host_id,
-                                     cache=args.cache)
+                                     cache=args.cache, nats=_nats_settings(args))
 
 
 def up_settings(args):

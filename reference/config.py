@@ -53,6 +53,22 @@ class BalancerSettings:
 
 
 @dataclass(frozen=True)
+class NatsSettings:
+    """How a server or worker host reaches NATS (docs/NATS.md). The secrets come from the
+    environment (FAAS_NATS_USER, FAAS_NATS_PASSWORD, FAAS_NATS_TOKEN) or the --nats-creds file,
+    never from a command line."""
+    url: str = "nats://127.0.0.1:4222"
+    creds: str = None               # --nats-creds FILE
+    ca: str = None                  # --nats-ca FILE: the CA of the servers' certificates (tls://)
+    insecure: bool = False          # --nats-insecure: accept a server that lets anyone in
+    replicas: int = None            # the jobs stream's; default: one per --nats URL, up to 3
+
+    def __post_init__(self):
+        if self.replicas is not None and not 1 <= self.replicas <= 5:
+            raise ValueError("--nats-replicas must be 1 to 5, not %s" % self.replicas)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     server_sock: str
     lb_sock: str
@@ -63,8 +79,11 @@ class ServerSettings:
     scale_cooldown: float = 5.0     # a worker idle this long is retired (auto-scaling)
     executor: str = "local"         # local: pre-forked workers on pipes; nats: worker hosts
     nats_url: str = "nats://127.0.0.1:4222"
+    nats: NatsSettings = None       # the connection's settings; default: nats_url, no more
 
     def __post_init__(self):
+        if self.nats is None:
+            object.__setattr__(self, "nats", NatsSettings(url=self.nats_url))
         _at_least(self.workers, 1, "--workers")
         _at_least(self.max_queue, 1, "--max-queue")
         if self.min_workers is None:
@@ -88,10 +107,15 @@ class GatewaySettings:
     threads: int = 16               # waitress's threads
     max_connections: int = 10_000   # open connections at once (--max-connections)
     limits: Limits = LIMITS         # the contract's limits, with the operator's ceilings
+    invoke_key: str = None          # from FAAS_INVOKE_KEY (or --invoke-key): /invoke, /run, /call need it
+    public_names: tuple = ()        # --public-name: names the Host header may carry besides ours
+    keep_answers_mb: int = 256      # --keep-answers-mb: answers kept for async and keyed calls
 
     def __post_init__(self):
         _at_least(self.port, 0, "--port")
         _at_least(self.threads, 1, "--threads")
+        # A kept call holds room for its largest answer: output and stderr at the output limit.
+        _at_least(self.keep_answers_mb, 2 * self.limits.output_bytes // MIB + 1, "--keep-answers-mb")
         _at_least(self.max_connections, 1, "--max-connections")
 
 
@@ -101,8 +125,11 @@ class WorkerHostSettings:
     workers: int = DEFAULT_WORKERS
     host_id: str = None             # default: hostname and pid
     cache: str = None               # where fetched functions are kept (default: a temp dir)
+    nats: NatsSettings = None       # the connection's settings; default: nats_url, no more
 
     def __post_init__(self):
+        if self.nats is None:
+            object.__setattr__(self, "nats", NatsSettings(url=self.nats_url))
         _at_least(self.workers, 1, "--workers")
 
 

@@ -35,12 +35,26 @@ def component_commands(balancer, server, gateway, log_level):
                          "--min-workers", str(server.min_workers), "--max-workers", str(server.max_workers),
                          "--executor", server.executor, "--nats", server.nats_url,
                          "--scale-cooldown", str(server.scale_cooldown)] + socks
+    server_cmd += nats_flags(server.nats)
     limits = gateway.limits
     gateway_cmd = base + ["gateway", "--host", gateway.host, "--port", str(gateway.port),
                           "--functions", gateway.functions, "--http", gateway.http,
                           "--threads", str(gateway.threads), "--max-timeout-ms", str(limits.max_timeout_ms),
                           "--max-memory-mb", str(limits.max_memory_mb)] + socks
+    gateway_cmd += ["--keep-answers-mb", str(gateway.keep_answers_mb)]
+    for name in gateway.public_names:
+        gateway_cmd += ["--public-name", name]
     return {"balancer": balancer_cmd, "server": server_cmd, "gateway": gateway_cmd}
+
+
+def nats_flags(nats):
+    """The NATS connection's flags: file paths and switches only; a password or token stays in
+    the environment the children inherit (FAAS_NATS_PASSWORD, FAAS_NATS_TOKEN)."""
+    flags = []
+    for flag, value in (("--nats-creds", nats.creds), ("--nats-ca", nats.ca), ("--nats-replicas", nats.replicas)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags + (["--nats-insecure"] if nats.insecure else [])
 
 
 class Supervisor:
@@ -119,6 +133,13 @@ def up(settings):
     if gateway.api_key:
         # Through the environment, not the command line, where `ps` would show it to everyone.
         os.environ["FAAS_API_KEY"] = gateway.api_key
+    if gateway.invoke_key:
+        os.environ["FAAS_INVOKE_KEY"] = gateway.invoke_key
+    if server.executor == "nats":
+        # The NATS executor also reads its connection's files and switches from the
+        # environment (NatsWorkers without settings): the server child finds them either way.
+        os.environ.update({k: v for k, v in (("FAAS_NATS_CREDS", server.nats.creds), ("FAAS_NATS_CA", server.nats.ca),
+                                              ("FAAS_NATS_INSECURE", "1" if server.nats.insecure else None)) if v})
     sockets = [balancer.lb_sock, server.server_sock]
     supervisor = Supervisor(component_commands(balancer, server, gateway, settings.log_level), sockets)
     print("Mini FaaS: %s strategy, %d workers, http://%s:%d (Ctrl-C stops everything)"
