@@ -25,12 +25,33 @@ def summary(values):
 
 
 def select(calls, count="all"):
-    """Only the warm calls, only the cold ones, or all (a phase's `count`). A call whose answer
-    does not say is neither warm nor cold: it is kept only with "all"."""
+    """Only the warm calls, only the cold ones, or all (a phase's `count`); calls are dicts or
+    Samples. A call whose answer does not say is neither warm nor cold: kept only with "all"."""
     if count == "all":
         return list(calls)
     want = count == "cold"
-    return [c for c in calls if c.get("cold") is not None and bool(c["cold"]) == want]
+    cold = (lambda c: c.get("cold")) if calls and isinstance(calls[0], dict) else (lambda c: c.cold)
+    return [c for c in calls if cold(c) is not None and bool(cold(c)) == want]
+
+
+def records(samples, started, items=None, tags=None):
+    """What `figures` reads, from the injector's Samples of one run.
+
+    `items` (the schedule: (offset, name, ...)) and `tags` (one per item, e.g. the trace
+    function each stands for) give each call its `trace_fn`: a Sample's intended time is
+    started + its offset, computed the same way here, so the two meet exactly.
+    """
+    by_arrival = {}
+    for item, tag in zip(items or (), tags or ()):
+        by_arrival.setdefault((started + item[0], item[1]), []).append(tag)
+    out = []
+    for s in samples:
+        mine = by_arrival.get((s.intended, s.fn))
+        out.append({"fn": s.fn, "t": s.done - started, "ok": s.ok, "cold": s.cold,
+                    "latency_ms": s.latency_ms, "exec_ms": getattr(s, "exec_ms", None),
+                    "init_ms": getattr(s, "init_ms", None), "queue_ms": getattr(s, "queue_ms", None),
+                    "trace_fn": mine.pop(0) if mine else None})
+    return out
 
 
 def figures(calls, duration_s=None):
@@ -46,6 +67,8 @@ def figures(calls, duration_s=None):
     out = {"slowdown": summary(c["slowdown"] for c in calls),
            "per_function": _groups(calls, "fn"),
            "cold": _cold(calls, duration_s)}
+    for fn, q in exec_quantiles(calls).items():
+        out["per_function"][fn]["exec_quantiles_ms"] = q
     if any(c.get("trace_fn") is not None for c in calls):
         out["per_trace_function"] = _groups(calls, "trace_fn")
     return out
@@ -58,6 +81,15 @@ def _groups(calls, key):
     return {name: {"invocations": len(mine), "slowdown": summary(c["slowdown"] for c in mine),
                    "cold_rate": _rate(mine)}
             for name, mine in sorted(groups.items())}
+
+
+def exec_quantiles(calls, points=21):
+    """{fn: quantiles of the exec_ms of its warm ok calls}: the service times a model draws from."""
+    by_fn = {}
+    for c in calls:
+        if c.get("ok", True) and not c.get("cold") and c.get("exec_ms") is not None:
+            by_fn.setdefault(c["fn"], []).append(c["exec_ms"])
+    return {fn: stats.quantiles(values, points) for fn, values in sorted(by_fn.items())}
 
 
 def _rate(calls):

@@ -50,6 +50,11 @@ class Sample:
     kind: str = None     # error kind when not ok: the answer's `kind`, `http_N`, or a client failure
     worker: object = None
     cold: bool = None
+    # The platform's own split of the call (worker side): time in its queue, in the runtime's
+    # start (cold calls), in the function. Slowdown is latency / exec_ms.
+    queue_ms: float = None
+    init_ms: float = None
+    exec_ms: float = None
 
     @property
     def latency_ms(self):
@@ -167,7 +172,8 @@ async def _invoke(conn, request, name, intended, sent):
         answer = {}
     ok = status == 200 and answer.get("ok") is True
     kind = None if ok else (answer.get("kind") or "http_%d" % status)
-    return Sample(name, intended, sent, done, status, ok, kind, answer.get("worker"), answer.get("cold"))
+    return Sample(name, intended, sent, done, status, ok, kind, answer.get("worker"), answer.get("cold"),
+                  answer.get("queue_ms"), answer.get("init_ms"), answer.get("exec_ms"))
 
 
 class Client:

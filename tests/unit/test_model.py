@@ -304,3 +304,22 @@ mix = { short = 1.0 }
     result = results.load(str(tmp_path / "out" / "cli" / "result.json"))
     assert result["simulated"] is True and result["scenario"]["workers"] == 3
     assert (tmp_path / "out" / "cli" / "report.md").exists()
+
+
+def test_records_give_each_measured_call_its_trace_function_and_split():
+    from harness.load.injector import Sample
+    started = 1000.123
+    items = [(0.5, "a", "id", b""), (0.5, "a", "id", b""), (0.75, "b", "id", b"")]
+    tags = ["x", "y", "z"]
+    samples = [Sample("b", started + 0.75, started + 0.75, started + 0.8, 200, True, cold=True,
+                      queue_ms=1.0, init_ms=20.0, exec_ms=10.0),
+               Sample("a", started + 0.5, started + 0.5, started + 0.6, 200, True, cold=False, exec_ms=50.0),
+               Sample("a", started + 0.5, started + 0.5, started + 0.7, 200, True, cold=False, exec_ms=50.0)]
+    got = invocations.records(samples, started, items, tags)
+    assert [r["trace_fn"] for r in got] == ["z", "x", "y"]
+    assert got[0]["init_ms"] == 20.0 and got[0]["exec_ms"] == 10.0 and got[0]["t"] == pytest.approx(0.8)
+    fig = invocations.figures(got)
+    assert set(fig["per_trace_function"]) == {"x", "y", "z"}
+    assert fig["per_function"]["a"]["exec_quantiles_ms"][0] == 50.0
+    assert "exec_quantiles_ms" not in fig["per_function"]["b"]       # its one call was cold
+    assert [s.fn for s in invocations.select(samples, "cold")] == ["b"]
