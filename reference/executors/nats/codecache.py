@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -21,11 +22,14 @@ log = logging.getLogger(__name__)
 
 # What a worker needs of a function directory: the source or module, wasmtime's artifact (a
 # host whose wasmtime differs compiles code.wasm instead, see reference.worker.wasm.engine.load_module) and
-# the metadata.
-SHIPPED = ("code.", "metadata.json")
+# the metadata (shipped_files).
 # Files go in pieces well under NATS's default 1 MB max_payload.
 CHUNK = 512 * 1024
 FETCH_TIMEOUT_S = 10.0
+# The most a function directory may hold (its code, wasmtime's artifact and the metadata).
+MAX_CODE_BYTES = 256 << 20
+# The names a deploy writes (reference.functions.storage): `code.<ext>`, then metadata.json.
+FILE_RE = re.compile(r"code\.[a-z]+")
 CODE_SUBJECT = "faas.code"
 
 
@@ -46,8 +50,24 @@ def unpack(data):
     return header, data[start + head_len:]
 
 
+def check_listing(listing):
+    """{name: size} of a code listing, each name one a deploy could have written (`code.<ext>`
+    or metadata.json: no directory, no '..') and the sizes within bounds; else refused."""
+    files = listing.get("files") if isinstance(listing, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise FaasError("malformed code listing: refused")
+    for name, size in files.items():
+        if not (isinstance(name, str) and (FILE_RE.fullmatch(name) or name == "metadata.json")):
+            raise FaasError("code listing names the file %r: refused" % (name,))
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_CODE_BYTES:
+            raise FaasError("code listing gives %s a size of %r: refused" % (name, size))
+    if sum(files.values()) > MAX_CODE_BYTES:
+        raise FaasError("code listing of %d bytes: refused" % sum(files.values()))
+    return files
+
+
 def shipped_files(fn_dir):
-    return sorted(name for name in os.listdir(fn_dir) if name.startswith(SHIPPED) and ".tmp" not in name)
+    return sorted(name for name in os.listdir(fn_dir) if FILE_RE.fullmatch(name) or name == "metadata.json")
 
 
 class CodeServer:
@@ -113,25 +133,33 @@ class CodeCache:
         return await asyncio.shield(self.fetching[digest])
 
     async def _fetch(self, nc, digest, path):
+        """Every file of `digest` into memory, checked against the digest (which came with a
+        job, from the platform), then written under names checked like a deploy's: nothing
+        from the answer is written anywhere unless it is the code the job asked for."""
         subject = "%s.%s" % (CODE_SUBJECT, digest)
-        files, _ = await self._ask(nc, subject, {"digest": digest})
+        listing, _ = await self._ask(nc, subject, {"digest": digest})
+        files = check_listing(listing)
+        contents, h = {}, hashlib.sha256()
+        for name, size in sorted(files.items()):
+            data = bytearray()
+            while len(data) < size:
+                _, chunk = await self._ask(nc, subject, {"digest": digest, "file": name, "offset": len(data)})
+                if not chunk or len(data) + len(chunk) > size:
+                    raise Unavailable("code of %s: %s is not the %d bytes announced" % (digest[:12], name, size))
+                data += chunk
+            h.update(b"%s\0%d\0" % (name.encode(), len(data)))
+            h.update(data)
+            contents[name] = bytes(data)
+        if h.hexdigest() != digest:
+            raise FaasError("code fetched for %s does not match its digest: refused" % digest[:12])
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.root)
         try:
-            h = hashlib.sha256()
-            for name, size in sorted(files["files"].items()):
-                data = bytearray()
-                while len(data) < size:
-                    _, chunk = await self._ask(nc, subject, {"digest": digest, "file": name, "offset": len(data)})
-                    if not chunk:
-                        raise Unavailable("code of %s ended early at %s" % (digest[:12], name))
-                    data += chunk
-                h.update(b"%s\0%d\0" % (name.encode(), len(data)))
-                h.update(data)
-                with open(os.path.join(tmp, name), "wb") as f:
+            for name, data in contents.items():
+                fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
                     f.write(data)
-            if h.hexdigest() != digest:
-                raise FaasError("code fetched for %s does not match its digest" % digest[:12])
-            os.rename(tmp, path)  # atomic: a directory named by its digest is always complete
+            os.chmod(tmp, 0o755)    # mkdtemp's 0700 would hide the code from a sandbox uid
+            os.rename(tmp, path)    # atomic: a directory named by its digest is always complete
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if os.path.isdir(path):  # another host process sharing this cache got there first
@@ -141,7 +169,7 @@ class CodeCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.fetches += 1
-        log.info("fetched code %s (%s)", digest[:12], ", ".join(sorted(files["files"])))
+        log.info("fetched code %s (%s)", digest[:12], ", ".join(sorted(files)))
         return path
 
     async def _ask(self, nc, subject, header):
