@@ -6,6 +6,7 @@ overload, the balancer going away, workers that cannot boot."""
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
 import shutil
 import socket
@@ -15,6 +16,8 @@ import threading
 import pytest
 
 from reference.config import Limits, ServerSettings
+from reference.executors import Executor, Scalable
+from reference.executors.local import LocalWorkers
 from reference.gateway.client import ServerClient
 from reference.server.autoscaler import Autoscaler
 from reference.server.server import Server, answer_of
@@ -405,6 +408,36 @@ def test_stopping_answers_every_call_in_flight_and_stops_the_executor():
             assert not os.path.exists(r.server.server_sock)
 
     asyncio.run(scenario())
+
+
+# -- the executor seam ---------------------------------------------------------------------
+
+def protocol_members(protocol):
+    """The methods and properties a protocol declares itself (not those it inherits)."""
+    return {name: member for name, member in vars(protocol).items()
+            if not name.startswith("_") and (callable(member) or isinstance(member, property))}
+
+
+def executors():
+    from reference.executors.nats.executor import NatsWorkers
+    return [LocalWorkers, NatsWorkers, FakeExecutor]
+
+
+@pytest.mark.parametrize("executor", executors(), ids=lambda cls: cls.__name__)
+def test_each_executor_has_what_the_server_uses_async_where_the_protocol_says(executor):
+    for name, member in protocol_members(Executor).items():
+        if isinstance(member, property):
+            continue  # an attribute or a property: checked on an instance below for LocalWorkers
+        mine = getattr(executor, name, None)
+        assert callable(mine), "%s lacks %s" % (executor.__name__, name)
+        assert inspect.iscoroutinefunction(mine) == inspect.iscoroutinefunction(member), (executor.__name__, name)
+
+
+def test_the_local_pool_is_scalable():
+    pool = LocalWorkers(2, on_up=None, on_down=None, min_size=1, max_size=3)
+    assert (pool.size, pool.min_size, pool.max_size) == (2, 1, 3)
+    for name, member in protocol_members(Scalable).items():
+        assert callable(getattr(pool, name)) and not inspect.iscoroutinefunction(member), name
 
 
 # -- auto-scaling -----------------------------------------------------------------------------
