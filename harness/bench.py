@@ -1,7 +1,8 @@
 """`minifaas bench`: run scenarios against fresh stacks and write results, reports and plots.
 
-Every scenario file is validated before the first stack starts. Each scenario then runs once
-per strategy on its own stack; a failure is recorded in the result and the run moves on.
+Every scenario file is validated before the first stack starts. Each scenario then runs each
+column (strategy, or strategy@stack variant) `repeat` times, each time on a fresh stack, in the
+balanced order of Scenario.schedule(); a failure is recorded in the result and the run moves on.
 """
 
 import glob
@@ -49,19 +50,24 @@ def run_scenario(sc, progress=None, strategies=None):
     """
     progress = progress or runner.Progress()
     runs = sc.runs(strategies)
+    order = sc.schedule(strategies)
     result = {
         "format_version": results.FORMAT_VERSION,
         "metadata": results.metadata(),
         "scenario": {"name": sc.name, "description": sc.description, "file": _shown_path(sc.path),
                      "workers": sc.workers, "strategies": [key for key, _, _ in runs],
                      "stacks": {key: dict(spec.describe(), strategy=s) for key, s, spec in runs},
-                     "repeat": sc.repeat, "phases": [p.name for p in sc.phases], "definition": sc.raw},
+                     "repeat": sc.repeat, "phases": [p.name for p in sc.phases], "definition": sc.raw,
+                     "order": [[key, i] for i, key, _, _ in order]},
         "strategies": {},
         "ok": True,
         "errors": [],
     }
-    for key, strategy, spec in runs:
-        outcome = runner.run_strategy(sc, strategy, progress, spec=spec)
+    outcomes = {}
+    for i, key, strategy, spec in order:
+        outcomes.setdefault(key, []).append(runner.run_strategy(sc, strategy, progress, spec=spec, repeats=[i]))
+    for key, _, _ in runs:
+        outcome = runner.merge(outcomes[key])
         result["strategies"][key] = outcome
         if not outcome["ok"]:
             result["ok"] = False

@@ -12,7 +12,11 @@ import platform
 import subprocess
 import sys
 
-FORMAT_VERSION = 1
+# 2: sweeps (steps, capacity_rps), timelines in whole buckets of `dt` s (1 s in version 1),
+# latency_ccdf and p99_ci95, each run's host and injector records, one fresh stack per repeat
+# in scenario.order. Version 1 files are still read: their fields kept their meaning.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RESULT_FILE = "result.json"
 
 
@@ -66,9 +70,10 @@ def load(path):
     except (OSError, ValueError) as e:
         raise ResultError("%s: cannot read a result: %s" % (path, e)) from None
     version = result.get("format_version") if isinstance(result, dict) else None
-    if version != FORMAT_VERSION:
-        raise ResultError("%s: format_version %r is not supported (this harness reads version %d); "
-                          "rerun the scenario or use the harness that wrote it" % (path, version, FORMAT_VERSION))
+    if version not in READABLE_VERSIONS:
+        raise ResultError("%s: format_version %r is not supported (this harness reads versions %s); "
+                          "rerun the scenario or use the harness that wrote it"
+                          % (path, version, ", ".join(map(str, READABLE_VERSIONS))))
     return result
 
 

@@ -25,9 +25,12 @@ def step_figures(samples, start, warmup, end, offered_rps, slo_p99_ms):
     """The figures of one step whose arrivals were scheduled in [start, end) (monotonic s).
 
     Requests that arrive in the first `warmup` seconds are not counted. `achieved_rps` is the
-    successful completions inside the measured window per second; it is compared with what
-    arrived in the same window (`arrival_rps`, the Poisson draw's actual rate, not the nominal
-    one, so a draw that came out 5 % light is not taken for saturation).
+    successful completions per second in the measured window shifted by the median latency (so
+    that, when the platform keeps up, it sees the completions of the very arrivals it is compared
+    with, and a short step does not lose its last answers to the window's edge); it is compared
+    with what arrived in the window (`arrival_rps`, the Poisson draw's actual rate, not the
+    nominal one, so a draw that came out 5 % light is not taken for saturation). A platform that
+    falls behind completes at most its capacity in any window, however it is shifted.
     """
     begin = start + warmup
     window = max(end - begin, 1e-9)
@@ -37,10 +40,11 @@ def step_figures(samples, start, warmup, end, offered_rps, slo_p99_ms):
     for s in measured:
         if not s.ok:
             errors[s.kind] = errors.get(s.kind, 0) + 1
-    done_in_window = sum(1 for s in samples if s.ok and begin <= s.done < end)
+    latency = stats.latency_summary([s.latency_ms for s in ok])
+    shift = (latency["p50"] or 0.0) / 1000.0
+    done_in_window = sum(1 for s in samples if s.ok and begin + shift <= s.done < end + shift)
     arrival_rps = len(measured) / window
     achieved = done_in_window / window
-    latency = stats.latency_summary([s.latency_ms for s in ok])
     per_function = {}
     for name in sorted({s.fn for s in measured}):
         mine = [s.latency_ms for s in ok if s.fn == name]

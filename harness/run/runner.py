@@ -1,4 +1,7 @@
-"""Run one scenario for one strategy on a fresh stack: deploy, first (cold) calls, phases x repeat.
+"""Run one scenario's phases on a fresh stack: deploy, first (cold) calls, then each phase once.
+
+bench.py starts one stack per (column, repeat) in the balanced order Scenario.schedule() gives,
+and `merge` gathers a column's stack runs into one entry of the result.
 
 The runner only measures and returns plain dicts; results.py stores them and report.py and
 plots.py read them back, so a report never depends on how the figures were taken.
@@ -11,13 +14,19 @@ import threading
 import time
 import urllib.parse
 
-from harness.analysis import stats
+from harness.analysis import stats, sweep
 from harness.load import injector, pool, traces
+from harness.run import host
 from harness.run.stack import Stack, StackError
 
 log = logging.getLogger(__name__)
 
 DEPLOY_TIMEOUT_S = 300.0   # compiling Rust or Go to wasm can take a while on a busy machine
+# The injector was the limit of a run when it used more than this share of a core, or sent
+# more than this share of its requests late (DESIGN.md, "Fair comparisons").
+INJECTOR_CPU_LIMIT = 0.5
+INJECTOR_LATE_LIMIT = 0.01
+SWEEP_TIMEOUT_S = 30.0     # past saturation an answer can take long; a step still ends
 
 
 class Progress:
@@ -121,39 +130,103 @@ def trace_items(phase, scenario, ids):
 def phase_functions(phase):
     if phase.kind == "closed":
         return [phase.function]
-    if phase.kind == "open":
+    if phase.kind in ("open", "sweep"):
         return sorted(phase.mix)
     return sorted(set(phase.functions))
+
+
+def sweep_items(phase, scenario, ids, run_index, step_index, rate):
+    """One step's Poisson arrivals, seeded by phase, run and step (the same for every column)."""
+    rng = random.Random("%s/%d/%d" % (phase.seed, run_index, step_index))
+    names = sorted(phase.mix)
+    weights = [phase.mix[n] for n in names]
+    items, t = [], rng.expovariate(rate)
+    while t < phase.step_duration:
+        name = rng.choices(names, weights)[0]
+        items.append((t, name, ids[name], injector.payload_for(phase.input_for(scenario.function(name)))))
+        t += rng.expovariate(rate)
+    return items
+
+
+def run_sweep(url, phase, scenario, ids, run_index, progress, label):
+    """The steps of a sweep, rate by rate, each drained before the next; (samples, steps, started, ended)."""
+    samples, steps, started = [], [], None
+    for i, rate in enumerate(phase.rates):
+        items = sweep_items(phase, scenario, ids, run_index, i, rate)
+        progress.start("%s step %d/%d (%g req/s)" % (label, i + 1, len(phase.rates), rate), len(items))
+        mine, t0, ended, _ = injector.run_schedule(url, items, phase.senders, progress=progress.advance,
+                                                   timeout=SWEEP_TIMEOUT_S)
+        started = t0 if started is None else started
+        samples += mine
+        step = sweep.step_figures(mine, t0, phase.warmup, t0 + phase.step_duration, rate, phase.slo_p99_ms)
+        step["t"] = t0 - started
+        steps.append(step)
+        if step["saturated"] and phase.stop_when_saturated:
+            break
+    return samples, steps, started, ended
 
 
 def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
     label = "%s run %d/%d phase %s" % (progress.strategy, run_index + 1, scenario.repeat, phase.name)
     watcher = pool.PoolWatcher(url, server_sock)
+    machine = host.before_run()
+    cpu = injector.CpuMeter()
     if phase.kind == "closed":
         value = phase.input_for(scenario.function(phase.function))
         progress.start(label, phase.threads * phase.requests)
-        with watcher:
+        with watcher, cpu:
             samples, started, ended = injector.run_closed(
                 url, ids[phase.function], phase.threads, phase.requests, injector.payload_for(value),
                 name=phase.function, progress=progress.advance)
         figures = injector.summarize(samples, started, ended)
+    elif phase.kind == "sweep":
+        with watcher, cpu:
+            samples, steps, started, ended = run_sweep(url, phase, scenario, ids, run_index, progress, label)
+        figures = injector.summarize(samples, started, ended)
+        figures["late"] = sum(1 for s in samples if s.sent - s.intended > injector.LATE_S)
+        figures["steps"] = steps
+        figures["slo_p99_ms"] = phase.slo_p99_ms
+        cap = sweep.capacity(steps, phase.slo_p99_ms)
+        figures["capacity_rps"], figures["capacity_bound"] = cap["capacity_rps"], cap["bound"]
+        figures["saturated"] = any(s["saturated"] for s in steps)
     else:
         items = (open_items(phase, scenario, ids, run_index) if phase.kind == "open"
                  else trace_items(phase, scenario, ids))
         progress.start(label, len(items))
-        with watcher:
+        with watcher, cpu:
             samples, started, ended, late = injector.run_schedule(url, items, phase.senders,
                                                                   progress=progress.advance)
         figures = injector.summarize(samples, started, ended)
         figures["late"] = late
         figures["offered_rps"] = len(items) / max(ended - started, 1e-9)
+        # Over the arrivals' own span: did the platform keep up with what was offered? Only
+        # then does an open phase's throughput say anything (else it is the offered rate).
+        span = max((offset for offset, *_ in items), default=0.0)
+        if span > 0:
+            kept = sweep.step_figures(samples, started, 0.0, started + span, len(items) / span, float("inf"))
+            figures["saturated"] = kept["achieved_rps"] < sweep.ACHIEVED_SHARE * kept["arrival_rps"]
+        else:
+            figures["saturated"] = False
     # On the phase's own clock, like `timeline`, so the two line up in the plots; the samples
     # taken just before the first request and just after the last stand for the ends.
     shift, length = watcher.started - started, ended - started
     figures["pool_timeline"] = [dict(s, t=round(min(max(s["t"] + shift, 0.0), length), 3))
                                 for s in watcher.samples]
     figures["pool"] = pool.summarize(figures["pool_timeline"])
+    figures["host"] = host.change(machine, host.snapshot())
+    figures["injector"] = injector_record(cpu.share, figures.get("late", 0), figures["requests"])
     return figures
+
+
+def injector_record(cpu_share, late, requests):
+    """The injector's CPU share and late share, and whether either says it was the limit."""
+    late_share = late / requests if requests else 0.0
+    limited = []
+    if cpu_share is not None and cpu_share > INJECTOR_CPU_LIMIT:
+        limited.append("injector CPU %.0f%% of a core" % (100 * cpu_share))
+    if late_share > INJECTOR_LATE_LIMIT:
+        limited.append("%.1f%% of requests sent late" % (100 * late_share))
+    return {"cpu_share": cpu_share, "late_share": late_share, "limited": limited}
 
 
 def aggregate(runs):
@@ -171,7 +244,27 @@ def aggregate(runs):
         "latency_ms": {k: stats.spread([r["latency_ms"][k] for r in runs])
                        for k in ("p50", "p90", "p99", "max", "mean")},
         "workers_mean": stats.spread([r.get("pool", {}).get("workers_mean") for r in runs]),
+        **_sweep_aggregate(runs),
     }
+
+
+def _sweep_aggregate(runs):
+    """For sweeps: capacity over the repeats, and each step's figures over the runs that reached it."""
+    if not runs or "steps" not in runs[0]:
+        return {}
+    by_rate = {}
+    for r in runs:
+        for step in r["steps"]:
+            by_rate.setdefault(step["offered_rps"], []).append(step)
+    steps = [{"offered_rps": rate, "runs": len(found),
+              "achieved_rps": stats.spread([s["achieved_rps"] for s in found]),
+              "p50": stats.spread([s["latency_ms"]["p50"] for s in found]),
+              "p99": stats.spread([s["latency_ms"]["p99"] for s in found]),
+              "saturated": sum(1 for s in found if s["saturated"])}
+             for rate, found in sorted(by_rate.items())]
+    return {"capacity_rps": stats.spread([r.get("capacity_rps") for r in runs]),
+            "capacity_bounds": sorted({r.get("capacity_bound") for r in runs if r.get("capacity_bound")}),
+            "steps": steps}
 
 
 def start_cluster(spec):
@@ -198,9 +291,10 @@ def describe_stack(spec):
     return what
 
 
-def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=None):
+def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=None, repeats=None):
     """Everything measured for one strategy on one stack (`spec`, a StackSpec; default the
-    scenario's first); never raises for a platform failure (it is recorded)."""
+    scenario's first): the repeats numbered in `repeats` (default all of them) of every phase.
+    Never raises for a platform failure (it is recorded)."""
     progress = progress or Progress()
     spec = spec or scenario.stacks[0]
     progress.strategy = spec.key(strategy)
@@ -246,13 +340,15 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
             if missing:
                 result["phases"][phase.name] = {"kind": phase.kind, "runs": [],
                                                 "skipped": "not deployed: %s" % ", ".join(missing)}
-        for run_index in range(scenario.repeat):
+        for run_index in (range(scenario.repeat) if repeats is None else repeats):
             for phase in scenario.phases:
                 entry = result["phases"].setdefault(phase.name, {"kind": phase.kind, "runs": []})
                 if "skipped" in entry:
                     continue
-                entry["runs"].append(run_phase(stack.url, phase, scenario, ids, run_index, progress,
-                                               getattr(stack, "server_sock", None)))
+                figures = run_phase(stack.url, phase, scenario, ids, run_index, progress,
+                                    getattr(stack, "server_sock", None))
+                figures["repeat"] = run_index
+                entry["runs"].append(figures)
         for entry in result["phases"].values():
             if entry["runs"]:
                 entry["aggregate"] = aggregate(entry["runs"])
@@ -270,3 +366,26 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
             cluster.close()
     result["wall_s"] = time.monotonic() - started
     return result
+
+
+def merge(outcomes):
+    """One column's stack runs (run_strategy results, in the order they ran) as one entry:
+    every phase's runs together, aggregated again; deploys and first calls of the first stack
+    (each stack's are kept in `stack_runs`)."""
+    first = outcomes[0]
+    merged = {"ok": all(o["ok"] for o in outcomes), "errors": [], "deploy": first["deploy"],
+              "cold": first["cold"], "phases": {}, "strategy": first["strategy"], "stack": first["stack"],
+              "wall_s": sum(o.get("wall_s", 0.0) for o in outcomes),
+              "stack_runs": [{"deploy": o["deploy"], "cold": o["cold"], "wall_s": o.get("wall_s"),
+                              "ok": o["ok"]} for o in outcomes]}
+    for i, o in enumerate(outcomes):
+        merged["errors"] += ["stack %d: %s" % (i + 1, e) if len(outcomes) > 1 else e for e in o["errors"]]
+        for name, entry in o["phases"].items():
+            target = merged["phases"].setdefault(name, {"kind": entry["kind"], "runs": []})
+            target["runs"] += entry.get("runs", [])
+            if "skipped" in entry:
+                target.setdefault("skipped", entry["skipped"])
+    for entry in merged["phases"].values():
+        if entry["runs"]:
+            entry["aggregate"] = aggregate(entry["runs"])
+    return merged

@@ -234,3 +234,9 @@ def test_pool_summary_is_the_time_average_of_evenly_spaced_samples():
                for i, (w, b) in enumerate([(1, 1), (2, 2), (4, 4), (4, 1)])]
     assert pool.summarize(samples) == {"samples": 4, "workers_mean": 2.75, "workers_max": 4, "busy_mean": 2.0}
     assert pool.summarize([])["workers_mean"] is None
+
+
+def test_a_short_step_does_not_lose_its_last_answers_to_the_window_edge():
+    # 20 arrivals in 2 s, each answered 250 ms later: the last two finish after the window ends.
+    step = sweep.step_figures(steady(10, 2, 0.25), 0.0, 0.0, 2.0, 10, slo_p99_ms=500)
+    assert step["achieved_rps"] == pytest.approx(10.0) and not step["saturated"]
