@@ -1,6 +1,8 @@
-"""Interpreted functions in a child process: node, python3 or php with an empty environment,
-a private call directory, rlimits, its own process group, an unprivileged user when we are root.
-After the call the whole process tree is killed and reaped."""
+"""Interpreted functions in a child process: node, python3 or php with an empty environment and
+a private call directory. Where the machine allows it (reference/worker/sandbox/isolation.py),
+in a bubblewrap sandbox as the function's own uid, in a cgroup of its call that limits memory
+and pids for all its processes and is killed whole at the end of the call; else (rlimits-only)
+as `nobody` with rlimits and its own process group. Rlimits hold in both, as a second line."""
 
 import logging
 import math
@@ -19,6 +21,7 @@ from reference.functions.languages import LANGUAGES
 from reference.wire.jobs import Outcome
 from reference.worker.capture import Capture, input_fd
 from reference.worker.capture import ms as _ms
+from reference.worker.sandbox import bwrap, isolation
 from reference.worker.sandbox.scratch import call_prefix
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 KILL_GRACE_S = 1.0          # how long to drain pipes after the function's processes are killed
 # What the dynamic loader says when the address-space limit is too small to even start.
 LOADER_MEMORY_WORDS = (b"failed to map segment", b"Cannot allocate memory")
+CALL_DIR = "/call"          # where a sandboxed call sees its own directory
+CALL_PIDS_MAX = 128         # processes and threads of one call together (node alone has about 11)
 
 
 def _sandbox_user():
@@ -50,9 +55,28 @@ class ProcessRuntime:
 
     def __init__(self, scratch):
         self.scratch = scratch
-        self.user = _sandbox_user()
+        self.sandboxed = isolation.sandboxed()
+        self.cgroups = isolation.cgroups()
+        if self.cgroups is not None:
+            self.cgroups.sweep()    # the groups of workers killed mid-call
+        isolation.warn_if_weak()
+        # Without bubblewrap every function shares one unprivileged user (when we are root).
+        self.user = None if self.sandboxed else _sandbox_user()
         tc = toolchains.find(self.lang)
         self.interpreter = tc.path if tc else None
+        self.group = None           # the cgroup of cold calls, made at the first one
+
+    def owner(self, job):
+        """(uid, gid) a call's files and processes belong to: the function's own uid in the
+        sandbox, the shared sandbox user without it, None when we are not root."""
+        if self.sandboxed:
+            uid = isolation.uid_for(job.fn_id)
+            return uid, uid
+        return self.user
+
+    def inside(self, call_dir):
+        """The path at which the call sees its directory."""
+        return CALL_DIR if self.sandboxed else call_dir
 
     def argv(self, job, script):
         raise NotImplementedError
@@ -67,14 +91,19 @@ class ProcessRuntime:
         started = time.perf_counter()
         call_dir = tempfile.mkdtemp(prefix=call_prefix(), dir=self.scratch)
         try:
-            script = os.path.join(call_dir, "code." + LANGUAGES[self.lang].ext)
-            shutil.copyfile(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), script)
-            if self.user:
+            name = "code." + LANGUAGES[self.lang].ext
+            script = os.path.join(call_dir, name)
+            shutil.copyfile(os.path.join(job.fn_dir, name), script)
+            owner = self.owner(job)
+            if owner:
                 for path in (call_dir, script):
-                    os.chown(path, *self.user)
-            out = self._run_child(job, self.argv(job, script), call_dir, started)
+                    os.chown(path, *owner)
+            if self.cgroups and self.group is None:
+                self.group = self.cgroups.group("cold-%s" % self.lang)
+            inside = self.inside(call_dir)
+            out = self._run_child(job, self.argv(job, os.path.join(inside, name)), call_dir, started, self.group)
             # Tracebacks name the script by its scratch path, which means nothing to the user.
-            out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
+            out.stderr = out.stderr.replace(inside.encode() + b"/", b"")
             return out
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
@@ -82,50 +111,83 @@ class ProcessRuntime:
     def cpu_seconds(self, job):
         return math.ceil(job.timeout_ms / 1000) + 1
 
-    def _preexec(self, job, cpu=True):
-        """The rlimits, set in the child before exec. A warm process that outlives calls gets no
-        CPU limit of its own (cpu=False): each call's process sets it."""
+    def _preexec(self, job, cpu=True, join=()):
+        """The rlimits, set in the child before exec, and its entry into the call's cgroup
+        (`join`: descriptors of the group's cgroup.procs). A warm process that outlives calls
+        gets no CPU limit of its own (cpu=False): each call's process sets it."""
         limits = [(resource.RLIMIT_AS, self.address_space(job)),
                   (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)]
         if cpu:
             limits.append((resource.RLIMIT_CPU, self.cpu_seconds(job)))
-        if self.user:
-            # Counted per user (threads too), so only meaningful for the shared sandbox user.
+        if self.user or self.sandboxed:
+            # Counted per user (threads too): a bound on a fork storm where no cgroup is.
             limits.append((resource.RLIMIT_NPROC, 512))
 
         def preexec():
+            for fd in join:
+                os.write(fd, b"0")
             for which, value in limits:
                 resource.setrlimit(which, (value, value))
         return preexec
 
-    def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=()):
-        """Start the interpreter locked down: empty environment, its own session (so its process
-        group can be killed as one), the rlimits, and the sandbox user when we are root."""
-        user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env={"PATH": "/usr/bin:/bin"},
-                                start_new_session=True, preexec_fn=self._preexec(job, cpu), pass_fds=pass_fds, **user)
+    def sandbox_argv(self, argv, job, call_dir, ro_binds=(), binds=None):
+        """`argv` wrapped to run in bubblewrap as the function's uid, seeing `call_dir` at
+        CALL_DIR (or the given binds), read-only `ro_binds`, and the interpreter's own tree."""
+        if binds is None:
+            binds = [(call_dir, CALL_DIR)]
+        chdir = binds[0][1] if binds else "/"
+        return bwrap.argv(argv, self.owner(job)[0], binds=binds, ro_binds=ro_binds, chdir=chdir,
+                          trees=[bwrap.tree_of(self.interpreter)])
 
-    def _run_child(self, job, argv, cwd, started):
+    def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=(),
+              group=None, ro_binds=(), binds=None, pids=CALL_PIDS_MAX):
+        """Start the interpreter locked down: empty environment, its own session (so its process
+        group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
+        where it can be, else as the shared sandbox user when we are root. With `group`, its
+        processes are in that cgroup (limited to the job's memory and `pids`) from before exec."""
+        join = ()
+        if group is not None:
+            group.limit(job.memory_mb << 20, pids)
+            join = group.join_fds()
+        try:
+            user = {}
+            if self.sandboxed:
+                argv, cwd = self.sandbox_argv(argv, job, cwd, ro_binds, binds), "/"
+            elif self.user:
+                user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
+            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                                    env={"PATH": bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin"},
+                                    start_new_session=True, preexec_fn=self._preexec(job, cpu, join),
+                                    pass_fds=pass_fds, **user)
+        finally:
+            for fd in join:
+                os.close(fd)
+
+    def _run_child(self, job, argv, cwd, started, group=None):
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
         with input_fd(job.input) as stdin:
             try:
-                proc = self.spawn(argv, job, cwd, stdin)
+                proc = self.spawn(argv, job, cwd, stdin, group=group)
             except OSError as exc:
                 return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
         init_ms = _ms(started)
         run_started = time.perf_counter()
-        timed_out = self._collect(proc, job, stdout, stderr)
-        return self.outcome(job, stdout, stderr, proc.returncode, timed_out, init_ms, run_started)
+        timed_out = self._collect(proc, job, stdout, stderr, group)
+        oom = group is not None and group.ran_out_of_memory()
+        return self.outcome(job, stdout, stderr, proc.returncode, timed_out, init_ms, run_started, oom)
 
-    def outcome(self, job, stdout, stderr, code, timed_out, init_ms, run_started):
-        """The Outcome of a finished call from its exit code (negative: killed by that signal)."""
+    def outcome(self, job, stdout, stderr, code, timed_out, init_ms, run_started, oom=False):
+        """The Outcome of a finished call from its exit code (negative: killed by that signal;
+        in bubblewrap, 128 + the signal) and whether the cgroup's OOM killer struck."""
         out = Outcome(stdout=stdout.value(), stderr=stderr.value(), truncated=stdout.truncated or stderr.truncated,
                       init_ms=init_ms, exec_ms=_ms(run_started))
+        if self.sandboxed and code > 128 and code - 128 in (signal.SIGXCPU, signal.SIGKILL):
+            code = 128 - code       # bwrap reports its command's death by signal as 128 + signal
         out.exit_code = code if code >= 0 else 128 - code
         if timed_out or code == -signal.SIGXCPU:
             out.error = "timeout"
             out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
-        elif code != 0 and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS):
+        elif oom or (code != 0 and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS)):
             out.error = "memory"
             out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
         elif code < 0:
@@ -133,9 +195,9 @@ class ProcessRuntime:
             out.message = "the function was killed by signal %s" % signal.Signals(-code).name
         return out
 
-    def _collect(self, proc, job, stdout, stderr):
+    def _collect(self, proc, job, stdout, stderr, group=None):
         """Read both pipes until the deadline; True when it was reached. Afterwards the whole
-        process group and any escaped descendants are dead, and the child is reaped."""
+        cgroup (or process group) and any escaped descendants are dead, and the child is reaped."""
         deadline = time.monotonic() + job.timeout_ms / 1000
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ, stdout)
@@ -146,7 +208,7 @@ class ProcessRuntime:
                 now = time.monotonic()
                 if exited_at is None and proc.poll() is not None:
                     # Whatever it left running still holds the pipes: end it, then drain a little.
-                    _kill_tree(proc)
+                    _kill_tree(proc, group)
                     exited_at = now
                 if exited_at is not None and now - exited_at > KILL_GRACE_S:
                     break
@@ -161,18 +223,25 @@ class ProcessRuntime:
                         sel.unregister(key.fileobj)
         finally:
             sel.close()
-            _kill_tree(proc)
+            _kill_tree(proc, group)
             proc.stdout.close()
             proc.stderr.close()
         return timed_out
 
     def close(self):
-        pass
+        if self.group is not None:
+            self.group.destroy()
+            self.group = None
+        if self.cgroups is not None:
+            self.cgroups.release_worker()
 
 
-def _kill_tree(proc):
-    """SIGKILL the child's process group, reap it, then the descendants that left the group
-    (setsid, double fork): as subreaper the worker inherits them once their parents die."""
+def _kill_tree(proc, group=None):
+    """Kill the call: its cgroup whole when it has one (frozen, then every member the kernel
+    lists), else the child's process group; reap the child, then the descendants that left the
+    group (setsid, double fork): as subreaper the worker inherits them once their parents die."""
+    if group is not None:
+        group.kill()
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -195,12 +264,23 @@ def kill_strays():
                 pass
 
 
+def reap_zombies():
+    """Reap children of ours that have ended and are no warm process we keep: bwrap's own
+    intermediate processes, re-parented to the worker when a sandbox is killed whole. Never
+    touches a live process, so it is safe while another call runs."""
+    for pid in _stray_children(zombies_only=True):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
 # Pids of the warm interpreters this worker keeps between calls (reference/worker/warm/runtimes.py): children
 # of ours, but not strays.
 own_children = set()
 
 
-def _stray_children():
+def _stray_children(zombies_only=False):
     """Pids of our child processes: in a worker each one is left over from the call that just
     ended (a worker keeps no other child of its own but its warm interpreters)."""
     me, found = os.getpid(), []
@@ -214,6 +294,8 @@ def _stray_children():
             continue
         # The command name may hold spaces and parentheses: fields start after the last ')'.
         fields = stat[stat.rfind(")") + 2:].split()
+        if zombies_only and fields[0] != "Z":
+            continue
         if int(fields[1]) == me and int(entry) not in own_children:
             found.append(int(entry))
     return found

@@ -3,8 +3,11 @@ PHP (which cannot fork) an interpreter started one call ahead, held before the s
 
 Every call still gets a process of its own, so plain scripts keep working and nothing leaks from
 one call to the next; what is saved is the interpreter's start-up. The sandbox of reference/worker/sandbox/process.py
-holds for warm calls too: sandbox user, empty environment, rlimits, a private call directory, a
-session per call killed whole at the deadline, and no descendant outliving its call.
+holds for warm calls too: the fork server lives inside the function's bubblewrap sandbox, as its
+uid, and each call it forks enters a cgroup of the call (memory and pids limits for all of the
+call's processes) before running any code; at the end of the call the worker kills that cgroup
+whole. The worker never acts on a pid the fork server reports: a call is killed through its
+cgroup, or (without cgroups) with the whole fork server.
 """
 
 import hashlib
@@ -20,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections import OrderedDict
+from itertools import count
 
 from reference.wire.jobs import Outcome
 from reference.worker.capture import Capture, input_fd
@@ -32,10 +36,22 @@ log = logging.getLogger(__name__)
 WARM_PER_RUNTIME = 4        # warm processes per runtime and worker, least recently used closed first
 WARM_MAX_AGE_S = 600.0      # an older warm process is replaced at its next call
 START_TIMEOUT_S = 10.0      # for a fork server to compile its function, or to fork a call
+SERVER_PIDS_MAX = 16        # a fork server and the call it is forking
+HELPERS_INSIDE = "/run/minifaas"    # where a sandbox sees our helper scripts
+CALLS_INSIDE = "/calls"     # where a fork server's sandbox sees the directory of its calls' directories
+_numbers = count(1)         # names of cgroups for warm processes, unique in the worker
 
 
 class WarmProcessLost(Exception):
     """The warm process died or stopped answering (a function may kill its own fork server)."""
+
+    timed_out = False
+
+
+class WarmProcessSilent(WarmProcessLost):
+    """The warm process did not answer in time (it may still be alive)."""
+
+    timed_out = True
 
 
 def _helper(scratch, name):
@@ -64,11 +80,19 @@ def _captured(fd, limit):
     return capture
 
 
-def _private_dir(runtime, prefix):
-    path = tempfile.mkdtemp(prefix=prefix, dir=runtime.scratch)
-    if runtime.user:
-        os.chown(path, *runtime.user)
+def _private_dir(parent, prefix, owner):
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    if owner:
+        os.chown(path, *owner)
     return path
+
+
+def _helper_inside(runtime, helper):
+    """The helper's path as the interpreter sees it, and the read-only binds that make it so."""
+    if not runtime.sandboxed:
+        return helper, ()
+    inside = os.path.join(HELPERS_INSIDE, os.path.basename(helper))
+    return inside, ((helper, inside),)
 
 
 class CallDirs:
@@ -80,13 +104,24 @@ class CallDirs:
     def __init__(self, runtime):
         self.runtime, self.spare = runtime, None
 
-    def take(self):
+    def take(self, parent, owner):
+        """A fresh call directory in `parent` (root's: a call cannot make entries there),
+        belonging to `owner`."""
         path, self.spare = self.spare, None
-        return path or _private_dir(self.runtime, call_prefix())
+        if path is not None:
+            renamed = os.path.join(parent, call_prefix() + secrets.token_hex(6))
+            try:
+                os.rename(path, renamed)
+                os.lchown(renamed, *(owner or (os.geteuid(), os.getegid())))
+                return renamed
+            except OSError:
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(renamed, ignore_errors=True)
+        return _private_dir(parent, call_prefix(), owner)
 
-    def give_back(self, path):
-        if self.spare is None and self._as_made(path):
-            renamed = os.path.join(os.path.dirname(path), call_prefix() + secrets.token_hex(6))
+    def give_back(self, path, owner):
+        if self.spare is None and self._as_made(path, owner):
+            renamed = os.path.join(self.runtime.scratch, call_prefix() + secrets.token_hex(6))
             try:
                 os.rename(path, renamed)
                 self.spare = renamed
@@ -95,10 +130,10 @@ class CallDirs:
                 pass
         shutil.rmtree(path, ignore_errors=True)
 
-    def _as_made(self, path):
+    def _as_made(self, path, owner):
         try:
             st = os.lstat(path)
-            owner = self.runtime.user or (os.geteuid(), os.getegid())
+            owner = owner or (os.geteuid(), os.getegid())
             return (stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
                     and (st.st_uid, st.st_gid) == tuple(owner) and not os.listdir(path)
                     and not os.listxattr(path))
@@ -145,17 +180,33 @@ class ForkServer:
 
     def __init__(self, runtime, job, helper):
         self.fn_id, self.memory_mb, self.born = job.fn_id, job.memory_mb, time.monotonic()
-        self.proc = None
+        self.owner = runtime.owner(job)
+        self.proc, self.group, self.calls_dir, self.private_dir = None, None, runtime.scratch, False
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            inside, ro_binds = _helper_inside(runtime, helper)
+            binds = None
+            if runtime.sandboxed:
+                # The directory of its calls' directories: root's, so a call can make nothing
+                # there but in its own directory; gone with the fork server.
+                self.calls_dir = tempfile.mkdtemp(prefix=call_prefix() + "srv-", dir=runtime.scratch)
+                self.private_dir = True
+                os.chmod(self.calls_dir, 0o711)
+                binds = [(self.calls_dir, CALLS_INSIDE)]
+            if runtime.cgroups is not None:
+                self.group = runtime.cgroups.group("srv-%d" % next(_numbers))
             # The source goes in on stdin, opened here: the sandbox user may not read fn_dir.
             with open(os.path.join(job.fn_dir, "code.py"), "rb") as source:
-                argv = [runtime.interpreter, "-I", "-B", helper, str(theirs.fileno()), str(os.getpid())]
+                # In a sandbox its parent is bwrap's init, not the worker: it dies with the worker
+                # through --die-with-parent instead of checking its parent's pid ("0").
+                argv = [runtime.interpreter, "-I", "-B", inside, str(theirs.fileno()),
+                        "0" if runtime.sandboxed else str(os.getpid()), "sandbox" if runtime.sandboxed else "plain"]
                 # Its stderr is its own only until the first call: it says why a start failed.
                 # Its directory is the scratch root, which it may enter but not list or write:
                 # a killed worker leaves nothing of its fork servers behind.
-                self.proc = runtime.spawn(argv, job, runtime.scratch, stdin=source, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, cpu=False, pass_fds=(theirs.fileno(),))
+                self.proc = runtime.spawn(argv, job, self.calls_dir, stdin=source, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, cpu=False, pass_fds=(theirs.fileno(),),
+                                          group=self.group, ro_binds=ro_binds, binds=binds, pids=SERVER_PIDS_MAX)
             process.own_children.add(self.proc.pid)
             theirs.close()
             self.receive(START_TIMEOUT_S)
@@ -182,22 +233,29 @@ class ForkServer:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(4096)
-        except OSError as exc:      # socket.timeout included
+        except socket.timeout:
+            raise WarmProcessSilent("the python fork server did not answer in %.1f s" % timeout) from None
+        except OSError as exc:
             raise WarmProcessLost("the python fork server did not answer: %s" % exc) from None
         if not data:
             raise WarmProcessLost("the python fork server is gone")
         return json.loads(data)
 
-    def fork(self, call_dir, cpu, fds):
-        """Start one call with these stdin, stdout, stderr; the pid of its process (and group)."""
+    def fork(self, call_dir, cpu, fds, join=()):
+        """Start one call with these stdin, stdout, stderr; its process first writes "0" into
+        each of `join` (a cgroup's cgroup.procs) to enter the call's cgroup. What the fork
+        server answers (the call's pid in its namespace) is only noted, never acted on."""
         try:
-            socket.send_fds(self.sock, [json.dumps({"dir": call_dir, "cpu": cpu}).encode()], fds)
+            socket.send_fds(self.sock, [json.dumps({"dir": call_dir, "cpu": cpu, "join": len(join)}).encode()],
+                            list(fds) + list(join))
         except OSError as exc:
             raise WarmProcessLost("the python fork server is gone: %s" % exc) from None
-        return self.receive(START_TIMEOUT_S)["pid"]
+        return self.receive(START_TIMEOUT_S).get("pid")
 
     def _kill(self):
-        # Its session only: calls run in sessions of their own and are over by now.
+        # Its sandbox whole (bwrap's init takes its pid namespace with it), or its session.
+        if self.group is not None:
+            self.group.kill()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -210,6 +268,12 @@ class ForkServer:
             self._kill()
             self.proc.stderr.close()
             process.own_children.discard(self.proc.pid)
+        if self.group is not None:
+            self.group.destroy()
+            self.group = None
+        if self.private_dir:
+            shutil.rmtree(self.calls_dir, ignore_errors=True)
+        process.reap_zombies()
 
 
 class WarmPythonRuntime(process.PythonRuntime):
@@ -221,6 +285,8 @@ class WarmPythonRuntime(process.PythonRuntime):
         self.helper = _helper(scratch, "warm_python.py")
         self.pool = WarmPool()
         self.dirs = CallDirs(self)
+        # One call at a time per worker: one cgroup for every warm call, emptied after each.
+        self.call_group = self.cgroups.group("py-call") if self.cgroups is not None else None
 
     def run(self, job):
         if self.interpreter is None:
@@ -236,13 +302,15 @@ class WarmPythonRuntime(process.PythonRuntime):
             except WarmProcessLost as exc:
                 return self._failed_start(job, str(exc))
         keep = False
-        call_dir = self.dirs.take()
+        owner = self.owner(job)
+        call_dir = self.dirs.take(server.calls_dir, owner)
+        inside = os.path.join(CALLS_INSIDE, os.path.basename(call_dir)) if self.sandboxed else call_dir
         try:
-            out = self._call(server, job, call_dir, started)
-            out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
+            out = self._call(server, job, call_dir, inside, started)
+            out.stderr = out.stderr.replace(inside.encode() + b"/", b"")
             keep = out.error is None
         finally:
-            self.dirs.give_back(call_dir)
+            self.dirs.give_back(call_dir, owner)
             if keep:
                 self.pool.put(job.fn_id, server)
             else:
@@ -254,6 +322,9 @@ class WarmPythonRuntime(process.PythonRuntime):
     def close(self):
         self.pool.close()
         self.dirs.close()
+        if self.call_group is not None:
+            self.call_group.destroy()
+        super().close()
 
     def _failed_start(self, job, text):
         if any(word.decode() in text for word in self.memory_words + process.LOADER_MEMORY_WORDS):
@@ -262,37 +333,55 @@ class WarmPythonRuntime(process.PythonRuntime):
         return Outcome(exit_code=1, error="runtime", cold=True,
                        message="python could not start: %s" % (text.splitlines() or ["?"])[-1])
 
-    def _call(self, server, job, call_dir, started):
+    def _call(self, server, job, call_dir, inside, started):
         # The call writes its stdout and stderr into memory files, not pipes: the worker is not
         # woken for every write and end of file, only by the fork server's two reports.
         out_fd, err_fd = os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC)
+        group, join = self.call_group, []
+        oom = False
         try:
+            if group is not None:
+                group.limit(job.memory_mb << 20, process.CALL_PIDS_MAX)
+                join = group.join_fds()
             with input_fd(job.input) as stdin:
-                pid = server.fork(call_dir, self.cpu_seconds(job), [stdin, out_fd, err_fd])
+                server.fork(inside, self.cpu_seconds(job), [stdin, out_fd, err_fd], join)
+            for fd in join:
+                os.close(fd)
+            join = []
             init_ms = _ms(started)
             run_started = time.perf_counter()
-            code, timed_out = self._wait_call(server, pid, job)
+            code, timed_out = self._wait_call(server, job)
+            if group is not None:
+                group.kill()    # whatever the call left running, as the kernel lists it
+                oom = group.ran_out_of_memory()
+            # Read only now: nothing of the call is left to write into them.
             stdout, stderr = _captured(out_fd, job.output_limit), _captured(err_fd, job.output_limit)
         except WarmProcessLost as exc:
+            if group is not None:
+                group.kill()
             process.kill_strays()
             return Outcome(exit_code=1, error="runtime", message="the function's interpreter was lost: %s" % exc)
         finally:
+            for fd in join:
+                os.close(fd)
             os.close(out_fd)
             os.close(err_fd)
-        return self.outcome(job, stdout, stderr, code, timed_out, init_ms, run_started)
+        return self.outcome(job, stdout, stderr, code, timed_out, init_ms, run_started, oom)
 
-    def _wait_call(self, server, pid, job):
+    def _wait_call(self, server, job):
         """Wait for the fork server's report of the call's end until the deadline, where the
-        call's session is killed. Returns (exit code, timed out)."""
+        call's cgroup is killed (without cgroups: the whole fork server, whose calls die with it).
+        Returns (exit code, timed out)."""
         try:
             return server.receive(job.timeout_ms / 1000)["status"], False
-        except WarmProcessLost:
-            if server.proc.poll() is not None:
+        except WarmProcessLost as exc:
+            if not exc.timed_out or server.proc.poll() is not None:
                 raise
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.call_group is None:
+            server.close()      # its calls die with it (PR_SET_PDEATHSIG), their strays are ours
+            process.kill_strays()
+            return -signal.SIGKILL, True
+        self.call_group.kill()
         return server.receive(START_TIMEOUT_S)["status"], True
 
 
@@ -305,18 +394,24 @@ class Spare:
     def __init__(self, runtime, job, helper):
         self.fn_id, self.born = job.fn_id, time.monotonic()
         self.limits = (job.memory_mb, job.timeout_ms)
-        self.call_dir = _private_dir(runtime, call_prefix())
+        owner = runtime.owner(job)
+        self.call_dir = _private_dir(runtime.scratch, call_prefix(), owner)
+        self.inside = runtime.inside(self.call_dir)
         self.stdin = tempfile.TemporaryFile()
         self.proc, self.go_w = None, None
+        # Its own cgroup: the next call's interpreter starts while this one's call runs.
+        self.group = runtime.cgroups.group("spare-%d" % next(_numbers)) if runtime.cgroups is not None else None
         go_r = None
         try:
             script = os.path.join(self.call_dir, "code." + runtime.ext)
             shutil.copyfile(os.path.join(job.fn_dir, "code." + runtime.ext), script)
-            if runtime.user:
-                os.chown(script, *runtime.user)
+            if owner:
+                os.chown(script, *owner)
+            helper_inside, ro_binds = _helper_inside(runtime, helper)
             go_r, self.go_w = os.pipe()
-            self.proc = runtime.spawn(runtime.warm_argv(job, script, helper, go_r), job, self.call_dir,
-                                      stdin=self.stdin, pass_fds=(go_r,))
+            argv = runtime.warm_argv(job, os.path.join(self.inside, "code." + runtime.ext), helper_inside, go_r)
+            self.proc = runtime.spawn(argv, job, self.call_dir, stdin=self.stdin, pass_fds=(go_r,),
+                                      group=self.group, ro_binds=ro_binds)
             process.own_children.add(self.proc.pid)
         except BaseException:
             self.close()
@@ -350,6 +445,8 @@ class Spare:
             self.go_w = None
         if self.proc is not None:
             if self.proc.returncode is None:
+                if self.group is not None:
+                    self.group.kill()
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -359,6 +456,10 @@ class Spare:
             for pipe in (self.proc.stdout, self.proc.stderr):
                 if pipe is not None:
                     pipe.close()
+        if self.group is not None:
+            self.group.destroy()
+            self.group = None
+        process.reap_zombies()
         self.stdin.close()
         shutil.rmtree(self.call_dir, ignore_errors=True)
 
@@ -399,9 +500,10 @@ class SpareRuntime(process.ProcessRuntime):
             init_ms = _ms(started)
             run_started = time.perf_counter()
             self._start_next(job)
-            timed_out = self._collect(spare.proc, job, stdout, stderr)
-            out = self.outcome(job, stdout, stderr, spare.proc.returncode, timed_out, init_ms, run_started)
-            out.stderr = out.stderr.replace(spare.call_dir.encode() + b"/", b"")
+            timed_out = self._collect(spare.proc, job, stdout, stderr, spare.group)
+            oom = spare.group is not None and spare.group.ran_out_of_memory()
+            out = self.outcome(job, stdout, stderr, spare.proc.returncode, timed_out, init_ms, run_started, oom)
+            out.stderr = out.stderr.replace(spare.inside.encode() + b"/", b"")
         finally:
             spare.close()
         out.cold = cold
@@ -410,6 +512,7 @@ class SpareRuntime(process.ProcessRuntime):
 
     def close(self):
         self.pool.close()
+        super().close()
 
     def _start_next(self, job):
         try:

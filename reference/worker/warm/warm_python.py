@@ -1,14 +1,19 @@
-"""A warm python3 for one function (a fork server), run by reference/worker/warm/runtimes.py as the sandbox user:
-it compiles the function once, then forks a fresh child per call that runs it as __main__.
+"""A warm python3 for one function (a fork server), run by reference/worker/warm/runtimes.py inside the function's
+sandbox, as its uid: it compiles the function once, then forks a fresh child per call that runs it
+as __main__. It is not dumpable (no process of its calls may ptrace it or read its memory).
 
 Standalone on purpose: it runs under `python3 -I` from a copy in the scratch directory, where the
 `reference` package is neither on the path nor necessarily readable.
 
 Protocol over the SOCK_SEQPACKET socket whose fd is argv[1] (one JSON message per packet):
   zygote -> worker  {"ready": true}                 once the code is compiled
-  worker -> zygote  {"dir": call_dir, "cpu": secs}  + SCM_RIGHTS [stdin, stdout, stderr]
-  zygote -> worker  {"pid": child}                  the call's process (and group) id
+  worker -> zygote  {"dir": call_dir, "cpu": secs, "join": n}
+                    + SCM_RIGHTS [stdin, stdout, stderr, n cgroup.procs descriptors]
+  zygote -> worker  {"pid": child}                  the call's pid (in the sandbox: informative only)
   zygote -> worker  {"status": code}                when it ended: exit code, or -signal
+The call's process writes "0" into each cgroup.procs descriptor (entering the call's cgroup)
+before anything else. argv[2] is the worker's pid to check as parent ("0": none, in a sandbox);
+argv[3] is "sandbox" when /tmp and /dev/shm are the sandbox's own, emptied after every call.
 The function's source arrives on stdin (fd 0) at start-up.
 """
 
@@ -32,11 +37,14 @@ import resource
 import signal
 import socket
 import sys
-import time  # noqa: F401
+import time
 import types
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+REAP_DEADLINE_S = 5.0   # the worker kills the call's cgroup anyway; this is the fallback's bound
+PRIVATE_DIRS = ("/tmp", "/dev/shm")
 MAX_FD = 256            # the worker's RLIMIT_NOFILE: every fd above stdio is closed in a call
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -56,12 +64,12 @@ def read_source():
     return b"".join(chunks)
 
 
-def serve(sock, source, code):
+def serve(sock, source, code, private):
     """Answer calls until the worker goes away. Returns only in a forked child, set up for its call."""
     sock.send(json.dumps({"ready": True}).encode())
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, 65536, 3)
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 16)
         except OSError:
             os._exit(0)
         if not msg:
@@ -75,30 +83,71 @@ def serve(sock, source, code):
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())
-        sock.send(json.dumps({"status": reap(pid)}).encode())
+        status = reap(pid)
+        if private:
+            empty(PRIVATE_DIRS)
+        sock.send(json.dumps({"status": status}).encode())
 
 
 def reap(pid):
     """Wait for the call's process, then kill what it left: its group, and any descendant that
-    left the group (as subreaper we inherit those once their parents die)."""
+    left the group (as subreaper we inherit those once their parents die), reaping every zombie
+    each round so that no number of them can outlast the loop."""
     _, status = os.waitpid(pid, 0)
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    for _ in range(10):
+    deadline = time.monotonic() + REAP_DEADLINE_S
+    while time.monotonic() < deadline:
         try:
-            if os.waitpid(-1, os.WNOHANG)[0]:
-                continue            # reaped one that had ended
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass                # reaped one that had ended
         except ChildProcessError:
             break                   # no child at all, the usual case: no need to scan /proc
         for stray in children():
             try:
                 os.kill(stray, signal.SIGKILL)
-                os.waitpid(stray, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ProcessLookupError:
                 pass
+        time.sleep(0.001)
     return os.waitstatus_to_exitcode(status)
+
+
+def empty(dirs):
+    """Remove everything a call left in the sandbox's private /tmp and /dev/shm (its processes
+    are dead: nothing writes there any more). Same uid: a mode the call set is undone first."""
+    for top in dirs:
+        try:
+            entries = os.listdir(top)
+        except OSError:
+            continue
+        for name in entries:
+            remove(os.path.join(top, name))
+
+
+def remove(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat_is_dir(st.st_mode):
+        try:
+            os.chmod(path, 0o700)
+            for name in os.listdir(path):
+                remove(os.path.join(path, name))
+            os.rmdir(path)
+        except OSError:
+            pass
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def stat_is_dir(mode):
+    return (mode & 0o170000) == 0o040000
 
 
 def children():
@@ -117,7 +166,16 @@ def children():
 
 
 def become_call(call, fds):
-    """In the forked child: a session of its own, the call's stdio, directory and CPU limit."""
+    """In the forked child: into the call's cgroup first, then a session of its own, the call's
+    stdio, directory and CPU limit."""
+    joins, fds = fds[3:3 + call.get("join", 0)], fds[:3]
+    for fd in joins:
+        try:
+            os.write(fd, b"0")
+        except OSError as exc:
+            os.write(fds[2], b"the call could not enter its cgroup: %s\n" % str(exc).encode())
+            os._exit(125)
+        os.close(fd)
     os.setsid()
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     for target, fd in enumerate(fds):
@@ -175,8 +233,9 @@ def main():
     sock = socket.socket(fileno=int(sys.argv[1]))
     # Die with the worker, even if it dies before the prctl (then we are already orphaned).
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(sys.argv[2]):
+    if sys.argv[2] != "0" and os.getppid() != int(sys.argv[2]):
         os._exit(0)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     source = read_source()
     try:
@@ -185,7 +244,7 @@ def main():
         code = None                 # each call reports it, as python3 code.py would
     # Objects made so far stay put: forked calls then share their pages instead of copying them.
     gc.freeze()
-    serve(sock, source, code)
+    serve(sock, source, code, len(sys.argv) > 3 and sys.argv[3] == "sandbox")
     # Only the forked child gets here.
     finish(run_as_main(source, code))
 

@@ -1,0 +1,79 @@
+"""The command line that starts a program in a bubblewrap sandbox as an unprivileged uid.
+
+`setpriv` drops to the function's own uid (no groups, no capabilities) and bwrap, now
+unprivileged, makes a user namespace holding only that uid with new mount, pid, network, ipc,
+uts and cgroup namespaces: the sandbox sees read-only the system's /usr (and the runtime's own
+tree when it lives elsewhere), a few files of /etc the loader needs, its own /proc, a minimal
+/dev, private tmpfs /tmp and /dev/shm (gone with the sandbox), and the directories bound in.
+The network namespace has nothing but its own `lo`. bwrap sets no_new_privs, starts a new
+session (no TIOCSTI into a terminal), dies with the worker, and forbids nested user namespaces.
+"""
+
+import os
+import shutil
+
+BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/usr/local/bin/bwrap")
+SETPRIV_CANDIDATES = ("/usr/bin/setpriv", "/bin/setpriv")
+# What the dynamic loader and a few libc calls read in /etc; nothing of users, hosts or secrets.
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives")
+TMPFS_BYTES = 256 << 20     # each of /tmp and /dev/shm; memory in them counts in the cgroup too
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def find(candidates, name):
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which(name)
+
+
+def bwrap_path():
+    return find(BWRAP_CANDIDATES, "bwrap")
+
+
+def setpriv_path():
+    return find(SETPRIV_CANDIDATES, "setpriv")
+
+
+def tree_of(executable):
+    """The install tree an executable outside /usr needs bound (its bin/'s parent), or None."""
+    real = os.path.realpath(executable)
+    if real.startswith("/usr/"):
+        return None
+    return os.path.dirname(os.path.dirname(real))
+
+
+def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="function", tmpfs_bytes=TMPFS_BYTES):
+    """The argv that runs `command` (a list) sandboxed as `uid`.
+
+    binds / ro_binds: (host path, sandbox path) pairs, writable / read-only;
+    trees: host directories bound read-only at the same path (a toolchain under /root/.rustup)."""
+    bwrap, setpriv = bwrap_path(), setpriv_path()
+    out = [setpriv, "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+           "--inh-caps=-all", "--bounding-set=-all", "--",
+           bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session",
+           "--hostname", hostname, "--cap-drop", "ALL",
+           "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + name
+        if os.path.islink(path):
+            out += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            out += ["--ro-bind", path, path]
+    for name in ETC_FILES:
+        path = os.path.join("/etc", name)
+        if os.path.exists(path):
+            out += ["--ro-bind", path, path]
+    for tree in trees:
+        if tree and os.path.isdir(tree) and not tree.startswith("/usr/"):
+            out += ["--ro-bind", tree, tree]
+    out += ["--proc", "/proc", "--dev", "/dev",
+            "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
+            "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
+    for host, inside in ro_binds:
+        out += ["--ro-bind", host, inside]
+    for host, inside in binds:
+        out += ["--bind", host, inside]
+    out += ["--chdir", chdir, "--"]
+    return out + list(command)

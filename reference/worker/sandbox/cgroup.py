@@ -1,0 +1,382 @@
+"""A cgroup per call (or per warm process): its memory and pids limits hold all its processes
+together, and at its end the whole group is frozen and killed, by the members the kernel lists.
+
+v2 where the unified hierarchy has the memory and pids controllers, else v1 (memory, pids,
+freezer mounted separately). Groups are made under the cgroup the worker itself runs in
+(`<own>/minifaas-<worker pid>/<name>`), so the platform stays inside whatever limits its own
+supervisor set, and a killed worker's groups are swept by the next one.
+
+Nothing here acts on a pid that sandboxed code reported: members are read from the group's
+`cgroup.procs` and signalled through a pidfd opened after checking they are still members.
+"""
+
+import errno
+import logging
+import os
+import signal
+import time
+
+log = logging.getLogger(__name__)
+
+ROOT = "/sys/fs/cgroup"
+V1_CONTROLLERS = ("memory", "pids", "freezer")
+KILL_DEADLINE_S = 5.0
+
+
+def _own_path(controller):
+    """The path of the cgroup this process is in, for a v1 controller ('' for v2)."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            if controller == "" and names == "":
+                return path
+            if controller and controller in names.split(","):
+                return path
+    return None
+
+
+def _writable_dir(path):
+    return os.path.isdir(path) and os.access(path, os.W_OK)
+
+
+class Hierarchy:
+    """Where this worker makes its groups: one directory per controller (v1) or one (v2)."""
+
+    def __init__(self, version, bases, mounts):
+        self.version, self.bases = version, bases      # bases: {controller: directory}
+        self.mounts = mounts                           # {controller: its mount point}
+
+    @property
+    def name(self):
+        return "cgroup-v%d" % self.version
+
+    def group(self, name):
+        return Group(self, name)
+
+    def sweep(self):
+        """Remove the groups of workers that are gone (killed mid-call), killing what is left in them."""
+        dead = set()
+        for base in self.bases.values():
+            try:
+                entries = os.listdir(base)
+            except OSError:
+                continue
+            for entry in entries:
+                parts = entry.split("-")
+                if len(parts) == 2 and parts[0] == "minifaas" and parts[1].isdigit() \
+                        and not os.path.exists("/proc/" + parts[1]):
+                    dead.add(int(parts[1]))
+        for worker in dead:
+            self.remove_worker(worker)
+
+    def remove_worker(self, worker):
+        """Kill and remove every group of one worker, then the worker's own directory."""
+        names = set()
+        for base in self.bases.values():
+            top = os.path.join(base, "minifaas-%d" % worker)
+            try:
+                names.update(d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d)))
+            except OSError:
+                pass
+        for name in names:
+            group = Group(self, name, worker=worker)
+            group.made = True
+            group.destroy()
+        self.release_worker(worker)
+
+    def release_worker(self, worker=None):
+        """Remove the worker's own directories if no group is left in them (the last runtime
+        of a worker to close does it)."""
+        for base in self.bases.values():
+            try:
+                os.rmdir(os.path.join(base, "minifaas-%d" % (worker or os.getpid())))
+            except OSError:
+                pass    # still holds another runtime's group, or already gone
+
+
+def _v2():
+    mount = None
+    for candidate in (ROOT, os.path.join(ROOT, "unified")):
+        if os.path.exists(os.path.join(candidate, "cgroup.controllers")):
+            mount = candidate
+            break
+    if mount is None:
+        return None
+    own = _own_path("")
+    if own is None:
+        return None
+    base = os.path.join(mount, own.lstrip("/"))
+    try:
+        with open(os.path.join(base, "cgroup.controllers")) as f:
+            available = f.read().split()
+    except OSError:
+        return None
+    if not {"memory", "pids"} <= set(available) or not _writable_dir(base):
+        return None
+    return Hierarchy(2, {"": base}, {"": mount})
+
+
+def _v1():
+    bases, mounts = {}, {}
+    for controller in V1_CONTROLLERS:
+        own = _own_path(controller)
+        base = os.path.join(ROOT, controller, (own or "/").lstrip("/"))
+        if own is None or not _writable_dir(base):
+            if controller == "freezer":
+                continue        # killing still works without it, by repeated passes
+            return None
+        bases[controller] = base
+        mounts[controller] = os.path.join(ROOT, controller)
+    return Hierarchy(1, bases, mounts)
+
+
+_detected = []
+
+
+def detect():
+    """The Hierarchy this worker can make groups in, or None (not root, or no controllers)."""
+    if not _detected:
+        hierarchy = None
+        if os.geteuid() == 0 and os.environ.get("FAAS_NO_CGROUPS") != "1":
+            try:
+                hierarchy = _v2() or _v1()
+            except OSError as exc:
+                log.warning("cannot use cgroups: %s", exc)
+        _detected.append(hierarchy)
+    return _detected[0]
+
+
+def missing():
+    """Why there are no cgroups here, in a few words (for the isolation report)."""
+    if os.geteuid() != 0:
+        return "cgroups (the platform is not root)"
+    return "cgroups (no writable v2 memory+pids controllers, nor v1 memory and pids)"
+
+
+class Group:
+    """One cgroup of this worker: `<own>/minifaas-<worker pid>/<name>` in every controller.
+    Made lazily at `limit()`; `join_fds()` are what a process writes "0" into to enter it."""
+
+    def __init__(self, hierarchy, name, worker=None):
+        self.hierarchy = hierarchy
+        worker_dir = "minifaas-%d" % (worker or os.getpid())
+        self.dirs = {c: os.path.join(base, worker_dir, name) for c, base in hierarchy.bases.items()}
+        # How /proc/PID/cgroup names this group (our cgroup namespace is the host's).
+        c = "" if hierarchy.version == 2 else "pids"
+        self.proc_path = "/" + os.path.relpath(self.dirs[c], hierarchy.mounts[c])
+        self.proc_controller = c
+        self.made = False
+        self.limits = None
+        self.oom_seen = 0
+
+    def _file(self, controller, name):
+        if self.hierarchy.version == 2:
+            return os.path.join(self.dirs[""], name)
+        return os.path.join(self.dirs[controller], name)
+
+    def _write(self, controller, name, value):
+        with open(self._file(controller, name), "w") as f:
+            f.write(str(value))
+
+    def _make(self):
+        for path in self.dirs.values():
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                os.makedirs(parent, exist_ok=True)
+                if self.hierarchy.version == 2:
+                    # A v2 group passes controllers down only when its parent enables them.
+                    for level in (os.path.dirname(parent), parent):
+                        with open(os.path.join(level, "cgroup.subtree_control"), "w") as f:
+                            f.write("+memory +pids")
+            os.makedirs(path, exist_ok=True)
+        self.made = True
+
+    def limit(self, memory_bytes, pids):
+        """Make the group if need be and set its limits (no swap beyond the memory limit)."""
+        if not self.made:
+            self._make()
+        if self.limits == (memory_bytes, pids):
+            return
+        if self.hierarchy.version == 2:
+            self._write("", "memory.max", memory_bytes)
+            try:
+                self._write("", "memory.swap.max", 0)
+            except OSError:
+                pass
+            self._write("", "pids.max", pids)
+        else:
+            self._set_v1_memory(memory_bytes)
+            self._write("pids", "pids.max", pids)
+        self.limits = (memory_bytes, pids)
+        self.oom_seen = self.oom_kills()
+
+    def _set_v1_memory(self, memory_bytes):
+        memsw = self._file("memory", "memory.memsw.limit_in_bytes")
+        has_memsw = os.path.exists(memsw)
+        # memsw must stay >= the memory limit at every step: raise it first, lower it last.
+        for attempt in range(2):
+            try:
+                if has_memsw and self.limits and memory_bytes > self.limits[0]:
+                    self._write("memory", "memory.memsw.limit_in_bytes", memory_bytes)
+                self._write("memory", "memory.limit_in_bytes", memory_bytes)
+                if has_memsw:
+                    self._write("memory", "memory.memsw.limit_in_bytes", memory_bytes)
+                return
+            except OSError as exc:
+                # Charges left by ended calls (page cache) above a lower limit: drop them, retry.
+                if exc.errno != errno.EBUSY or attempt:
+                    raise
+                self._write("memory", "memory.force_empty", 0)
+
+    def join_fds(self):
+        """Descriptors of the group's cgroup.procs, opened here (as root) and close-on-exec: a
+        process of the call writes b"0" into each to enter the group before it runs any code.
+        The kernel resolves a pid written there in the writer's pid namespace, so a sandboxed
+        process can move nothing but its own sandbox's processes."""
+        paths = [self._file(c, "cgroup.procs") for c in self.dirs] if self.hierarchy.version == 1 \
+            else [self._file("", "cgroup.procs")]
+        fds = []
+        try:
+            for path in paths:
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    def members(self):
+        """Pids (in our namespace) of every process in the group, as the kernel lists them."""
+        pids = set()
+        controllers = ("",) if self.hierarchy.version == 2 else tuple(self.dirs)
+        for controller in controllers:
+            try:
+                with open(self._file(controller, "cgroup.procs")) as f:
+                    pids.update(int(line) for line in f if line.strip())
+            except FileNotFoundError:
+                pass
+        return pids
+
+    def _is_member(self, pid):
+        try:
+            with open("/proc/%d/cgroup" % pid) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return False
+        for line in lines:
+            _, names, path = line.split(":", 2)
+            if (names == "" if self.proc_controller == "" else self.proc_controller in names.split(",")):
+                return path == self.proc_path
+        return False
+
+    def _freeze(self, state):
+        if self.hierarchy.version == 2:
+            try:
+                self._write("", "cgroup.freeze", 1 if state == "FROZEN" else 0)
+            except OSError:
+                return False
+            return True
+        if "freezer" not in self.dirs:
+            return False
+        try:
+            self._write("freezer", "freezer.state", state)
+        except OSError:
+            return False
+        return True
+
+    def kill(self):
+        """Freeze the group, SIGKILL every member, thaw it, and wait until it is empty. Returns
+        the number of processes killed. Only kernel-listed members are signalled, each through
+        a pidfd opened once it is known to be a member still (so a reused pid is never hit)."""
+        if not self.made:
+            return 0
+        if self.hierarchy.version == 2 and os.path.exists(self._file("", "cgroup.kill")):
+            count = len(self.members())
+            if count:
+                self._write("", "cgroup.kill", 1)
+            self._wait_empty()
+            return count
+        frozen = self._freeze("FROZEN")
+        killed = 0
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        try:
+            while True:
+                pids = self.members()
+                if not pids:
+                    return killed
+                for pid in pids:
+                    killed += _kill_member(self, pid)
+                if frozen:
+                    self._freeze("THAWED")
+                    frozen = False
+                if time.monotonic() > deadline:
+                    log.error("cgroup %s still has members after %.0f s", self.dirs, KILL_DEADLINE_S)
+                    return killed
+                time.sleep(0.001)
+        finally:
+            if frozen:
+                self._freeze("THAWED")
+
+    def _wait_empty(self):
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        while self.members() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def oom_kills(self):
+        """How many processes the kernel's OOM killer has ended in this group so far."""
+        name = "memory.events" if self.hierarchy.version == 2 else "memory.oom_control"
+        try:
+            with open(self._file("memory", name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            pass
+        return 0
+
+    def ran_out_of_memory(self):
+        """True when the OOM killer ended a process of this group since its limits were set
+        or since the last time this was asked."""
+        now = self.oom_kills()
+        seen, self.oom_seen = self.oom_seen, now
+        return now > seen
+
+    def destroy(self):
+        """Kill the members and remove the group."""
+        if self.made:
+            self.kill()
+        for path in self.dirs.values():
+            _rmdir(path)
+        self.made = False
+        self.limits = None
+
+
+def _rmdir(path):
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.warning("cannot remove cgroup %s: %s", path, exc)
+                return
+            time.sleep(0.005)    # a killed member is still on its way out
+
+
+def _kill_member(group, pid):
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return 0                # gone already
+    try:
+        if not group._is_member(pid):
+            return 0            # the pid was reused by a process outside the group
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return 1
+    except ProcessLookupError:
+        return 0
+    finally:
+        os.close(pidfd)
