@@ -1,56 +1,28 @@
 """The NATS executor on real processes: nats-server with JetStream, two worker hosts (each with
 its own code cache and nothing but the NATS URL) and a stack started with `--executor nats`."""
 
-import asyncio
 import concurrent.futures
 import os
-import shutil
 import signal
-import tempfile
 import time
 
 import pytest
-from support import EXAMPLES, deploy, http, invoke, started
+from nats_support import SLEEP_PY, SLOW_PY, need_nats, run, start_stack, stats_when, stream_state, timed_load
+from support import EXAMPLES, deploy, invoke
 
 from reference.executors.nats import executor as nats_executor
 from reference.executors.nats.codecache import CodeServer
 from reference.executors.nats.executor import SLOTS_PER_HOST, LocalCluster
 
-SLOW_PY = b"import sys, time\ntime.sleep(0.4)\nprint('slow', sys.stdin.read())\n"
-# Runs until the file named by its input exists (or 25 s pass): a worker held busy on demand.
-GATE_PY = (b"import os, sys, time\ngate = sys.stdin.read()\nend = time.monotonic() + 25\n"
-           b"while not os.path.exists(gate) and time.monotonic() < end:\n    time.sleep(0.05)\n"
-           b"print('opened' if os.path.exists(gate) else 'timed out')\n")
-
-
-def _need_nats():
-    missing = []
-    if nats_executor.nats_server_binary() is None:
-        missing.append("nats-server (apt-get install nats-server)")
-    try:
-        import nats  # noqa: F401
-    except ImportError:
-        missing.append("nats-py (pip install nats-py)")
-    if missing:
-        reason = "NATS executor needs " + " and ".join(missing)
-        if os.environ.get("FAAS_REQUIRE_TOOLCHAINS") == "1":
-            pytest.fail(reason + " (required: FAAS_REQUIRE_TOOLCHAINS=1)")
-        pytest.skip(reason)
-
-
-def _start(cluster, strategy="RR"):
-    return started(lambda: "host1:\n" + cluster.output("host1"),
-                   strategy=strategy, workers=1, extra_args=cluster.extra_args)
-
 
 @pytest.fixture(scope="module")
 def nats_stack():
     """Two hosts of two workers each behind one RR stack, for the tests that leave it whole."""
-    _need_nats()
+    need_nats()
     cluster = LocalCluster(hosts=2, workers=2)
     try:
         cluster.start()
-        stack = _start(cluster)
+        stack = start_stack(cluster)
     except BaseException:
         cluster.close()
         raise
@@ -63,24 +35,13 @@ def _host(worker_id):
     return worker_id // SLOTS_PER_HOST
 
 
-def _stats_when(url, ready, timeout=15.0):
-    """GET /stats until `ready(stats)` holds (hosts report through heartbeats, every 0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, stats, _ = http("GET", url + "/stats")
-        assert status == 200, stats
-        if ready(stats) or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
-
-
 def test_invoke_runs_on_remote_workers_shown_in_stats(nats_stack):
     _, stack = nats_stack
     deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
     status, answer, _ = invoke(stack.url, "greet", "nats")
     assert status == 200, answer
     assert answer["output"] == "Hello, nats!\n"
-    stats = _stats_when(stack.url, lambda s: len(s["workers"]) == 4)
+    stats = stats_when(stack.url, lambda s: len(s["workers"]) == 4)
     assert {w["host"] for w in stats["workers"]} == {"host1", "host2"}
     assert sorted(w["id"] for w in stats["workers"]) == sorted(b["id"] for b in stats["balancer_workers"])
     assert answer["worker"] in [w["id"] for w in stats["workers"]]
@@ -111,7 +72,7 @@ def test_each_host_fetches_code_once_then_hits_its_cache(nats_stack):
         assert cluster.output(host).count("fetched code %s" % digest[:12]) == 1
         # The host's own copy, named by the digest, is what every later call ran.
         assert sorted(os.listdir(os.path.join(cluster.dir, "cache-" + host, digest))) == ["code.py", "metadata.json"]
-    stats = _stats_when(stack.url, lambda s: all(w["code_hits"] >= 3 for w in s["workers"]))
+    stats = stats_when(stack.url, lambda s: all(w["code_hits"] >= 3 for w in s["workers"]))
     assert all(w["code_hits"] >= 3 for w in stats["workers"]), stats
 
 
@@ -131,65 +92,66 @@ def test_compiled_code_travels_with_its_module(nats_stack):
         assert ["code.c", "code.cwasm", "code.wasm", "metadata.json"] in files
 
 
-def _consumers(url):
-    """Consumer name -> messages it has delivered, in the jobs stream."""
-    import nats
+def _consumers(cluster):
+    """Consumer name -> messages it has delivered, in the jobs stream (asked as the platform)."""
+    from nats_support import client
 
     async def ask():
-        nc = await nats.connect(url)
+        nc = await client(cluster.url, "platform", cluster.passwords["platform"])
         try:
             js = nc.jetstream()
             return {c.name: c.delivered.consumer_seq for c in await js.consumers_info(nats_executor.STREAM)}
         finally:
             await nc.close()
 
-    return asyncio.run(ask())
+    return run(ask())
 
 
-def test_fifo_jobs_go_through_the_shared_queue_to_idle_hosts_only():
-    _need_nats()
-    gate_dir = tempfile.mkdtemp(prefix="minifaas-gate-")
-    os.chmod(gate_dir, 0o755)  # the function may run as the sandbox user
-    gate = os.path.join(gate_dir, "open")
-    with LocalCluster(hosts=2, workers=1) as cluster:
-        stack = _start(cluster, strategy="FIFO")
+def test_fifo_is_first_free_slot_anywhere_and_a_busy_host_holds_no_job():
+    """Under FIFO a short call never waits behind a long one while a slot is free elsewhere:
+    long calls hold host slots for 4 s; every short call, sent meanwhile, is answered well
+    before that (it would take the rest of 4 s if it sat in a busy host's buffer)."""
+    need_nats()
+    with LocalCluster(hosts=2, workers=2) as cluster:
+        stack = start_stack(cluster, strategy="FIFO")
         try:
-            deploy(stack.url, "gate", "python", GATE_PY, timeout_ms=30000)
+            deploy(stack.url, "sleep", "python", SLEEP_PY, timeout_ms=20000)
             deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
-            _stats_when(stack.url, lambda s: len(s["workers"]) == 2)
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                held = pool.submit(invoke, stack.url, "gate", gate)
-                stats = _stats_when(stack.url, lambda s: any(w["state"] == "busy" for w in s["workers"]))
-                busy = [w["host"] for w in stats["workers"] if w["state"] == "busy"]
-                assert len(busy) == 1, stats
-                free = ({"host1", "host2"} - set(busy)).pop()
-                host_of = {w["id"]: w["host"] for w in stats["workers"]}
-                # The busy host's only worker is running the gate: it pulls nothing, so every
-                # call goes to the other host.
-                for i in range(4):
-                    status, answer, _ = invoke(stack.url, "greet", str(i))
+            stats_when(stack.url, lambda s: len(s["workers"]) == 4)
+            invoke(stack.url, "greet", "warm")  # both hosts may fetch code: not timed below
+            for _ in range(2):
+                invoke(stack.url, "greet", "warm")
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                longs = [pool.submit(invoke, stack.url, "sleep", "4") for _ in range(3)]
+                stats = stats_when(stack.url, lambda s: sum(w["state"] == "busy" for w in s["workers"]) == 3)
+                busy = [w for w in stats["workers"] if w["state"] == "busy"]
+                assert len(busy) == 3, stats
+                free = [w for w in stats["workers"] if w["state"] != "busy"]
+                # One slot is free: every short call must go there, one after the other.
+                shorts = timed_load(stack.url, "greet", [str(i) for i in range(10)], threads=1)
+                for data, status, answer, seconds in shorts:
                     assert status == 200, answer
-                    assert answer["output"] == "Hello, %s!\n" % i
-                    assert host_of[answer["worker"]] == free, answer
-                open(gate, "w").close()
-                status, answer, _ = held.result()
-            assert status == 200, answer
-            assert answer["output"] == "opened\n"
-            assert host_of[answer["worker"]] == busy[0], answer
-            # All five went through the shared pull consumer; the hosts' own subjects carried none.
-            delivered = _consumers(cluster.url)
-            assert delivered[nats_executor.SHARED_CONSUMER] >= 5, delivered
+                    assert answer["output"] == "Hello, %s!\n" % data
+                    assert answer["worker"] == free[0]["id"], (answer, stats)
+                    assert seconds < 2.0, shorts   # behind a long call it would take ~4 s
+                for f in longs:
+                    status, answer, _ = f.result()
+                    assert status == 200 and answer["output"] == "slept 4\n", answer
+            # All went through the shared pull consumer; the hosts' own subjects carried none,
+            # and every answered job left the work queue.
+            delivered = _consumers(cluster)
+            assert delivered[nats_executor.SHARED_CONSUMER] >= 16, delivered
             assert delivered["host-host1"] == delivered["host-host2"] == 0, delivered
+            assert stream_state(cluster)[0] == 0
         finally:
             stack.close()
-            shutil.rmtree(gate_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("strategy", ["RR", "FIFO"])
 def test_host_killed_mid_load_loses_nothing_and_nats_restart_is_survived(strategy):
-    _need_nats()
+    need_nats()
     with LocalCluster(hosts=2, workers=2) as cluster:
-        stack = _start(cluster, strategy=strategy)
+        stack = start_stack(cluster, strategy=strategy)
         try:
             deploy(stack.url, "slow", "python", SLOW_PY)
             n = 24
@@ -205,7 +167,7 @@ def test_host_killed_mid_load_loses_nothing_and_nats_restart_is_survived(strateg
                 assert answer["output"] == "slow %d\n" % i
             if strategy == "RR":  # under FIFO JetStream itself hands the dead host's jobs out again
                 assert "unanswered jobs scheduled again" in stack.output()
-            stats = _stats_when(stack.url, lambda s: {w["host"] for w in s["workers"]} == {"host2"})
+            stats = stats_when(stack.url, lambda s: {w["host"] for w in s["workers"]} == {"host2"})
             assert {w["host"] for w in stats["workers"]} == {"host2"}
             assert stats["pending"] == 0
 
