@@ -26,6 +26,9 @@ def app(environ, start_response):
         start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"no"]
     body = environ["wsgi.input"].read()
+    if path == "/stream":           # more than the 8 MiB output buffer, with no length
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"s" * (1 << 20) for _ in range(9))
     if path == "/big":
         out = b"x" * int(environ["QUERY_STRING"])
     else:
@@ -385,3 +388,13 @@ def test_at_the_connection_limit_with_every_connection_busy_a_new_one_gets_503(s
     finally:
         for s in busy:
             s.close()
+
+
+def test_an_answer_past_the_output_buffer_is_streamed_and_ends_at_the_close(server):
+    sock, f = connect(server)
+    with sock, f:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, _ = read_response_head(f)
+        body = f.read()
+    assert status == 200 and "content-length" not in headers and headers["connection"] == "close"
+    assert body == b"s" * (9 << 20)

@@ -107,7 +107,7 @@ class _Message:
         self.size = self.header_bytes = 0
         self.error = None                   # (status, text): answer this and close
         self.headers_done = self.complete = self.lazy = False
-        self.continue_sent = False
+        self.continue_sent = self.broken = False
         self.deadline = None                # for the request line and headers
 
 
@@ -273,11 +273,12 @@ class _Connection:
             message.continue_sent = True
             send_all(self.sock, b"HTTP/1.1 100 Continue\r\n\r\n", self.server.send_timeout)
         while not message.complete:
-            if self.current is not message:
-                raise ConnectionError("the request's body was not whole")
             try:
+                if self.current is not message:
+                    raise _Close()
                 self._read()
             except _Close:
+                message.broken = True
                 raise ConnectionError("the connection ended inside a request body") from None
         return b"".join(message.body)
 
@@ -299,32 +300,37 @@ class _Connection:
         try:
             result = self.server.application(environ, start_response)
             try:
-                size, sent = 0, None
+                size, streaming = 0, False
                 for chunk in result:
                     if chunk:
                         chunks.append(chunk)
                         size += len(chunk)
                     if size >= MAX_OUTPUT_BUFFER:
                         # Past the output buffer: what is there goes out before more is made.
-                        sent = self._send_part(message, status_headers, chunks, sent)
-                        chunks, size = [], 0
+                        self._send_part(message, status_headers, chunks, streaming)
+                        streaming, size = True, 0
+                        del chunks[:]
             finally:
                 if hasattr(result, "close"):
                     result.close()
-        except (_Close, ConnectionError):
+        except _Close:
             raise
         except Exception:
+            if message.broken:
+                raise _Close() from None    # the client left inside its body: no one to answer
             log.exception("the app failed on %s %.200r", message.method, message.url)
             raise _Close(500, "internal error in the gateway") from None
-        if sent is not None:
-            self._send_part(message, status_headers, chunks, sent)
+        if message.broken:
+            raise _Close()
+        if streaming:
+            self._send_part(message, status_headers, chunks, streaming)
             return False
         keep_alive = message.keep_alive and (message.complete or not message.lazy)
-        head, keep_alive = self._head(message, status_headers, keep_alive, b"".join(chunks) if len(chunks) != 1 else chunks[0])
-        return keep_alive
+        return self._head(message, status_headers, keep_alive, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _head(self, message, status_headers, keep_alive, body, length=True):
-        """Send the answer's status and headers (and `body`, unless None); its keep-alive."""
+        """Send the answer's status and headers, and `body` unless it is None; returns whether
+        the connection stays open. Without `length`, the answer ends at the close."""
         status, headers = status_headers
         code = int(status[:3])
         lines = ["HTTP/1.1 %s" % status]
@@ -345,7 +351,7 @@ class _Connection:
             if length:
                 lines.append("Content-Length: %d" % len(body))
             else:
-                keep_alive = False          # the answer ends at the close of the connection
+                keep_alive = False
         lines.append("Server: %s" % SERVER)
         lines.append("Date: %s" % http_date())
         if not keep_alive:
@@ -353,23 +359,28 @@ class _Connection:
         elif message.version == "1.0":
             lines.append("Connection: keep-alive")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if body is None or message.method == "HEAD" or code in NO_BODY_STATUSES:
-            send_all(self.sock, head, self.server.send_timeout)
-        elif len(body) < _JOIN_BELOW:
-            send_all(self.sock, head + body, self.server.send_timeout)
-        else:
-            send_all(self.sock, head, self.server.send_timeout)
-            send_all(self.sock, body, self.server.send_timeout)
-        return head, keep_alive
+        try:
+            if body is None or message.method == "HEAD" or code in NO_BODY_STATUSES:
+                send_all(self.sock, head, self.server.send_timeout)
+            elif len(body) < _JOIN_BELOW:
+                send_all(self.sock, head + body, self.server.send_timeout)
+            else:
+                send_all(self.sock, head, self.server.send_timeout)
+                send_all(self.sock, body, self.server.send_timeout)
+        except OSError:
+            raise _Close() from None        # gone, or not reading for the send timeout
+        return keep_alive
 
-    def _send_part(self, message, status_headers, chunks, sent):
-        """Send a streamed answer's next chunks (its head first); returns that the head went."""
-        if sent is None:
+    def _send_part(self, message, status_headers, chunks, streaming):
+        """Send the next part of an answer too large for the output buffer (its head first)."""
+        if not streaming:
             self._head(message, status_headers, False, None, length=False)
         if message.method != "HEAD":
-            for chunk in chunks:
-                send_all(self.sock, chunk, self.server.send_timeout)
-        return True
+            try:
+                for chunk in chunks:
+                    send_all(self.sock, chunk, self.server.send_timeout)
+            except OSError:
+                raise _Close() from None
 
     def _environ(self, message):
         url = httptools.parse_url(message.url)
