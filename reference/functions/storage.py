@@ -117,10 +117,9 @@ class Storage:
         the name is taken (even by a deploy that won a race a moment ago).
         """
         language = self._check_files(name, lang, files)
-        if self.exists(name):
-            raise _taken(name)
+        self.check_available(name)
         created = int(time.time())
-        fn_id = "%s_%d" % (name, created)
+        fn_id = self._fresh_id(name, created)
         metadata = self._metadata(fn_id, name, language, files, meta, created, version=1)
         self._store_version(fn_id, files, metadata)
         try:
@@ -147,12 +146,7 @@ class Storage:
             if current is None:
                 raise NotFound("function not found", fn=name)
             created = int(time.time())
-            fn_id = "%s_%d" % (name, created)
-            # Several versions within one second: the id takes a suffix (still unique, still sorted).
-            suffix = 2
-            while os.path.lexists(os.path.join(self.root, fn_id)):
-                fn_id = "%s_%d_%d" % (name, created, suffix)
-                suffix += 1
+            fn_id = self._fresh_id(name, created)
             metadata = self._metadata(fn_id, name, language, files, meta, created,
                                       version=current.get("version", 1) + 1)
             metadata["previous"] = current["id"]
@@ -186,6 +180,26 @@ class Storage:
                 shutil.rmtree(os.path.join(self.root, fn_id), ignore_errors=True)
         log.info("deleted %s (%d version%s)", name, len(ids), "" if len(ids) == 1 else "s")
         return ids
+
+    def check_available(self, name):
+        """Conflict (409) unless `name` may be deployed: no function holds it, and it is not the
+        id of any kept version of another function, which lookups try first and would shadow it."""
+        if self.exists(name):
+            raise _taken(name)
+        owner = self._load(name) if ID_RE.fullmatch(name) else None
+        if owner is not None:
+            raise Conflict("function name '%s' is the id of a version of function '%s': a name that "
+                           "equals an id would be shadowed by it, please choose another name"
+                           % (name, owner["name"]), owner=owner["name"])
+
+    def _fresh_id(self, name, created):
+        """`name_<created>`, unique: another version of the same second (an update), or a
+        function whose name is that very id, makes it take a suffix (still sorted)."""
+        fn_id, suffix = "%s_%d" % (name, created), 2
+        while os.path.lexists(os.path.join(self.root, fn_id)) or os.path.lexists(os.path.join(self.names, fn_id)):
+            fn_id = "%s_%d_%d" % (name, created, suffix)
+            suffix += 1
+        return fn_id
 
     def _check_files(self, name, lang, files):
         check_name(name)

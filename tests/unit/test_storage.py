@@ -295,3 +295,28 @@ def test_interrupted_update_leaves_only_sweepable_leftovers(tmp_path):
     assert store.sweep(min_age_s=0) == 2
     assert visible_entries(tmp_path) == [meta["id"]]
     assert sorted(os.listdir(tmp_path / ".names")) == ["hello"]
+
+
+def test_a_name_that_is_a_kept_id_is_refused(tmp_path):
+    store = Storage(tmp_path)
+    first = store.deploy("hello", "python", {"code.py": HELLO_PY})
+    second = store.replace("hello", "python", {"code.py": b"print(2)\n"})
+    for taken in (first["id"], second["id"]):   # the current version's id and an old one's
+        with pytest.raises(Conflict) as info:
+            store.deploy(taken, "python", {"code.py": HELLO_PY})
+        assert "is the id of a version of function 'hello'" in info.value.message
+    assert store.get(first["id"])["name"] == "hello" and len(store.list()) == 1
+
+
+def test_a_new_id_never_equals_an_existing_name(tmp_path, monkeypatch):
+    """The reverse shadowing: deploy "f" at the second some function's name already spells."""
+    store = Storage(tmp_path)
+    monkeypatch.setattr(storage_mod.time, "time", lambda: 500.0)
+    early = store.deploy("f_1000", "python", {"code.py": b"print('early')\n"})
+    monkeypatch.setattr(storage_mod.time, "time", lambda: 1000.0)
+    late = store.deploy("f", "python", {"code.py": HELLO_PY})
+    assert late["id"] == "f_1000_2"
+    assert store.get("f_1000")["id"] == early["id"] and store.get("f")["id"] == late["id"]
+    updated = store.replace("f_1000", "python", {"code.py": b"print('again')\n"})
+    assert updated["id"] == "f_1000_1000"       # no name holds it: no suffix
+    assert store.get("f_1000_2")["name"] == "f" and store.get("f_1000")["id"] == updated["id"]
