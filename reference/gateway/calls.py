@@ -1,12 +1,18 @@
 """Running invocations for the gateway: sync and async calls, and idempotency keys.
 
 Every invocation goes through `Calls`: it asks the server, turns the Outcome into the answer
-(status and JSON body), and writes the invocation record and the metrics. An async call runs
-on a bounded thread pool and is kept (last `keep`, at most `ttl_s`) for `GET /call/ID`.
-An Idempotency-Key ties a call to one function and input: a retry gets the first call's answer,
-waiting for it if it is still running; the same key with another function or input is a 409.
-Answers that mean the call never ran (429 overloaded, 503 unavailable) are not kept for the
-key, so a retry runs it.
+(status and JSON body, `answer_for`), and writes the invocation record and the metrics. An
+async call runs on a bounded thread pool and is kept for `GET /call/ID`. An Idempotency-Key
+ties a call to one function and input: a retry gets the first call's answer, waiting for it if
+it is still running; the same key with another function or input is a 409. Answers that mean
+the call never ran (429 overloaded, 503 unavailable) are not kept for the key, so a retry runs it.
+
+Kept calls (async or keyed) are bounded by count (`keep`) and by the size of their answers
+(`keep_bytes`, output and stderr counted in characters): a call still running holds room for
+the largest answer it may give. To make room, calls past `keep_for_s` go first, then the
+oldest whose answer a client already has (a sync answer, or a finished call read back with
+GET /call/ID). An answer nobody has fetched yet is never dropped for room: a new kept call
+gets 429 instead, until one is fetched or expires.
 """
 
 import collections
@@ -17,6 +23,7 @@ import threading
 import time
 import uuid
 
+from reference import config
 from reference.wire.errors import (
     Conflict,
     FaasError,
@@ -30,8 +37,10 @@ log = logging.getLogger(__name__)
 
 ASYNC_THREADS = 8        # async calls running at once (each mostly waits on the server)
 ASYNC_PENDING = 256      # async calls queued or running; past this, 429
-KEEP_CALLS = 1000        # finished calls (async or keyed) kept for GET /call/ID and retries ...
-KEEP_FOR_S = 3600.0      # ... and for at most this long
+KEEP_CALLS = 1000        # calls kept (async or keyed) for GET /call/ID and retries ...
+KEEP_BYTES = 256 * config.MIB   # ... holding at most this much answer text ...
+KEEP_FOR_S = 3600.0      # ... each for at most this long
+ANSWER_FIELDS_SIZE = 4 * config.KIB   # an answer's fields besides output and stderr, generously
 NOT_RUN = (429, 503)     # answers a retry should not get back: the function never ran
 RETRY_AFTER_S = 1
 
@@ -52,23 +61,41 @@ def outcome_fields(outcome, duration_ms):
     }
 
 
-def check_outcome(meta, outcome, fields):
-    """Raise the FaasError a function's failure maps to (timeout, memory, runtime, non-zero exit)."""
+def function_failure(meta, outcome, fields):
+    """The error a function's run maps to (timeout, memory, could not run, non-zero exit),
+    carrying the answer's fields; None when it ran and exited 0."""
     if outcome.error == "timeout":
-        raise Timeout("function timed out after %d ms (its timeout_ms limit)"
-                      % meta["timeout_ms"], timeout_ms=meta["timeout_ms"], **fields)
+        return Timeout("function timed out after %d ms (its timeout_ms limit)"
+                       % meta["timeout_ms"], timeout_ms=meta["timeout_ms"], **fields)
     if outcome.error == "memory":
-        raise MemoryLimit("function went over its memory limit of %d MiB (memory_mb)"
-                          % meta["memory_mb"], memory_mb=meta["memory_mb"], **fields)
+        return MemoryLimit("function went over its memory limit of %d MiB (memory_mb)"
+                           % meta["memory_mb"], memory_mb=meta["memory_mb"], **fields)
     if outcome.error:
-        raise FunctionFailed("function could not run: %s" % (outcome.message or outcome.error),
-                             reason=outcome.error, **fields)
+        return FunctionFailed("function could not run: %s" % (outcome.message or outcome.error),
+                              reason=outcome.error, **fields)
     if outcome.exit_code != 0:
-        raise FunctionFailed("function exited with code %d" % outcome.exit_code, **fields)
+        return FunctionFailed("function exited with code %d" % outcome.exit_code, **fields)
+    return None
 
 
-class Call:
-    """One invocation the gateway keeps: its state, and once done its status and answer body."""
+def answer_for(meta, outcome, duration_ms):
+    """The HTTP answer, (status, JSON body), to a run of function `meta` that the server
+    reported as `outcome`: 200 with its output, or the status of the function's failure."""
+    fields = outcome_fields(outcome, duration_ms)
+    failure = function_failure(meta, outcome, fields)
+    if failure is None:
+        return 200, dict(fields, ok=True)
+    return failure.status, failure.to_dict()
+
+
+def answer_size(body):
+    """What an answer counts against the kept-answers bound: its text, in characters."""
+    return ANSWER_FIELDS_SIZE + sum(len(v) for v in body.values() if isinstance(v, str))
+
+
+class TrackedCall:
+    """One invocation through the gateway: its state, and once done its status and answer body.
+    (Not reference.worker.wasm.wasi's Call, which is one WASI host call.)"""
 
     def __init__(self, meta, key=None, fingerprint=None):
         self.call_id = uuid.uuid4().hex
@@ -79,7 +106,9 @@ class Call:
         self.finished = None
         self.status, self.body = None, None
         self.done = threading.Event()
-        self.kept = False  # registered for GET /call/ID (async or keyed)
+        self.kept = False       # registered for GET /call/ID (async or keyed)
+        self.size = 0           # what it counts against the kept-answers bound
+        self.delivered = False  # a client has its answer: it may be dropped to make room
 
     def view(self):
         """What GET /call/ID answers: the state and, once done, the sync answer's fields with
@@ -98,20 +127,27 @@ class Calls:
     (InvocationRecords) and `metrics` (Metrics). Thread-safe."""
 
     def __init__(self, client, records, metrics, threads=ASYNC_THREADS, max_pending=ASYNC_PENDING,
-                 keep=KEEP_CALLS, keep_for_s=KEEP_FOR_S):
+                 keep=KEEP_CALLS, keep_for_s=KEEP_FOR_S, keep_bytes=KEEP_BYTES, limits=config.LIMITS):
         self.client, self.records, self.metrics = client, records, metrics
         self.max_pending, self.keep, self.keep_for_s = max_pending, keep, keep_for_s
+        self.keep_bytes = keep_bytes
+        # Room held by a kept call still running: the largest output and stderr it may give.
+        self.room_per_call = 2 * limits.output_bytes + ANSWER_FIELDS_SIZE
+        if keep_bytes < self.room_per_call:
+            raise ValueError("keeping answers needs at least %d bytes (twice the output limit), not %d"
+                             % (self.room_per_call, keep_bytes))
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="async-call")
         self._lock = threading.Lock()
-        self._calls = collections.OrderedDict()  # call_id -> Call, oldest first
-        self._keys = {}                          # idempotency key -> Call
-        self._pending = 0                        # async calls queued or running
+        self._calls = collections.OrderedDict()  # call_id -> TrackedCall, oldest first
+        self._keys = {}                          # idempotency key -> TrackedCall
+        self._kept_size = 0                      # sum of the kept calls' `size`
+        self._async_in_flight = 0                # async calls queued or running
 
     def invoke(self, meta, payload, key=None):
-        """Run a call now, in this thread; (Call, replayed). With a key already used for this
-        function and input, the first call's (waiting for it to finish), replayed True."""
+        """Run a call now, in this thread; (TrackedCall, replayed). With a key already used for
+        this function and input, the first call's (waiting for it to finish), replayed True."""
         if key is None:
-            call = Call(meta)
+            call = TrackedCall(meta)
             self._execute(call, meta, payload)
             return call, False
         call, fresh = self._claim(meta, payload, key)
@@ -120,10 +156,12 @@ class Calls:
         elif not call.done.wait(int(meta.get("timeout_ms") or 5000) / 1000.0 + 60.0):
             raise Timeout("the first call with this Idempotency-Key is still running; ask again later",
                           call_id=call.call_id)
+        call.delivered = True  # the caller answers it now
         return call, not fresh
 
     def submit(self, meta, payload, key=None):
-        """Queue a call on the pool and return at once; (Call, replayed). Overloaded past the bound."""
+        """Queue a call on the pool and return at once; (TrackedCall, replayed). Overloaded
+        (429) past the bound on async calls or on kept answers."""
         call, fresh = self._claim(meta, payload, key, is_async=True)
         if fresh:
             self._pool.submit(self._run_async, call, meta, payload)
@@ -134,6 +172,22 @@ class Calls:
         with self._lock:
             return self._calls.get(call_id)
 
+    def fetch(self, call_id):
+        """GET /call/ID: a kept call's view, or None; a finished call read back counts as
+        delivered (it may then make room for others)."""
+        call = self.get(call_id)
+        if call is None:
+            return None
+        view = call.view()
+        if view["state"] == "done":
+            call.delivered = True
+        return view
+
+    def kept(self):
+        """(calls kept, their size): what the bounds count."""
+        with self._lock:
+            return len(self._calls), self._kept_size
+
     def close(self):
         """Stop taking async calls; those not started are dropped (the gateway is stopping)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -141,12 +195,12 @@ class Calls:
     # -- inside -----------------------------------------------------------------------------
 
     def _claim(self, meta, payload, key, is_async=False):
-        """A new Call registered (and counted as pending if async), or the one holding `key`."""
+        """A new TrackedCall registered (holding room for its answer, counted as in flight if
+        async), or the one holding `key`."""
         fingerprint = None
         if key is not None:
             fingerprint = hashlib.sha256(meta["name"].encode() + b"\0" + payload).hexdigest()
         with self._lock:
-            self._prune()
             existing = self._keys.get(key) if key is not None else None
             if existing is not None:
                 if existing.fingerprint != fingerprint:
@@ -154,16 +208,18 @@ class Calls:
                                    "(call %s on %s); use a new key for a new call"
                                    % (key, existing.call_id, existing.name), call_id=existing.call_id)
                 return existing, False
-            if is_async and self._pending >= self.max_pending:
-                raise Overloaded("too many async calls waiting (%d); retry later" % self._pending,
+            if is_async and self._async_in_flight >= self.max_pending:
+                raise Overloaded("too many async calls waiting (%d); retry later" % self._async_in_flight,
                                  retry_after=RETRY_AFTER_S)
-            call = Call(meta, key, fingerprint)
-            call.kept = True
+            self._make_room(self.room_per_call)
+            call = TrackedCall(meta, key, fingerprint)
+            call.kept, call.size = True, self.room_per_call
             self._calls[call.call_id] = call
+            self._kept_size += call.size
             if key is not None:
                 self._keys[key] = call
             if is_async:
-                self._pending += 1
+                self._async_in_flight += 1
             return call, True
 
     def _run_async(self, call, meta, payload):
@@ -171,17 +227,15 @@ class Calls:
             self._execute(call, meta, payload)
         finally:
             with self._lock:
-                self._pending -= 1
+                self._async_in_flight -= 1
 
     def _execute(self, call, meta, payload):
         call.state = "running"
         started = time.perf_counter()
         try:
             outcome = self.client.invoke(meta, payload)
-            fields = outcome_fields(outcome, round((time.perf_counter() - started) * 1000.0, 3))
-            check_outcome(meta, outcome, fields)
-            status, body = 200, dict(fields, ok=True)
-        except FaasError as exc:
+            status, body = answer_for(meta, outcome, round((time.perf_counter() - started) * 1000.0, 3))
+        except FaasError as exc:   # the platform failed (server down, overloaded, worker lost)
             status, body = exc.status, exc.to_dict()
         except Exception:
             log.exception("internal error running %s", meta["id"])
@@ -192,20 +246,45 @@ class Calls:
         self.records.add(meta, status, measured, call.call_id if call.kept else None)
         self.metrics.invoked(meta["name"], status, measured)
         call.status, call.body = status, body
-        call.finished, call.state = time.time(), "done"
-        if call.key is not None and status in NOT_RUN:
+        if call.kept:
             with self._lock:
-                if self._keys.get(call.key) is call:
+                # The room it held becomes the size of the answer it gave.
+                size = answer_size(body)
+                self._kept_size += size - call.size
+                call.size = size
+                if call.key is not None and status in NOT_RUN and self._keys.get(call.key) is call:
                     del self._keys[call.key]
+        call.finished, call.state = time.time(), "done"
         call.done.set()
 
-    def _prune(self):
-        """Forget the oldest finished calls past `keep` or older than `keep_for_s`. Caller holds the lock."""
+    def _make_room(self, size):
+        """Forget kept calls until one more of `size` fits within `keep` and `keep_bytes`:
+        first those past `keep_for_s`, then the oldest whose answer was delivered. Overloaded
+        (429) when what is left is all owed to a client. Caller holds the lock."""
         horizon = time.time() - self.keep_for_s
-        while self._calls:
-            call_id, oldest = next(iter(self._calls.items()))
-            if oldest.state != "done" or (len(self._calls) <= self.keep and oldest.finished >= horizon):
+        # Claim order is submission order, so the expired are all near the front.
+        for call in list(self._calls.values()):
+            if call.submitted >= horizon:
                 break
-            del self._calls[call_id]
-            if oldest.key is not None and self._keys.get(oldest.key) is oldest:
-                del self._keys[oldest.key]
+            if call.state == "done" and call.finished < horizon:
+                self._forget(call)
+        if self._fits(size):
+            return
+        for call in list(self._calls.values()):
+            if call.state == "done" and call.delivered:
+                self._forget(call)
+                if self._fits(size):
+                    return
+        raise Overloaded("the gateway is keeping %d calls and %d MiB of answers that no client has "
+                         "fetched yet (GET /call/ID), its limit; retry later"
+                         % (len(self._calls), self._kept_size // config.MIB),
+                         retry_after=RETRY_AFTER_S)
+
+    def _fits(self, size):
+        return len(self._calls) < self.keep and self._kept_size + size <= self.keep_bytes
+
+    def _forget(self, call):
+        del self._calls[call.call_id]
+        self._kept_size -= call.size
+        if call.key is not None and self._keys.get(call.key) is call:
+            del self._keys[call.key]

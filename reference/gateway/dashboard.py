@@ -8,20 +8,17 @@ import bottle
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
-def install(app, static_root=STATIC):
-    """Add the dashboard's routes to the gateway's bottle app."""
+def send(path, static_root=STATIC):
+    answer = bottle.static_file(path, root=static_root)
+    # Revalidate on every load: the files are tiny, and a stale script after an upgrade would
+    # talk to the new API with old assumptions.
+    answer.set_header("Cache-Control", "no-cache")
+    return answer
 
-    def send(path):
-        answer = bottle.static_file(path, root=static_root)
-        # Revalidate on every load: the files are tiny, and a stale script after an upgrade would
-        # talk to the new API with old assumptions.
-        answer.set_header("Cache-Control", "no-cache")
-        return answer
 
-    @app.get("/")
-    def index():
-        return send("index.html")
+def index():
+    return send("index.html")
 
-    @app.get("/static/<path:path>")
-    def static(path):
-        return send(path)
+
+def static(path):
+    return send(path)

@@ -8,7 +8,7 @@ import signal
 
 from reference import config
 from reference.functions.storage import Storage
-from reference.gateway.app import make_app
+from reference.gateway.app import app_options, make_app
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def serve(settings):
     client = ServerClient(settings.server_sock, settings.limits)
     run = HTTP_SERVERS[settings.http]
     try:
-        run(settings, lambda **seams: make_app(storage, client, settings.limits, api_key=settings.api_key, **seams))
+        run(settings, lambda **seams: make_app(storage, client, **app_options(settings), **seams))
     finally:
         client.close()
     log.info("stopped")

@@ -219,4 +219,28 @@ def test_a_gateway_with_an_api_key_gets_it_from_the_form(browser, start_stack):
     browser.find_element("id", "api-key").send_keys("s3cret")
     result = deploy_from_form(browser, "keyed", code=ECHO)
     assert "Deployed keyed" in result.text, result.text
-    assert http("GET", stack.url + "/function/keyed")[0] == 200
+    # Reading code needs the key too: the page sends it, a client without it is refused.
+    wait_for(browser, lambda d: texts(d, "#functions tr[data-name=keyed]"))
+    assert http("GET", stack.url + "/function/keyed")[0] == 401
+    assert http("GET", stack.url + "/function/keyed", headers={"Authorization": "Bearer s3cret"})[0] == 200
+
+
+def test_the_page_itself_passes_the_origin_check_and_a_run_page_cannot_deploy(page, shared_stack):
+    """The dashboard's requests are same-origin (Chromium sends its Origin and Sec-Fetch-Site),
+    so they pass; an HTML function's page runs sandboxed (an opaque origin: Origin null), so
+    its script's write is refused."""
+    url = shared_stack.url
+    attack = ("<p id=done>waiting</p><script>fetch('/deploy?name=from-run-page&lang=python', "
+              "{method: 'POST', body: 'print(1)'}).then(r => { document.getElementById('done')"
+              ".textContent = 'status ' + r.status; }).catch(e => { document.getElementById('done')"
+              ".textContent = 'failed ' + e; });</script>")
+    status, body, _ = http("POST", url + "/deploy?name=attack-page&lang=html", attack)
+    assert status == 201, body
+    page.get(url + "/run/attack-page")
+    wait_for(page, lambda d: d.find_element("id", "done").text != "waiting")
+    assert http("GET", url + "/function/from-run-page")[0] == 404
+    # Back on the dashboard, its own deploy works (the same-origin path, end to end).
+    page.get(url + "/")
+    wait_for(page, lambda d: d.find_elements("css selector", "#deploy-lang option[value=python]"))
+    result = deploy_from_form(page, "same-origin", code=ECHO)
+    assert "Deployed same-origin" in result.text, result.text

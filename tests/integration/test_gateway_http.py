@@ -18,7 +18,8 @@ from support import stop_group, wait_listening
 
 from reference.config import Limits
 from reference.functions.storage import Storage
-from reference.gateway.app import decode_input, make_app
+from reference.gateway.app import make_app
+from reference.gateway.parse import decode_input
 from reference.wire.errors import CompileError, ToolchainMissing, Unavailable
 from reference.wire.jobs import Outcome
 
@@ -27,8 +28,9 @@ HELLO_PY = b'print("hello")\n'
 
 
 class Answer:
-    def __init__(self, status, headers, raw):
+    def __init__(self, status, headers, raw, header_list=()):
         self.status, self.headers, self.raw = status, headers, raw
+        self.header_list = list(header_list)  # as the app gave them, duplicates included
         try:
             self.json = json.loads(raw)
         except ValueError:
@@ -52,9 +54,10 @@ def call(app, method, path, body=b"", query="", headers=None, content_type=None)
         # Header names are case-insensitive; bottle writes "Www-Authenticate".
         started["status"] = int(status.split()[0])
         started["headers"] = {name.lower(): value for name, value in headers}
+        started["list"] = list(headers)
 
     raw = b"".join(app(environ, start_response))
-    return Answer(started["status"], started["headers"], raw)
+    return Answer(started["status"], started["headers"], raw, started["list"])
 
 
 class StandInClient:
@@ -227,7 +230,7 @@ def test_deploy_compile_error_and_missing_toolchain(app, store):
 
 
 def test_api_key_protects_deploy_and_optionally_invoke(store, client):
-    app = make_app(store, client, api_key="s3cret", protect_invoke=True)
+    app = make_app(store, client, api_key="s3cret", invoke_key="s3cret")
     refused = deploy(app, "hello")
     assert refused.status == 401 and refused.json["ok"] is False
     assert refused.headers.get("www-authenticate") == "Bearer"

@@ -42,7 +42,7 @@ def apps(tmp_path_factory):
     limits = Limits(code_bytes=2000, payload_bytes=3000, max_timeout_ms=10_000, max_memory_mb=256)
     store = Storage(tmp_path_factory.mktemp("functions"))
     plain = make_app(store, NoServer(), limits, compile_to_wasm=no_toolchain)
-    keyed = make_app(store, NoServer(), limits, api_key="k", protect_invoke=True, compile_to_wasm=no_toolchain)
+    keyed = make_app(store, NoServer(), limits, api_key="k", invoke_key="k", compile_to_wasm=no_toolchain)
     # Known functions, so invoke, /function and /run reach past the 404.
     assert call(plain, "POST", "/deploy", b"print(1)", query="name=hello&lang=py").status == 201
     assert call(plain, "POST", "/deploy", b"<p>hi</p>", query="name=page&lang=html").status == 201
@@ -121,11 +121,15 @@ routes = st.one_of(
 )
 
 headers = st.dictionaries(
-    st.sampled_from(["Authorization", "Accept", "X-Anything", "Cookie", "Content-Encoding", "Transfer-Encoding"]),
-    st.sampled_from(["Bearer k", "Bearer wrong", "Basic Zm9v", "", "chunked", "gzip", "*/*"])
+    st.sampled_from(["Authorization", "Accept", "X-Anything", "Cookie", "Content-Encoding", "Transfer-Encoding",
+                     "Origin", "Sec-Fetch-Site", "Host"]),
+    st.sampled_from(["Bearer k", "Bearer wrong", "Basic Zm9v", "", "chunked", "gzip", "*/*",
+                     "http://127.0.0.1", "null", "http://evil.example", "cross-site", "same-origin",
+                     "localhost:8080", "[::1]", "evil.example:80", "127.0.0.1:"])
     | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
     max_size=3,
 )
+KEY = {"Authorization": "Bearer k"}
 
 content_types = st.sampled_from([None, "application/json", "application/json; charset=utf-8",
                                   "text/plain", "application/x-www-form-urlencoded",
@@ -161,8 +165,8 @@ def test_random_requests_get_well_formed_answers(apps, which, route, query, body
     check_answer(answer, method, path)
     # Whatever came before, the app still answers (a fuzzed DELETE may have removed hello:
     # then it must be deployable again).
-    alive = call(app, "GET", "/function/hello")
+    alive = call(app, "GET", "/function/hello", headers=KEY)
     if alive.status == 404 and method == "DELETE":
         assert call(apps["plain"], "POST", "/deploy", b"print(1)", query="name=hello&lang=py").status == 201
-        alive = call(app, "GET", "/function/hello")
+        alive = call(app, "GET", "/function/hello", headers=KEY)
     assert alive.status == 200 and alive.json["name"] == "hello"

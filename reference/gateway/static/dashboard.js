@@ -18,12 +18,17 @@ class ApiError extends Error {
 }
 
 // The answer's JSON; a failure (ok: false, or not JSON) throws ApiError carrying the API's sentence.
-async function api(method, path, body, headers = {}) {
+// With the key typed in the form: a gateway with an API key asks it to deploy and to read code,
+// and to invoke when it has no invoke key of its own.
+function withKey(headers = {}) {
   const key = $("api-key").value.trim();
-  if (key) headers = {...headers, Authorization: "Bearer " + key};  // deploy (and maybe invoke) need it
+  return key ? {...headers, Authorization: "Bearer " + key} : headers;
+}
+
+async function api(method, path, body, headers = {}) {
   let res;
   try {
-    res = await fetch(path, {method, body, headers});
+    res = await fetch(path, {method, body, headers: withKey(headers)});
   } catch (err) {
     throw new ApiError(0, {error: "the gateway does not answer (" + err.message + ")"});
   }
@@ -37,7 +42,7 @@ async function api(method, path, body, headers = {}) {
 // An endpoint the gateway may not have (older gateways): null instead of an error when absent.
 async function optional(path) {
   try {
-    const res = await fetch(path);
+    const res = await fetch(path, {headers: withKey()});
     return res.ok ? res : null;
   } catch (_) {
     return null;

@@ -1,0 +1,133 @@
+"""Deploying: POST /deploy, PUT and DELETE /function/NAME, and compiling C, Rust and Go to
+WebAssembly on the way. `Deployer` is the core (check, compile, store, count in the metrics);
+`DeployRoutes` only reads the request, calls it and shapes the answer."""
+
+from bottle import request, response
+
+from reference.functions import languages
+from reference.functions.storage import check_name
+from reference.gateway import parse
+from reference.gateway.catalog import public
+from reference.wire.errors import BadRequest, FaasError, NotFound, PayloadTooLarge
+
+LIMIT_FIELDS = ("timeout_ms", "memory_mb")
+
+
+class Deployer:
+    """Checks, compiles and stores functions in `storage`, counting every deploy and update in
+    `metrics`. compile_to_wasm / precompile default to reference.functions.toolchains and
+    reference.worker.wasm.engine, imported on first use so the gateway starts without them."""
+
+    def __init__(self, storage, limits, metrics, records, compile_to_wasm=None, precompile=None):
+        self.storage, self.limits, self.metrics, self.records = storage, limits, metrics, records
+        self.compile_to_wasm, self.precompile = compile_to_wasm, precompile
+
+    def deploy(self, name, lang, code, asked):
+        """A new function `name`; `asked` holds the per-function limits asked for (or None)."""
+        name = check_name(name)
+        if not lang:
+            raise BadRequest("say the function's language: lang=c, rust, go, js, python, php or html")
+        return self._store(name, languages.resolve(lang), code, asked, "deploy")
+
+    def update(self, name, lang, code, asked):
+        """A new version of function `name` (its name, not an id); lang and limits default to
+        the current version's."""
+        current = self.storage.get(check_name(name))
+        if current is None or current["name"] != name:
+            raise NotFound("function not found", fn=name)
+        return self._store(name, languages.resolve(lang or current["lang"]), code, asked, "update", current)
+
+    def delete(self, name):
+        """Remove the function and every version's files; its name is free again. The removed ids."""
+        removed = self.storage.delete(check_name(name))
+        self.records.forget(name)
+        return removed
+
+    def _store(self, name, lang, code, asked, op, current=None):
+        if not code:
+            raise BadRequest("the function's code is empty")
+        if len(code) > self.limits.code_bytes:
+            raise PayloadTooLarge("code too large: %d bytes, the limit is %d bytes"
+                                  % (len(code), self.limits.code_bytes), limit=self.limits.code_bytes)
+        meta = self._limits(asked, current or {})
+        if op == "deploy":
+            # Answered before compiling: a conflict should not cost a compilation.
+            self.storage.check_available(name)
+        try:
+            files = {"code.%s" % lang.ext: code}
+            if lang.compiled:
+                wasm_files, extra = self._compile(lang, code)
+                files.update(wasm_files)
+                meta.update(extra)
+            if op == "deploy":
+                stored = self.storage.deploy(name, lang.name, files, meta)
+            else:
+                stored = self.storage.replace(name, lang.name, files, meta)
+        except FaasError as exc:
+            self.metrics.deployed(lang.name, op, exc.kind)
+            raise
+        self.metrics.deployed(lang.name, op, "ok", meta.get("compile_ms"))
+        return stored
+
+    def _limits(self, asked, base):
+        """timeout_ms and memory_mb: as asked (within the operator's ceilings), else the current
+        version's, else the contract's defaults."""
+        limits = self.limits
+        return {
+            "timeout_ms": parse.limit(asked.get("timeout_ms"), "timeout_ms", limits.max_timeout_ms)
+            or base.get("timeout_ms") or limits.timeout_ms,
+            "memory_mb": parse.limit(asked.get("memory_mb"), "memory_mb", limits.max_memory_mb)
+            or base.get("memory_mb") or limits.memory_mb,
+        }
+
+    def _compile(self, lang, source):
+        """code.wasm and code.cwasm for a compiled language, and what to add to the metadata."""
+        compiler, precompiler = self.compile_to_wasm, self.precompile
+        if compiler is None:
+            from reference.functions import toolchains
+            compiler = toolchains.compile_to_wasm
+        if precompiler is None:
+            from reference.worker.wasm import engine as wasm
+            precompiler = wasm.precompile
+        compiled = compiler(lang.name, source)
+        files = {"code.wasm": compiled.wasm, "code.cwasm": precompiler(compiled.wasm)}
+        extra = {"compile_ms": round(compiled.compile_ms, 1), "toolchain": compiled.toolchain,
+                 "wasm_size": len(compiled.wasm)}
+        return files, extra
+
+
+class DeployRoutes:
+    """The routes that change what is deployed. Each one: parse, call the Deployer, answer."""
+
+    def __init__(self, deployer):
+        self.deployer = deployer
+        self.limits = deployer.limits
+
+    def deploy(self):
+        """Source as the body with ?name=N&lang=L, or a JSON object {name, lang, code, ...}."""
+        if "name" in request.query:
+            form = {key: parse.query(key) for key in ("name", "lang") + LIMIT_FIELDS}
+            form["code"] = parse.body(self.limits.code_bytes, "code")
+        else:
+            # JSON escapes make the body longer than the code; the code's own size is checked later.
+            form = parse.code_form(parse.body(self.limits.payload_bytes, "deploy body"), need_name=True)
+        stored = self.deployer.deploy(form["name"], form["lang"], form["code"], form)
+        response.status = 201
+        return dict(public(stored), ok=True)
+
+    def update(self, name):
+        """A new version: the source as the body (?lang= optional, default the current one),
+        or JSON {"code", "lang", "timeout_ms", "memory_mb"}; limits default to the current ones."""
+        check_name(name)
+        if parse.is_json():
+            form = parse.code_form(parse.body(self.limits.payload_bytes, "update body"), need_name=False)
+        else:
+            form = {key: parse.query(key) for key in ("lang",) + LIMIT_FIELDS}
+            form["code"] = parse.body(self.limits.code_bytes, "code")
+        stored = self.deployer.update(name, form.get("lang"), form["code"], form)
+        return dict(public(stored), ok=True)
+
+    def delete(self, name):
+        """Remove the function and every version's files; its name is free again."""
+        removed = self.deployer.delete(name)
+        return {"ok": True, "name": name, "deleted": removed}

@@ -1,0 +1,85 @@
+"""Invoking: POST /invoke (sync, async, with an Idempotency-Key), GET /call/ID and GET /run/NAME.
+The core is `Calls` (reference/gateway/calls.py); these routes read the request, call it and
+turn the finished call into the HTTP answer."""
+
+from bottle import request, response
+
+from reference.gateway import parse
+from reference.gateway.catalog import lookup
+from reference.wire.errors import BadRequest, NotFound, PayloadTooLarge
+
+MAX_KEY_CHARS = 255
+ASYNC_VALUES = ("1", "true", "yes")
+
+
+def answer(call, replayed=False):
+    """A finished call as the HTTP answer: its status, its body, timing headers."""
+    response.status = call.status
+    body = call.body
+    if "worker" in body:
+        response.set_header("X-Worker", str(body["worker"]))
+        response.set_header("X-Queue-Ms", "%.3f" % body["queue_ms"])
+        response.set_header("X-Exec-Ms", "%.3f" % body["exec_ms"])
+    if "retry_after" in body:  # overloaded: tell clients when to come back
+        response.set_header("Retry-After", str(body["retry_after"]))
+    if call.kept:
+        body = dict(body, call_id=call.call_id)
+    if replayed:
+        response.set_header("Idempotent-Replayed", "true")
+    return body
+
+
+class InvokeRoutes:
+    def __init__(self, storage, calls, limits):
+        self.storage, self.calls, self.limits = storage, calls, limits
+
+    def invoke(self):
+        """Run a function (?fn=ID, or its name) on the body; its output, or why it failed.
+        With ?async=1, 202 and a call id at once."""
+        fn = parse.query("fn")
+        if not fn:
+            raise BadRequest("say which function to run: POST /invoke?fn=ID")
+        meta = lookup(self.storage, fn)
+        payload = parse.decode_input(parse.body(self.limits.payload_bytes, "payload"))
+        key = idempotency_key()
+        if parse.query("async") in ASYNC_VALUES:
+            call, replayed = self.calls.submit(meta, payload, key)
+            response.status = 202
+            if replayed:
+                response.set_header("Idempotent-Replayed", "true")
+            return {"ok": True, "call_id": call.call_id, "state": call.state,
+                    "status_url": "/call/%s" % call.call_id}
+        return answer(*self.calls.invoke(meta, payload, key))
+
+    def call_state(self, call_id):
+        """An async (or keyed) call: its state and, once done, its answer with its status."""
+        view = self.calls.fetch(call_id)
+        if view is None:
+            raise NotFound("call not found: calls are kept for %d s, the last %d"
+                           % (self.calls.keep_for_s, self.calls.keep), call_id=call_id)
+        return view
+
+    def run(self, name):
+        """For a browser: an HTML function's page as text/html; any other function is invoked
+        with ?input=TEXT (as its raw stdin) and its output answered as text/plain. Failures
+        stay JSON, like everywhere else. (The app sandboxes every /run answer with its CSP.)"""
+        meta = lookup(self.storage, name)
+        if meta["lang"] == "html":
+            response.content_type = "text/html; charset=utf-8"
+            return self.storage.code(meta)
+        payload = (parse.query("input") or "").encode("utf-8")
+        if len(payload) > self.limits.payload_bytes:
+            raise PayloadTooLarge("input too large: the limit is %d bytes" % self.limits.payload_bytes)
+        call, _ = self.calls.invoke(meta, payload)
+        if call.status != 200:
+            return answer(call)
+        response.content_type = "text/plain; charset=utf-8"
+        return call.body["output"]
+
+
+def idempotency_key():
+    """The request's Idempotency-Key header, or None."""
+    key = request.get_header("Idempotency-Key") or None
+    if key is not None and len(key) > MAX_KEY_CHARS:
+        raise BadRequest("Idempotency-Key is too long: at most %d characters" % MAX_KEY_CHARS)
+    return key
