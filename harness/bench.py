@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from harness import simulate
 from harness.analysis import results
 from harness.render.redraw import redraw
 from harness.run import runner, scenario
@@ -66,8 +67,9 @@ def run_scenario(sc, progress=None, strategies=None):
     outcomes = {}
     for i, key, strategy, spec in order:
         outcomes.setdefault(key, []).append(runner.run_strategy(sc, strategy, progress, spec=spec, repeats=[i]))
-    for key, _, _ in runs:
-        outcome = runner.merge(outcomes[key])
+    for key, strategy, spec in runs:
+        # Phases with `model = true` get the model's prediction beside each measured run.
+        outcome = simulate.predict(sc, spec, strategy, runner.merge(outcomes[key]))
         result["strategies"][key] = outcome
         if not outcome["ok"]:
             result["ok"] = False

@@ -21,7 +21,7 @@ import random
 import sys
 import time
 
-from harness.analysis import invocations, model, results, stats
+from harness.analysis import invocations, model, results, stats, sweep
 from harness.load import injector, traces
 from harness.render.redraw import redraw
 from harness.run import runner, scenario
@@ -29,7 +29,7 @@ from harness.run import runner, scenario
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = os.path.join("results", "simulated")
-SIMULATED_KINDS = ("closed", "open", "trace")
+SIMULATED_KINDS = ("closed", "open", "trace", "sweep")
 
 
 class NoServiceTime(Exception):
@@ -113,14 +113,19 @@ def phase_jobs(phase, sc, run_index, service):
     return jobs
 
 
+def _samples(calls, shift=0.0):
+    """The model's Calls as the injector's Samples (times moved by `shift` s)."""
+    return [injector.Sample(fn=c.job.fn, intended=c.job.at + shift, sent=c.start + shift, done=c.end + shift,
+                            status=200 if c.ok else 429, ok=c.ok, kind=c.kind, worker=c.worker,
+                            cold=c.cold if c.ok else None, exec_ms=c.job.service * 1000.0)
+            for c in calls]
+
+
 def run_figures(calls, count="all", started=0.0):
     """The figures of one simulated run, in the format of a measured one (injector.summarize),
     with its slowdown and cold-start figures."""
-    samples, records = [], []
+    samples, records = _samples(calls), []
     for c in calls:
-        samples.append(injector.Sample(fn=c.job.fn, intended=c.job.at, sent=c.start, done=c.end,
-                                       status=200 if c.ok else 429, ok=c.ok, kind=c.kind,
-                                       worker=c.worker, cold=c.cold if c.ok else None))
         records.append({"fn": c.job.fn, "t": c.end - started, "ok": c.ok, "cold": c.cold if c.ok else None,
                         "latency_ms": (c.end - c.job.at) * 1000.0, "exec_ms": c.job.service * 1000.0,
                         "queue_ms": (c.start - c.job.at) * 1000.0, "trace_fn": c.job.tag if isinstance(c.job.tag, str) else None})
@@ -129,23 +134,41 @@ def run_figures(calls, count="all", started=0.0):
     records = [r for r in records if id(r) in keep]
     ended = max([c.end for c in calls] + [started])
     figures = injector.summarize(samples, started, ended)
-    merge_invocation_figures(figures, invocations.figures(records, ended - started))
+    invocations.merge_into(figures, invocations.figures(records, ended - started))
     figures["late"] = 0
     figures["offered_rps"] = len(calls) / max(ended - started, 1e-9)
     figures["simulated"] = True
     return figures
 
 
-def merge_invocation_figures(figures, extra):
-    """Slowdown and cold-start figures into a run's figures; per function, beside the latency."""
-    for fn, mine in extra.pop("per_function").items():
-        figures["per_function"].setdefault(fn, {}).update(mine)
-    figures.update(extra)
+def simulate_sweep(phase, sc, strategy, workers, run_index, service, weights=None):
+    """A sweep's steps through the model, each on a fresh model from idle (as each measured step
+    is drained before the next), with the step and capacity rules of harness/analysis/sweep.py."""
+    names = {n: n for n in phase.mix}
+    all_calls, steps, t0 = [], [], 0.0
+    for i, rate in enumerate(phase.rates):
+        rng = _rng(phase, run_index, "service/%d" % i)
+        jobs = [model.Job(t0 + offset, name, service.draw(name, rng))
+                for offset, name, _, _ in runner.sweep_items(phase, sc, names, run_index, i, rate)]
+        calls = model.Model(workers, strategy, weights=weights, init_s=service.init_s()).run(jobs)
+        step = sweep.step_figures(_samples(calls), t0, phase.warmup, t0 + phase.step_duration, rate, phase.slo_p99_ms)
+        step["t"] = t0
+        steps.append(step)
+        all_calls += calls
+        t0 = max([t0 + phase.step_duration] + [c.end for c in calls])
+        if step["saturated"] and phase.stop_when_saturated:
+            break
+    figures = run_figures(all_calls, phase.count)
+    cap = sweep.capacity(steps, phase.slo_p99_ms)
+    figures.update(steps=steps, slo_p99_ms=phase.slo_p99_ms, capacity_rps=cap["capacity_rps"],
+                   capacity_bound=cap["bound"], saturated=any(s["saturated"] for s in steps))
     return figures
 
 
 def simulate_phase(phase, sc, strategy, workers, run_index, service, weights=None):
     """One run of one phase through the model; raises NoServiceTime."""
+    if phase.kind == "sweep":
+        return simulate_sweep(phase, sc, strategy, workers, run_index, service, weights)
     m = model.Model(workers, strategy, weights=weights, init_s=service.init_s())
     if phase.kind == "closed":
         rng = _rng(phase, run_index, "service")
@@ -220,10 +243,10 @@ def predict(sc, spec, strategy, outcome):
         entry = outcome["phases"].get(phase.name)
         if not phase.model or not entry or not entry.get("runs") or phase.kind not in SIMULATED_KINDS:
             continue
-        for run_index, run in enumerate(entry["runs"]):
+        for i, run in enumerate(entry["runs"]):
             service = ServiceTimes.from_runs(sc.functions, [run], outcome.get("cold"))
             try:
-                run["predicted"] = _headline(simulate_phase(phase, sc, strategy, spec.workers, run_index,
+                run["predicted"] = _headline(simulate_phase(phase, sc, strategy, spec.workers, run.get("repeat", i),
                                                             service, spec.weights))
             except NoServiceTime as e:
                 run["predicted"] = {"error": str(e)}
@@ -234,15 +257,24 @@ def predict(sc, spec, strategy, outcome):
                 "latency_ms": {k: stats.spread([p["latency_ms"][k] for p in predicted]) for k in ("p50", "p99")},
                 "slowdown": {k: stats.spread([p["slowdown"][k] for p in predicted]) for k in ("p50", "p99", "mean")},
             }
+            if phase.kind == "sweep":
+                entry["aggregate"]["predicted"]["capacity_rps"] = stats.spread(
+                    [p.get("capacity_rps") for p in predicted])
     return outcome
 
 
 def _headline(figures):
     """The predicted figures kept beside a measured run (not the whole simulated run)."""
-    return {"throughput_rps": figures["throughput_rps"], "latency_ms": figures["latency_ms"],
-            "slowdown": figures["slowdown"], "cold_rate": figures["cold"]["rate"],
-            "per_function": {fn: {"p99": f["latency_ms"]["p99"], "slowdown_p99": f.get("slowdown", {}).get("p99")}
-                             for fn, f in figures["per_function"].items()}}
+    out = {"throughput_rps": figures["throughput_rps"], "latency_ms": figures["latency_ms"],
+           "slowdown": figures["slowdown"], "cold_rate": figures["cold"]["rate"],
+           "per_function": {fn: {"p99": f["latency_ms"]["p99"], "slowdown_p99": f.get("slowdown", {}).get("p99")}
+                            for fn, f in figures["per_function"].items()}}
+    if "steps" in figures:
+        out["capacity_rps"], out["capacity_bound"] = figures["capacity_rps"], figures["capacity_bound"]
+        out["steps"] = [{"offered_rps": s["offered_rps"], "achieved_rps": s["achieved_rps"],
+                         "p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"], "saturated": s["saturated"]}
+                        for s in figures["steps"]]
+    return out
 
 
 # -- minifaas simulate ---------------------------------------------------------------------------

@@ -112,3 +112,12 @@ def _cold(calls, duration_s):
             "queue_ms": summary(c.get("queue_ms") for c in known),
             "exec_ms": {"cold": summary(c.get("exec_ms") for c in cold), "warm": summary(c.get("exec_ms") for c in warm)},
             "timeline": timeline}
+
+
+def merge_into(figures, extra):
+    """`figures(...)` into a run's figures (injector.summarize's): per function beside the
+    latency, the rest at the top."""
+    for fn, mine in extra.pop("per_function").items():
+        figures["per_function"].setdefault(fn, {}).update(mine)
+    figures.update(extra)
+    return figures

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 
-from harness.analysis import stats, sweep
+from harness.analysis import invocations, stats, sweep
 from harness.load import injector, pool, traces
 from harness.run import host
 from harness.run.stack import Stack, StackError
@@ -114,16 +114,21 @@ def open_items(phase, scenario, ids, run_index):
     return items
 
 
-def trace_items(phase, scenario, ids):
-    invocations = traces.read(phase.file, phase.format)
+def trace_items(phase, scenario, ids, tags=None):
+    """The trace's calls as (offset, name, id, payload) items; `tags`, a list, gets the trace
+    function each stands for (its short name), item by item."""
+    chosen = traces.phase_invocations(phase)
+    chosen = chosen[:phase.limit] if phase.limit else chosen
     items = []
-    for offset, name, duration in traces.schedule(invocations, phase.functions, phase.speedup, phase.limit):
+    for inv, (offset, name, duration) in zip(chosen, traces.schedule(chosen, phase.functions, phase.speedup)):
         if phase.input_from_duration:
             # The trace's run time, compressed like its clock, becomes e.g. spin.c's milliseconds.
-            value = str(round(min(duration * 1000.0 / phase.speedup, phase.max_input_ms)))
+            value = str(traces.duration_input_ms(duration, phase.speedup, phase.max_input_ms))
         else:
             value = phase.input_for(scenario.function(name))
         items.append((offset, name, ids[name], injector.payload_for(value)))
+        if tags is not None:
+            tags.append(traces.short_name(inv.func))
     return items
 
 
@@ -171,6 +176,7 @@ def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
     watcher = pool.PoolWatcher(url, server_sock)
     machine = host.before_run()
     cpu = injector.CpuMeter()
+    items, tags = None, []
     if phase.kind == "closed":
         value = phase.input_for(scenario.function(phase.function))
         progress.start(label, phase.threads * phase.requests)
@@ -178,6 +184,7 @@ def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
             samples, started, ended = injector.run_closed(
                 url, ids[phase.function], phase.threads, phase.requests, injector.payload_for(value),
                 name=phase.function, progress=progress.advance)
+        samples = invocations.select(samples, phase.count)
         figures = injector.summarize(samples, started, ended)
     elif phase.kind == "sweep":
         with watcher, cpu:
@@ -191,12 +198,13 @@ def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
         figures["saturated"] = any(s["saturated"] for s in steps)
     else:
         items = (open_items(phase, scenario, ids, run_index) if phase.kind == "open"
-                 else trace_items(phase, scenario, ids))
+                 else trace_items(phase, scenario, ids, tags))
         progress.start(label, len(items))
         with watcher, cpu:
             samples, started, ended, late = injector.run_schedule(url, items, phase.senders,
                                                                   progress=progress.advance)
-        figures = injector.summarize(samples, started, ended)
+        counted = invocations.select(samples, phase.count)
+        figures = injector.summarize(counted, started, ended)
         figures["late"] = late
         figures["offered_rps"] = len(items) / max(ended - started, 1e-9)
         # Over the arrivals' own span: did the platform keep up with what was offered? Only
@@ -207,6 +215,9 @@ def run_phase(url, phase, scenario, ids, run_index, progress, server_sock=None):
             figures["saturated"] = kept["achieved_rps"] < sweep.ACHIEVED_SHARE * kept["arrival_rps"]
         else:
             figures["saturated"] = False
+    # Slowdown (latency / the call's own exec_ms) and cold starts, per function and trace function.
+    calls = invocations.records(invocations.select(samples, phase.count), started, items, tags)
+    invocations.merge_into(figures, invocations.figures(calls, ended - started))
     # On the phase's own clock, like `timeline`, so the two line up in the plots; the samples
     # taken just before the first request and just after the last stand for the ends.
     shift, length = watcher.started - started, ended - started

@@ -323,3 +323,25 @@ def test_records_give_each_measured_call_its_trace_function_and_split():
     assert fig["per_function"]["a"]["exec_quantiles_ms"][0] == 50.0
     assert "exec_quantiles_ms" not in fig["per_function"]["b"]       # its one call was cold
     assert [s.fn for s in invocations.select(samples, "cold")] == ["b"]
+
+
+def test_a_sweep_is_simulated_step_by_step_and_finds_the_capacity_theory_gives(tmp_path):
+    from harness import simulate
+    # 2 workers of 20 ms each serve at most 100 calls/s: the SLO is met below, missed above.
+    sweep = {"name": "cap", "kind": "sweep", "mix": {"short": 1.0}, "rates": [20, 40, 60, 80, 95, 120, 160],
+             "step_duration": 20.0, "warmup": 2.0, "slo_p99_ms": 100.0}
+    sc = tiny_scenario(tmp_path, [sweep], service_ms=(20.0, None))
+    result = simulate.simulate_scenario(sc, strategies=["FIFO"])
+    run = result["strategies"]["FIFO"]["phases"]["cap"]["runs"][0]
+    assert [s["offered_rps"] for s in run["steps"]][:3] == [20.0, 40.0, 60.0]
+    assert run["steps"][-1]["saturated"] and not run["steps"][0]["saturated"]
+    assert 50.0 < run["capacity_rps"] < 100.0 and run["capacity_bound"] == "interpolated"
+    # predict: the capacity beside a measured sweep run.
+    outcome = {"cold": {}, "phases": {"cap": {"runs": [{"repeat": 0, "per_function": {
+        "short": {"exec_quantiles_ms": [20.0] * 5}}}], "aggregate": {}}}}
+    sc.phases[0].model = True
+    simulate.predict(sc, sc.stacks[0], "FIFO", outcome)
+    predicted = outcome["phases"]["cap"]["runs"][0]["predicted"]
+    assert predicted["capacity_rps"] == pytest.approx(run["capacity_rps"])
+    assert [s["offered_rps"] for s in predicted["steps"]] == [s["offered_rps"] for s in run["steps"]]
+    assert outcome["phases"]["cap"]["aggregate"]["predicted"]["capacity_rps"]["mean"] == predicted["capacity_rps"]
