@@ -5,13 +5,13 @@ import argparse
 import os
 
 from harness.analysis import results
-from harness.render import plots, report
+from harness.render import calls, plots, report
 from harness.render.html_report import write_html_report
 
 
 def redraw(result, directory):
     """report.md, the plots and report.html of one loaded result; the paths written."""
-    return [report.write(result, directory), *plots.draw_all(result, directory),
+    return [report.write(result, directory), *plots.draw_all(result, directory), *calls.draw(result, directory),
             write_html_report(result, directory)]
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 
 from harness.analysis import stats
+from harness.render import calls
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def render(result):
             md.get("host"), md.get("cores"), md.get("platform"), md.get("python"), md.get("wasmtime"),
             (md.get("git_commit") or "?")[:12], md.get("date")), ""]
     lines += _stacks(result)
+    lines += calls.simulated_note(result)
     if not result.get("ok", True):
         lines += ["## Failures", ""]
         lines += ["- %s" % e.replace("\n", " ")[:500] for e in result.get("errors", [])]
@@ -165,6 +167,7 @@ def render(result):
     lines += _who_wins(result)
     for phase in sc["phases"]:
         lines += ["## Phase `%s`" % phase, ""]
+        lines += calls.phase_lead(result, strategies, phase)
         lines += ["| strategy | kind | runs | requests | ok | errors | throughput (req/s) | p50 ms | p90 ms "
                   "| p99 ms | max ms | mean ms | late | workers mean (max) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -192,6 +195,7 @@ def render(result):
                 lines.append("- %s, %s vs %s: %s vs %s: %s" % (
                     c["metric"], c["a"], c["b"], fmt(c["mean_a"]), fmt(c["mean_b"]), verdict(c)))
             lines.append("")
+        lines += calls.cold_section(result, strategies, phase)
         lines += _per_worker(result, strategies, phase)
 
     lines += ["## First invocation after deploy (cold start)", "",

@@ -345,3 +345,25 @@ def test_a_sweep_is_simulated_step_by_step_and_finds_the_capacity_theory_gives(t
     assert predicted["capacity_rps"] == pytest.approx(run["capacity_rps"])
     assert [s["offered_rps"] for s in predicted["steps"]] == [s["offered_rps"] for s in run["steps"]]
     assert outcome["phases"]["cap"]["aggregate"]["predicted"]["capacity_rps"]["mean"] == predicted["capacity_rps"]
+
+
+def test_report_leads_with_slowdown_and_names_predictions_more_than_20_percent_off(tmp_path):
+    from harness import simulate
+    from harness.render import calls, report
+    sc = tiny_scenario(tmp_path, [dict(OPEN, model=True)])
+    result = simulate.simulate_scenario(sc)
+    text = report.render(result)
+    assert "**Simulated**" in text
+    assert text.index("Slowdown: latency") < text.index("| strategy | kind | runs")
+    assert "Cold starts" in text
+    # A measured run beside its prediction: p99 50 % over the model is named, p50 is not.
+    run = result["strategies"]["RR"]["phases"]["mix"]["runs"][0]
+    run["predicted"] = {"latency_ms": {"p50": run["latency_ms"]["p50"], "p99": run["latency_ms"]["p99"] / 1.5},
+                        "throughput_rps": run["throughput_rps"], "slowdown": dict(run["slowdown"])}
+    rows = {(s, label): gap for s, label, _, _, gap in calls.gaps(result, ["RR", "FIFO"], "mix")}
+    assert rows[("RR", "p50 latency (ms)")] == pytest.approx(0.0)
+    assert rows[("RR", "p99 latency (ms)")] == pytest.approx(-1 / 3)
+    assert ("FIFO", "p99 latency (ms)") not in rows
+    text = report.render(result)
+    assert "Differ from the model by more than 20 %: RR p99 latency (ms)" in text
+    assert calls.draw(result, str(tmp_path)) == [str(tmp_path / "cold_starts.png")]
