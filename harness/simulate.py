@@ -85,6 +85,16 @@ class ServiceTimes:
         raise NoServiceTime("no service time for %s: give it `service_ms` in the scenario, or "
                             "--measured RESULT.json from a bench run that measured it" % fn)
 
+    def measured_mean_ms(self, fn):
+        """The mean of fn's measured exec_ms (of the distribution `draw` draws from: linear
+        between the quantiles), None when it was not measured."""
+        q = self.quantiles.get(fn)
+        if not q:
+            return None
+        if len(q) == 1:
+            return q[0]
+        return (sum(q) - (q[0] + q[-1]) / 2.0) / (len(q) - 1)
+
     def init_s(self):
         return {fn: ms / 1000.0 for fn, ms in self.init_ms.items()}
 
@@ -103,14 +113,20 @@ def phase_jobs(phase, sc, run_index, service):
                 for offset, name, _, _ in runner.open_items(phase, sc, names, run_index)]
     invs = traces.phase_invocations(phase)
     chosen = invs[:phase.limit] if phase.limit else invs
-    jobs = []
-    for inv, (offset, name, duration) in zip(chosen, traces.schedule(chosen, phase.functions, phase.speedup)):
-        if phase.input_from_duration:
-            seconds = traces.duration_input_ms(duration, phase.speedup, phase.max_input_ms) / 1000.0
-        else:
-            seconds = service.draw(name, rng)
-        jobs.append(model.Job(offset, name, seconds, traces.short_name(inv.func)))
-    return jobs
+    plan = list(zip(chosen, traces.schedule(chosen, phase.functions, phase.speedup)))
+    if not phase.input_from_duration:
+        return [model.Job(offset, name, service.draw(name, rng), traces.short_name(inv.func))
+                for inv, (offset, name, _) in plan]
+    # Each call runs for the milliseconds it asks; when a run measured the function, stretched
+    # by measured mean / asked mean (spin.c on shared cores runs longer than it was asked to).
+    asked = [traces.duration_input_ms(duration, phase.speedup, phase.max_input_ms) for _, (_, _, duration) in plan]
+    stretch = {}
+    for name in {name for _, (_, name, _) in plan}:
+        mine = [ms for ms, (_, (_, n, _)) in zip(asked, plan) if n == name]
+        measured = service.measured_mean_ms(name)
+        stretch[name] = measured / (sum(mine) / len(mine)) if measured else 1.0
+    return [model.Job(offset, name, ms * stretch[name] / 1000.0, traces.short_name(inv.func))
+            for ms, (inv, (offset, name, _)) in zip(asked, plan)]
 
 
 def _samples(calls, shift=0.0):

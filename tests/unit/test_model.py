@@ -367,3 +367,18 @@ def test_report_leads_with_slowdown_and_names_predictions_more_than_20_percent_o
     text = report.render(result)
     assert "Differ from the model by more than 20 %: RR p99 latency (ms)" in text
     assert calls.draw(result, str(tmp_path)) == [str(tmp_path / "cold_starts.png")]
+
+
+def test_trace_calls_are_stretched_to_the_measured_mean_exec_of_their_function(tmp_path):
+    from harness import simulate
+    trace = tmp_path / "t.csv"
+    trace.write_text("app,func,end_timestamp,duration\n" + "".join(
+        "a,f%d,%f,%f\n" % (i % 2, 1.0 + i, 0.01 * (1 + i % 2)) for i in range(40)))
+    sc = tiny_scenario(tmp_path, [{"name": "tr", "kind": "trace", "file": str(trace), "functions": ["short"],
+                                   "input_from_duration": True}], service_ms=(None, None))
+    plain = simulate.phase_jobs(sc.phases[0], sc, 0, simulate.ServiceTimes(sc.functions))
+    assert sorted({round(j.service, 6) for j in plain}) == [0.01, 0.02]
+    measured = simulate.ServiceTimes(sc.functions, {"short": [30.0, 30.0]})   # asked 15 ms on average
+    stretched = simulate.phase_jobs(sc.phases[0], sc, 0, measured)
+    assert sorted({round(j.service, 6) for j in stretched}) == [0.02, 0.04]
+    assert [j.tag for j in stretched] == [j.tag for j in plain]
