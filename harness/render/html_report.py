@@ -1,175 +1,123 @@
-"""The HTML report of one result file: report.md's tables and every plot in one page, readable offline.
+"""The HTML report of one result file: report.md's every line and every plot, in one page that
+reads offline as a single file (the plots are inlined as data: URIs).
 
-Like report.py it reads only the result file; the plots are the PNG files beside it, referenced
-by relative paths, so the directory can be copied or opened from disk anywhere.
+The page is report.md turned into HTML (its headings, tables, lists, `code` and **bold**): it
+cannot fall behind report.md, whatever report.py adds. Like report.py it reads only the result.
 """
 
 import argparse
+import base64
 import html
 import os
 import re
 import sys
 
-from harness.analysis import results, stats
+from harness.analysis import results
 from harness.render import report
 
 HTML_FILE = "report.html"
-# The plots harness.render.plots draws, in reading order; any other PNG found beside them follows.
-PLOTS = (("throughput.png", "Throughput per strategy (mean over runs; bar = stdev)"),
-         ("latency_cdf.png", "Latency distribution (each line one run)"),
-         ("timeline.png", "Successful requests per second over time"),
-         ("workers.png", "Requests served per worker"))
+# Captions of the plots harness.render.plots draws, in reading order; any other PNG found
+# beside them follows under its file name.
+PLOTS = (("sweep_latency.png", "Sweeps: p99 (solid) and p50 (dotted) against the offered rate, SLO dashed"),
+         ("sweep_throughput.png", "Sweeps: achieved against offered rate (the diagonal is keeping up)"),
+         ("throughput.png", "Throughput per strategy (mean over runs; bar = stdev)"),
+         ("latency_ccdf.png", "Latency CCDF on log axes: the share of requests slower than x, one panel per strategy"),
+         ("timeline.png", "Successful requests per second over time, one panel per strategy"),
+         ("per_function_p99.png", "p99 latency per function with its 95% CI"),
+         ("workers.png", "Requests served per worker"),
+         ("workers_over_time.png", "The worker pool over time, phases end to end"))
 
 STYLE = """
 body { font: 15px/1.5 system-ui, "DejaVu Sans", sans-serif; color: #1d2330; max-width: 1200px;
   margin: 1.5rem auto; padding: 0 1.5rem; }
 h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #e2e5ea; }
-.meta, .note { color: #6b7280; }
+.note { color: #6b7280; }
 table { border-collapse: collapse; margin: .6rem 0 1rem; }
 th, td { padding: .25rem .6rem; border-bottom: 1px solid #e2e5ea; text-align: right; }
 th { font-size: .85rem; color: #6b7280; }
-th:first-child, td:first-child, .text { text-align: left; }
+th:first-child, td:first-child { text-align: left; }
 td { font-variant-numeric: tabular-nums; }
-.failures { color: #b91c1c; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; border: 1px solid #e2e5ea; }
 figcaption { color: #6b7280; }
 """
 
-PHASE_COLUMNS = ("strategy", "kind", "runs", "requests", "ok", "errors", "throughput (req/s)",
-                 "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "late")
+
+def inline(text):
+    """Markdown's inline marks that report.md uses: `code` and **bold**, on escaped text."""
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for part in parts:
+        if len(part) >= 2 and part.startswith("`") and part.endswith("`"):
+            out.append("<code>%s</code>" % html.escape(part[1:-1]))
+        else:
+            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part)))
+    return "".join(out)
 
 
-def _e(value):
-    return html.escape("" if value is None else str(value))
+def _cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _table(columns, rows, text_columns=()):
-    """An HTML table; `text_columns` (indexes) are left-aligned like the first one."""
-    cls = lambda i: ' class="text"' if i in text_columns else ""
-    header = "".join("<th%s>%s</th>" % (cls(i), _e(c)) for i, c in enumerate(columns))
-    out = ["<table>", "<thead><tr>%s</tr></thead>" % header, "<tbody>"]
-    for row in rows:
-        out.append("<tr>%s</tr>" % "".join("<td%s>%s</td>" % (cls(i), _e(v)) for i, v in enumerate(row)))
-    out += ["</tbody>", "</table>"]
+def markdown(text):
+    """report.md's Markdown as HTML lines: headings, pipe tables, "- " lists and paragraphs."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        heading = re.match(r"^(#{1,4}) (.*)$", line)
+        if heading:
+            level = len(heading.group(1))
+            out.append("<h%d>%s</h%d>" % (level, inline(heading.group(2)), level))
+            i += 1
+        elif line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[-| :]+\|$", lines[i + 1]):
+            out += ["<table>", "<thead><tr>%s</tr></thead>" % "".join("<th>%s</th>" % inline(c) for c in _cells(line)),
+                    "<tbody>"]
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                out.append("<tr>%s</tr>" % "".join("<td>%s</td>" % inline(c) for c in _cells(lines[i])))
+                i += 1
+            out += ["</tbody>", "</table>"]
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append("<li>%s</li>" % inline(lines[i][2:]))
+                i += 1
+            out.append("</ul>")
+        elif line.strip():
+            para = []
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- )", lines[i]):
+                para.append(lines[i])
+                i += 1
+            out.append("<p>%s</p>" % inline(" ".join(para)))
+        else:
+            i += 1
     return out
 
 
-def _phase_rows(result, strategies, phase):
-    rows = []
-    for s in strategies:
-        entry = result["strategies"][s]["phases"].get(phase)
-        if not entry or not entry.get("runs"):
-            reason = (entry or {}).get("skipped") or "not run"
-            rows.append((s, "", 0, "", "", "", reason, "", "", "", "", "", ""))
-            continue
-        agg = entry["aggregate"]
-        lat = agg["latency_ms"]
-        errors = ", ".join("%s %d" % kv for kv in sorted(agg["errors"].items())) or "0"
-        late = sum(r.get("late", 0) for r in entry["runs"]) if entry["kind"] != "closed" else "-"
-        rows.append((s, entry["kind"], agg["runs"], agg["requests"], agg["ok"], errors,
-                     report.fmt_spread(agg["throughput_rps"]), report.fmt_spread(lat["p50"]),
-                     report.fmt_spread(lat["p90"]), report.fmt_spread(lat["p99"]),
-                     report.fmt_spread(lat["max"]), report.fmt_spread(lat["mean"]), late))
-    return rows
-
-
-def _per_function(result, strategies, phase):
-    """Latency per function, only for phases mixing several (as in report.md)."""
-    runs_of = lambda s: result["strategies"][s]["phases"].get(phase, {}).get("runs", [])
-    names = sorted({fn for s in strategies for r in runs_of(s) for fn in r.get("per_function", {})})
-    if len(names) < 2:
-        return []
-    rows = []
-    for fn in names:
-        for s in strategies:
-            runs = [r["per_function"][fn] for r in runs_of(s) if fn in r.get("per_function", {})]
-            if runs:
-                mean = lambda k: report.fmt_spread(stats.spread([r["latency_ms"][k] for r in runs]))
-                rows.append((fn, s, sum(r["requests"] for r in runs), sum(r["ok"] for r in runs),
-                             mean("p50"), mean("p99"), mean("max")))
-    return (["<h3>Per function (mean over runs)</h3>"]
-            + _table(("function", "strategy", "requests", "ok", "p50 ms", "p99 ms", "max ms"), rows, (1,)))
-
-
-def _comparisons(result, phase):
-    found = [c for c in report.compare(result) if c["phase"] == phase]
-    if not found:
-        return []
-    out = ["<p>Comparison over repeats (Welch's t-test, 5% level):</p>", "<ul>"]
-    for c in found:
-        # report.verdict speaks Markdown (**word**); the page gets the same words in <strong>.
-        verdict = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", _e(report.verdict(c)))
-        out.append("<li>%s, %s vs %s: %s vs %s: %s</li>" % (
-            _e(c["metric"]), _e(c["a"]), _e(c["b"]), _e(report.fmt(c["mean_a"])), _e(report.fmt(c["mean_b"])), verdict))
-    return out + ["</ul>"]
-
-
-def _per_worker(result, strategies, phase):
-    columns, rows = ["worker"], {}
-    for s in strategies:
-        columns.append(s)
-        for r in result["strategies"][s]["phases"].get(phase, {}).get("runs", []):
-            for w, n in r.get("workers", {}).items():
-                rows.setdefault(w, {}).setdefault(s, 0)
-                rows[w][s] += n
-    if not rows:
-        return []
-    ids = sorted(rows, key=lambda w: (0, int(w), w) if w.lstrip("-").isdigit() else (1, 0, w))
-    table = [[w] + [rows[w].get(s, 0) for s in strategies] for w in ids]
-    return ["<h3>Requests per worker (all runs)</h3>"] + _table(columns, table)
-
-
 def _plots(directory):
-    """Figures for the known plots, then any other PNG in `directory`; a missing plot is said."""
+    """Every plot beside the page, inlined; a known plot that was not drawn is said."""
     out = ["<h2>Plots</h2>"]
-    known = {name for name, _ in PLOTS}
+    known = [name for name, _ in PLOTS]
     others = sorted(f for f in os.listdir(directory) if f.endswith(".png") and f not in known)
     for name, caption in list(PLOTS) + [(f, f) for f in others]:
-        if os.path.exists(os.path.join(directory, name)):
-            out.append('<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
-                       % (_e(name), _e(caption), _e(caption)))
-        else:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            out.append('<figure id="%s"><img src="data:image/png;base64,%s" alt="%s"><figcaption>%s '
+                       '(<code>%s</code>)</figcaption></figure>' % (html.escape(name), data, html.escape(caption),
+                                                                    html.escape(caption), html.escape(name)))
+        elif name in ("throughput.png", "latency_ccdf.png", "timeline.png", "workers.png"):
             out.append('<p class="note">%s: not drawn (<code>python -m harness.render result.json</code> '
-                       "draws the plots).</p>" % _e(name))
+                       "draws the plots).</p>" % html.escape(name))
     return out
 
 
 def render(result, directory):
-    """The page as a string; `directory` is where the plots are (and the page will be)."""
-    sc, md = result["scenario"], result["metadata"]
-    strategies = [s for s in sc["strategies"] if s in result["strategies"]]
+    """The page as a string; `directory` is where the plots are (their bytes go into the page)."""
+    name = result["scenario"]["name"]
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>Scenario %s</title><style>%s</style></head><body>" % (_e(sc["name"]), STYLE),
-           "<h1>Scenario <code>%s</code></h1>" % _e(sc["name"])]
-    if sc.get("description"):
-        out.append("<p>%s</p>" % _e(sc["description"]))
-    out.append('<p class="meta">Workers: %s; strategies: %s; repeat: %s; file: <code>%s</code>.<br>'
-               "Run on %s (%s cores, %s), Python %s, wasmtime %s, commit %s, %s.</p>" % tuple(map(_e, (
-                   sc["workers"], ", ".join(sc["strategies"]), sc["repeat"], sc.get("file", "?"),
-                   md.get("host"), md.get("cores"), md.get("platform"), md.get("python"), md.get("wasmtime"),
-                   (md.get("git_commit") or "?")[:12], md.get("date")))))
-    if not result.get("ok", True):
-        out += ['<h2>Failures</h2>', '<ul class="failures">']
-        out += ["<li>%s</li>" % _e(e[:500]) for e in result.get("errors", [])]
-        out.append("</ul>")
-
-    for phase in sc["phases"]:
-        out.append('<h2 id="phase-%s">Phase <code>%s</code></h2>' % (_e(phase), _e(phase)))
-        out += _table(PHASE_COLUMNS, _phase_rows(result, strategies, phase), (1, 5))
-        out += _per_function(result, strategies, phase)
-        out += _comparisons(result, phase)
-        out += _per_worker(result, strategies, phase)
-
-    cold = [(fn, s, report.fmt(c.get("latency_ms")), c.get("cold", "?"), report.fmt(c.get("init_ms")),
-             "yes" if c.get("ok") else "no: %s" % c.get("kind"))
-            for s in strategies for fn, c in sorted(result["strategies"][s].get("cold", {}).items())]
-    out += ["<h2>First invocation after deploy (cold start)</h2>"]
-    out += _table(("function", "strategy", "latency ms", "cold", "init ms", "ok"), cold, (1, 3, 5))
-    deploys = [(fn, s, d.get("lang"), "yes" if d.get("ok") else "no", report.fmt(d.get("deploy_ms")),
-                (d.get("error") or "")[:200])
-               for s in strategies for fn, d in sorted(result["strategies"][s].get("deploy", {}).items())]
-    out += ["<h2>Deploys</h2>"]
-    out += _table(("function", "strategy", "lang", "ok", "deploy ms", "error"), deploys, (1, 2, 3, 5))
+           "<title>Scenario %s</title><style>%s</style></head><body>" % (html.escape(name), STYLE)]
+    out += markdown(report.render(result))
     out += _plots(directory)
     out.append("</body></html>\n")
     return "\n".join(out)
