@@ -177,6 +177,21 @@ def _errorbar(spread):
     return mean, [max(0.0, mean - max(ci[0], 0.0)), max(0.0, ci[1] - mean)]
 
 
+def _predicted_steps(result, strategy, phase):
+    """The model's steps (`model = true`), averaged over the runs: [(offered, p99, p50, achieved)]."""
+    by_rate = {}
+    for r in _runs(result, strategy, phase):
+        for st in (r.get("predicted") or {}).get("steps", []):
+            by_rate.setdefault(st["offered_rps"], []).append(st)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
+    out = []
+    for rate, found in sorted(by_rate.items()):
+        p99 = mean([st["p99"] for st in found if st["p99"] is not None])
+        p50 = mean([st["p50"] for st in found if st["p50"] is not None])
+        out.append((rate, p99, p50, mean([st["achieved_rps"] for st in found])))
+    return out
+
+
 def sweep_latency(result, directory):
     phases = _sweep_phases(result)
     fig, panels = _figure(result, "p99 (bar: 95% CI) and p50 (dotted)", phases)
@@ -196,6 +211,10 @@ def sweep_latency(result, directory):
                         label="%s p99" % s)
             ax.plot([x for x, _, _ in points], [p for _, _, p in points], color=color, linestyle=":",
                     marker=".", label="%s p50" % s)
+            model = [(x, p99) for x, p99, _, _ in _predicted_steps(result, s, phase) if p99]
+            if model:
+                ax.plot([x for x, _ in model], [y for _, y in model], color=color, linestyle="--",
+                        marker="x", alpha=0.8, label="%s p99, model" % s)
         if slo:
             ax.axhline(slo, color="0.3", linestyle="--", linewidth=1, label="SLO p99 %g ms" % slo)
         ax.set_yscale("log")
@@ -221,6 +240,10 @@ def sweep_throughput(result, directory):
             bars = [_errorbar(st["achieved_rps"]) for st in steps]
             ax.errorbar(xs, [m for m, _ in bars], yerr=list(zip(*[e for _, e in bars])), color=_color(result, s),
                         marker="o", capsize=3, label=s)
+            model = [(x, a) for x, _, _, a in _predicted_steps(result, s, phase) if a is not None]
+            if model:
+                ax.plot([x for x, _ in model], [y for _, y in model], color=_color(result, s), linestyle="--",
+                        marker="x", alpha=0.8, label="%s, model" % s)
             top = max(top, max(xs))
         ax.plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=1, label="achieved = offered")
         ax.set_xlabel("offered rate (req/s)")

@@ -382,3 +382,20 @@ def test_trace_calls_are_stretched_to_the_measured_mean_exec_of_their_function(t
     stretched = simulate.phase_jobs(sc.phases[0], sc, 0, measured)
     assert sorted({round(j.service, 6) for j in stretched}) == [0.02, 0.04]
     assert [j.tag for j in stretched] == [j.tag for j in plain]
+
+
+def test_sweep_plots_draw_the_model_beside_the_measured_steps(tmp_path):
+    from harness import simulate
+    from harness.render import plots
+    sweep = {"name": "cap", "kind": "sweep", "mix": {"short": 1.0}, "rates": [20, 60, 120],
+             "step_duration": 5.0, "slo_p99_ms": 100.0, "model": True}
+    sc = tiny_scenario(tmp_path, [sweep], service_ms=(20.0, None))
+    result = simulate.simulate_scenario(sc, strategies=["FIFO"])
+    entry = result["strategies"]["FIFO"]["phases"]["cap"]
+    for run in entry["runs"]:    # the simulated runs stand for measured ones here
+        run["per_function"]["short"]["exec_quantiles_ms"] = [20.0] * 3
+    simulate.predict(sc, sc.stacks[0], "FIFO", result["strategies"]["FIFO"])
+    got = plots._predicted_steps(result, "FIFO", "cap")
+    assert [rate for rate, *_ in got] == [s["offered_rps"] for s in entry["runs"][0]["steps"]]
+    assert all(os.path.exists(p) for p in (plots.sweep_latency(result, str(tmp_path)),
+                                           plots.sweep_throughput(result, str(tmp_path))))
