@@ -275,10 +275,10 @@ class Calls:
                 self._forget(call)
                 if self._fits(size):
                     return
-        raise Overloaded("the gateway is keeping %d calls and %d MiB of answers that no client has "
-                         "fetched yet (GET /call/ID), its limit; retry later"
-                         % (len(self._calls), self._kept_size // config.MIB),
-                         retry_after=RETRY_AFTER_S)
+        owed = sum(1 for call in self._calls.values() if not (call.state == "done" and call.delivered))
+        raise Overloaded("the gateway keeps answers for async and keyed calls, and its room (%d calls, "
+                         "%d MiB) is full of %d calls running or not fetched yet (GET /call/ID); retry later"
+                         % (self.keep, self.keep_bytes // config.MIB, owed), retry_after=RETRY_AFTER_S)
 
     def _fits(self, size):
         return len(self._calls) < self.keep and self._kept_size + size <= self.keep_bytes
