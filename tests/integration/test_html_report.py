@@ -1,6 +1,8 @@
-"""The HTML report from the golden result file: its tables hold the golden numbers, it shows
-every plot harness.render.plots draws by a relative path, and Chromium renders it from disk."""
+"""The HTML report from the golden result files: it has everything report.md has (every heading,
+table row and line), its tables hold the golden numbers, every plot is inlined (one file that
+reads offline), and Chromium renders it from disk."""
 
+import base64
 import html.parser
 import os
 import shutil
@@ -10,10 +12,11 @@ import sys
 import pytest
 
 from harness.analysis import results
-from harness.render import html_report, plots
+from harness.render import html_report, plots, report
 
 from support import ROOT  # noqa: E402
 GOLDEN = os.path.join(ROOT, "tests", "golden", "result-tiny.json")
+SWEEP = os.path.join(ROOT, "tests", "golden", "result-sweep.json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -106,8 +109,7 @@ def test_phase_tables_hold_the_golden_numbers(golden, written):
 
 def test_workers_cold_starts_deploys_and_the_comparison(golden, written):
     _, _, page = written
-    workers = {row["worker"]: row for row in page.table("Requests per worker (all runs)")}
-    assert workers["0"]["FIFO"] == "21" and workers["1"]["FIFO"] == "19"
+    assert "Per-worker load, FIFO: worker 0: 21, worker 1: 19" in "".join(page.text)
     cold = {row["strategy"]: row for row in page.table("First invocation after deploy (cold start)")}
     assert cold["RR"]["latency ms"] == "%.1f" % golden["strategies"]["RR"]["cold"]["greet"]["latency_ms"] == "78.4"
     assert cold["RR"]["cold"] == "True" and cold["RR"]["ok"] == "yes"
@@ -119,15 +121,37 @@ def test_workers_cold_starts_deploys_and_the_comparison(golden, written):
     assert "commit 9e0c2fd72909" in text
 
 
-def test_every_plot_is_shown_by_a_relative_path_beside_the_page(written):
+def test_every_plot_is_inlined_so_the_page_reads_alone(written, tmp_path):
     path, pngs, page = written
-    sources = [img["src"] for img in page.images]
-    assert sorted(sources) == sorted(os.path.basename(p) for p in pngs) and len(pngs) == 4
-    for src in sources:
-        assert not os.path.isabs(src) and "/" not in src and "://" not in src
-        with open(os.path.join(os.path.dirname(path), src), "rb") as f:
-            assert f.read(8) == PNG_MAGIC
+    assert len(page.images) == len(pngs) == 5
+    drawn = {open(p, "rb").read() for p in pngs}
+    for img in page.images:
+        assert img["src"].startswith("data:image/png;base64,")
+        data = base64.b64decode(img["src"].split(",", 1)[1])
+        assert data.startswith(PNG_MAGIC) and data in drawn
     assert all(img.get("alt") for img in page.images)
+    # Copied anywhere alone, the page still has its plots: it refers to no other file.
+    text = open(path, encoding="utf-8").read()
+    assert 'src="data:' in text and not any(('src="%s"' % os.path.basename(p)) in text for p in pngs)
+
+
+@pytest.mark.parametrize("golden_path", [GOLDEN, SWEEP])
+def test_the_page_has_everything_report_md_has(golden_path, tmp_path):
+    result = results.load(golden_path)
+    md = report.render(result)
+    page = Page(html_report.render(result, str(tmp_path)))
+    text = " ".join("".join(page.text).split())
+    for line in md.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().replace("`", "")
+            assert title in text, title
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip().replace("`", "").replace("**", "") for c in line.strip("|").split("|")]
+            rows = [r for ts in page.tables.values() for t in ts for r in t]
+            assert cells in rows, cells
+        elif line.startswith("- "):
+            plain = " ".join(line[2:].replace("`", "").replace("**", "").split())
+            assert plain in text, plain
 
 
 def test_a_plot_not_drawn_is_said_not_linked(golden, tmp_path):
@@ -140,7 +164,7 @@ def test_a_plot_not_drawn_is_said_not_linked(golden, tmp_path):
     page = Page((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert page.images == []
     text = "".join(page.text)
-    for name, _ in html_report.PLOTS:
+    for name in ("throughput.png", "latency_ccdf.png", "timeline.png", "workers.png"):
         assert "%s: not drawn" % name in text
     assert page.table("Phase open")  # the tables are there all the same
 
