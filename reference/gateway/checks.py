@@ -116,9 +116,11 @@ class HostNames:
     def check(self, host_header):
         """MisdirectedRequest (421) unless the Host header names this gateway."""
         if not self.allows(host_header):
+            # The names are not listed: a rebinding page can read this answer.
             raise MisdirectedRequest(
-                "Host %r is not a name of this gateway (DNS rebinding is refused): use one of %s, "
-                "or start it with --public-name NAME" % (host_header, ", ".join(sorted(self.names))))
+                "Host %r is not a name of this gateway (DNS rebinding is refused): use the address "
+                "it listens on, localhost, or a name it was started with (--public-name NAME)"
+                % (host_header[:100],))
 
 
 def other_origin(origin, fetch_site, host_header):

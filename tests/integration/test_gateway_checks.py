@@ -135,6 +135,13 @@ def test_wildcard_host_takes_the_machines_addresses_and_name():
     assert checks.HostNames("::").allows("[::1]:8080")
 
 
+def test_a_421_does_not_tell_a_rebinding_page_our_names(store):
+    app = build(store, host="0.0.0.0", public_names=("internal.example",))
+    answer = call(app, "GET", "/health", headers={"Host": "evil.example"})
+    assert answer.status == 421
+    assert socket.gethostname().encode() not in answer.raw and b"internal.example" not in answer.raw
+
+
 def test_public_names_are_checked():
     for bad in ("faas.example.com:443", "a b", "x/y", ""):
         with pytest.raises(ValueError):
