@@ -1,16 +1,21 @@
 """Finding the toolchain of each language and compiling C, Rust and Go to WASI modules (deploy side).
 
 `find(lang)` looks at each candidate in turn and keeps the first one that really works;
-`compile_to_wasm` builds in a scratch directory under a time limit.
+`compile_to_wasm` builds in a scratch directory under a time limit. Where the machine allows it
+(reference/worker/sandbox/isolation.py) the compiler runs in bubblewrap as an unprivileged uid
+that sees only /usr, the toolchain's own tree and the build directory, with no network, in a
+cgroup with a memory and pids limit: `#include "/etc/shadow"` finds no such file.
 """
 
 import functools
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,9 @@ log = logging.getLogger(__name__)
 GO_MIN_VERSION = (1, 21)
 DETAILS_LIMIT = 4000        # characters of compiler output kept in a CompileError
 GO_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "minifaas")
+BUILD_DIR = "/build"        # where a sandboxed compiler sees its build directory
+BUILD_MEMORY_MB = 2048      # for the compiler and everything it starts (rustc, go's compile and link)
+BUILD_PIDS_MAX = 512        # processes and threads of one build
 
 _HINTS = {
     "c": "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32   (or: pip install ziglang)",
@@ -38,6 +46,8 @@ _HINTS = {
 
 _TINY = {
     "c": b'#include <stdio.h>\nint main(void) { printf("ok\\n"); return 0; }\n',
+    "go": b'package main\n\nimport (\n\t"fmt"\n\t"io"\n\t"os"\n)\n\nfunc main() {\n'
+          b'\tdata, _ := io.ReadAll(os.Stdin)\n\tfmt.Println(string(data))\n}\n',
 }
 
 
@@ -241,11 +251,18 @@ def find(lang, search_path=None):
 
 
 def report():
-    """Every language with its toolchain, or what is missing and how to install it."""
+    """Every language with its toolchain, or what is missing and how to install it, and the
+    isolation its functions (and compiles) get here."""
+    from reference.worker.sandbox import isolation
+
     rows = []
+    info = isolation.describe()
     for lang in LANGUAGES.values():
         tc = find(lang.name)
-        row = {"lang": lang.name, "aliases": list(lang.aliases), "ok": tc is not None}
+        row = {"lang": lang.name, "aliases": list(lang.aliases), "ok": tc is not None,
+               "isolation": "wasm" if lang.compiled else "none" if lang.name == "html" else info["isolation"]}
+        if lang.compiled:
+            row["compile_isolation"] = info["isolation"]
         if tc:
             row.update(toolchain=tc.name, version=tc.version, path=tc.path)
         else:
@@ -266,6 +283,10 @@ def cli(args):
                   else "missing: " + row["install"])
         print("%-8s %-20s %-4s %s" % (row["lang"], ",".join(row["aliases"]) or "-",
                                       "yes" if row["ok"] else "no", detail))
+    from reference.worker.sandbox import isolation
+
+    print()
+    print("functions and compilers: " + isolation.summary())
     return 0
 
 
@@ -302,38 +323,136 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
     if tc.lang == "go":
         os.makedirs(tc.env["GOCACHE"], exist_ok=True)
     ext = LANGUAGES[lang].ext
+    from reference.worker.sandbox import isolation
+
+    sandboxed = isolation.sandboxed()
+    hierarchy = isolation.cgroups() if sandboxed else None
+    isolation.warn_if_weak()
     # A fresh scratch directory per build: compilers leave files beside their input, and
     # the functions tree must only ever hold what storage writes there.
     with tempfile.TemporaryDirectory(prefix="minifaas-build-") as tmp:
-        src = os.path.join(tmp, ("main." if lang == "go" else "code.") + ext)
-        out = os.path.join(tmp, "code.wasm")
-        with open(src, "wb") as f:
+        here = BUILD_DIR if sandboxed else tmp     # the build directory as the compiler sees it
+        name = ("main." if lang == "go" else "code.") + ext
+        with open(os.path.join(tmp, name), "wb") as f:
             f.write(source)
-        argv = _compile_argv(tc, src, out)
+        argv = _compile_argv(tc, os.path.join(here, name), os.path.join(here, "code.wasm"))
+        env, group, join = tc.env, None, []
+        if sandboxed:
+            argv, env = _sandboxed(tc, argv, tmp)
+            if hierarchy is not None:
+                group = hierarchy.group("build-%d-%d" % (os.getpid(), next(_builds)))
+                group.limit(BUILD_MEMORY_MB << 20, BUILD_PIDS_MAX)
+                join = group.join_fds()
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=tmp, env=tc.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=(lambda: [os.write(fd, b"0") for fd in join]) if join else None)
+        finally:
+            for fd in join:
+                os.close(fd)
         try:
             output, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            _kill_group(proc, group)
             raise CompileError("compilation failed",
                                details="the compiler ran longer than %d s and was stopped" % timeout_s) from None
         finally:
-            _kill_group(proc)
+            _kill_group(proc, group)
+            oom = group is not None and group.ran_out_of_memory()
+            if group is not None:
+                group.destroy()
         compile_ms = (time.perf_counter() - started) * 1000
-        text = output.decode(errors="replace").replace(tmp + os.sep, "")
-        if proc.returncode != 0 or not os.path.exists(out):
+        text = output.decode(errors="replace").replace(tmp + os.sep, "").replace(here + os.sep, "")
+        if oom:
+            raise CompileError("compilation failed",
+                               details="the compiler ran out of its %d MiB of memory" % BUILD_MEMORY_MB)
+        out = os.path.join(tmp, "code.wasm")
+        wasm = _read_module(out) if proc.returncode == 0 else None
+        if wasm is None:
             log.info("%s compilation failed (%s, exit %s)", lang, tc.name, proc.returncode)
             raise CompileError("compilation failed", details=_trim(text) or "exit status %d" % proc.returncode)
-        with open(out, "rb") as f:
-            wasm = f.read()
     log.info("compiled %s with %s in %.0f ms (%d bytes)", lang, tc.name, compile_ms, len(wasm))
     return Compiled(wasm, compile_ms, tc.name)
 
 
-def _kill_group(proc):
-    """Kill the compiler and whatever it started (go and rustc spawn linkers), then reap it."""
+MODULE_MAX = 256 << 20      # a compiled module bigger than this is refused
+
+
+def _read_module(path):
+    """The module the compiler wrote, or None. The build directory is the sandbox's: the file
+    is opened without following a symbolic link, and must be a regular file of sane size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MODULE_MAX:
+            return None
+        return f.read(MODULE_MAX + 1)
+
+
+def _sandboxed(tc, argv, tmp):
+    """The argv and environment that run a compile in bubblewrap as the build uid, seeing /usr,
+    the toolchain's own tree and the build directory `tmp` (at BUILD_DIR), and no network."""
+    from reference.worker.sandbox import bwrap, isolation
+
+    os.chown(tmp, isolation.BUILD_UID, isolation.BUILD_UID)
+    for entry in os.listdir(tmp):
+        os.chown(os.path.join(tmp, entry), isolation.BUILD_UID, isolation.BUILD_UID)
+    env = dict(tc.env, HOME=BUILD_DIR, TMPDIR="/tmp",
+               PATH=os.pathsep.join([os.path.dirname(tc.path), bwrap.SANDBOX_PATH]))
+    trees = [bwrap.tree_of(tc.path)]
+    if tc.lang == "go":
+        trees.append(tc.env["GOROOT"])
+        # A build cache of its own, seeded with links to the trusted one (built by root from
+        # our own probe): a build can neither read another's nor poison the next one's.
+        cache = os.path.join(tmp, ".gocache")
+        _seed_go_cache(tc.env["GOCACHE"], cache, isolation.BUILD_UID)
+        env.update(GOCACHE=os.path.join(BUILD_DIR, ".gocache"), GOPATH=os.path.join(BUILD_DIR, ".gopath"),
+                   GOTELEMETRY="off")
+    if tc.lang == "rust":
+        sysroot = (_output([tc.path, "--print", "sysroot"], env=tc.env) or "").splitlines()
+        trees.append(sysroot[-1] if sysroot else None)
+    command = bwrap.argv(argv, isolation.BUILD_UID, binds=[(tmp, BUILD_DIR)], chdir=BUILD_DIR,
+                         trees=[t for t in trees if t], hostname="build", privileged=True)
+    return command, env
+
+
+def _seed_go_cache(trusted, cache, uid):
+    os.makedirs(trusted, exist_ok=True)
+    if not any(os.scandir(trusted)):
+        _warm_go_cache()
+    try:
+        shutil.copytree(trusted, cache, copy_function=os.link)
+    except (OSError, shutil.Error):
+        shutil.rmtree(cache, ignore_errors=True)
+        os.makedirs(cache)
+    for top, dirs, _ in os.walk(cache):
+        os.chown(top, uid, uid)
+
+
+_builds = itertools.count(1)
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_go_cache():
+    """Fill the trusted Go build cache once, as root, from our own tiny program: the standard
+    library compiled there is what sandboxed builds link to (else each takes half a minute)."""
+    tc = find("go")
+    with tempfile.TemporaryDirectory(prefix="minifaas-probe-") as tmp:
+        src = os.path.join(tmp, "main.go")
+        with open(src, "wb") as f:
+            f.write(_TINY["go"])
+        _output(_compile_argv(tc, src, os.path.join(tmp, "code.wasm")), env=tc.env, timeout=600)
+
+
+def _kill_group(proc, group=None):
+    """Kill the compiler and whatever it started (go and rustc spawn linkers), then reap it:
+    the whole cgroup when there is one."""
+    if group is not None:
+        group.kill()
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -7,6 +7,11 @@ tree when it lives elsewhere), a few files of /etc the loader needs, its own /pr
 /dev, private tmpfs /tmp and /dev/shm (gone with the sandbox), and the directories bound in.
 The network namespace has nothing but its own `lo`. bwrap sets no_new_privs, starts a new
 session (no TIOCSTI into a terminal), dies with the worker, and forbids nested user namespaces.
+
+Compilers use the `privileged` form: bwrap runs as root (so it can bind a toolchain that lives
+under a directory only root may enter, such as a virtualenv under /root) without a user
+namespace, and setpriv inside the sandbox drops to the uid, every capability and the bounding
+set before the compiler starts.
 """
 
 import os
@@ -43,18 +48,37 @@ def tree_of(executable):
     return os.path.dirname(os.path.dirname(real))
 
 
-def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="function", tmpfs_bytes=TMPFS_BYTES):
+def _drop(uid):
+    return [setpriv_path(), "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def _parents(path, privileged):
+    """Directories bwrap would make 0700 on the way to a mount point: made 0755 first."""
+    if not privileged:
+        return []
+    out, parts = [], path.strip("/").split("/")[:-1]
+    for i in range(len(parts)):
+        out += ["--perms", "0755", "--dir", "/" + "/".join(parts[:i + 1])]
+    return out
+
+
+def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="function", tmpfs_bytes=TMPFS_BYTES,
+         privileged=False):
     """The argv that runs `command` (a list) sandboxed as `uid`.
 
     binds / ro_binds: (host path, sandbox path) pairs, writable / read-only;
-    trees: host directories bound read-only at the same path (a toolchain under /root/.rustup)."""
-    bwrap, setpriv = bwrap_path(), setpriv_path()
-    out = [setpriv, "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
-           "--inh-caps=-all", "--bounding-set=-all", "--",
-           bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session",
-           "--hostname", hostname, "--cap-drop", "ALL",
-           "--ro-bind", "/usr", "/usr"]
+    trees: host directories bound read-only at the same path (a toolchain under /root/.rustup);
+    privileged: bwrap as root, dropping to `uid` inside (see the module's docstring)."""
+    bwrap = bwrap_path()
+    common = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+              "--die-with-parent", "--new-session", "--hostname", hostname]
+    if privileged:
+        out = [bwrap] + common + ["--unshare-cgroup", "--cap-add", "CAP_SETUID,CAP_SETGID,CAP_SETPCAP"]
+    else:
+        out = _drop(uid) + [bwrap, "--unshare-user", "--unshare-cgroup-try", "--disable-userns",
+                            "--cap-drop", "ALL"] + common
+    out += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = "/" + name
         if os.path.islink(path):
@@ -64,16 +88,16 @@ def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="fun
     for name in ETC_FILES:
         path = os.path.join("/etc", name)
         if os.path.exists(path):
-            out += ["--ro-bind", path, path]
+            out += _parents(path, privileged) + ["--ro-bind", path, path]
     for tree in trees:
         if tree and os.path.isdir(tree) and not tree.startswith("/usr/"):
-            out += ["--ro-bind", tree, tree]
+            out += _parents(tree, privileged) + ["--ro-bind", tree, tree]
     out += ["--proc", "/proc", "--dev", "/dev",
-            "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
-            "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
+            "--perms", "01777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
+            "--perms", "01777", "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
     for host, inside in ro_binds:
-        out += ["--ro-bind", host, inside]
+        out += _parents(inside, privileged) + ["--ro-bind", host, inside]
     for host, inside in binds:
-        out += ["--bind", host, inside]
+        out += _parents(inside, privileged) + ["--bind", host, inside]
     out += ["--chdir", chdir, "--"]
-    return out + list(command)
+    return out + (_drop(uid) if privileged else []) + list(command)

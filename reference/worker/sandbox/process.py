@@ -184,12 +184,14 @@ class ProcessRuntime:
         if self.sandboxed and code > 128 and code - 128 in (signal.SIGXCPU, signal.SIGKILL):
             code = 128 - code       # bwrap reports its command's death by signal as 128 + signal
         out.exit_code = code if code >= 0 else 128 - code
-        if timed_out or code == -signal.SIGXCPU:
-            out.error = "timeout"
-            out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
-        elif oom or (code != 0 and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS)):
+        # The kernel's OOM kill says more than the timeout it may have led to.
+        if oom or (not timed_out and code != 0
+                   and any(w in out.stderr for w in self.memory_words + LOADER_MEMORY_WORDS)):
             out.error = "memory"
             out.message = "the function ran out of its %d MiB of memory" % job.memory_mb
+        elif timed_out or code == -signal.SIGXCPU:
+            out.error = "timeout"
+            out.message = "the function ran longer than its %d ms limit and was stopped" % job.timeout_ms
         elif code < 0:
             out.error = "runtime"
             out.message = "the function was killed by signal %s" % signal.Signals(-code).name

@@ -1,0 +1,403 @@
+"""The isolation table of DESIGN.md, tried as an attacker would (issue 14): hostile Python, node
+and PHP functions against other functions' processes, files, output and the loopback, daemons,
+fork storms, memory across children, /dev/shm, and a hijacked fork server redirecting the kill.
+
+Each job runs in a worker-like driver process, as in test_runtimes; between jobs the driver
+looks at the machine (processes left with a marker, the processes of a function's uid) and can
+build the next job's input from it. Needs root, bubblewrap and cgroups: skipped with the
+reason otherwise, failed instead under FAAS_REQUIRE_TOOLCHAINS=1.
+"""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+from needs import need_toolchain
+from test_runtimes import EXAMPLES, FUNCTIONS, make_function
+
+from reference.functions import toolchains
+from reference.wire.errors import CompileError
+from reference.worker.sandbox import isolation
+from reference.worker.sandbox.process import CALL_PIDS_MAX
+from support import ROOT
+
+DRIVER = r"""
+import base64, json, os, sys
+from reference.wire.jobs import Job
+from reference.worker.runtimes import WorkerRuntimes
+from reference.worker.sandbox import isolation
+from reference.worker.sandbox.process import _stray_children, own_children
+
+def uid_pids(fn_id):
+    uid, found = isolation.uid_for(fn_id), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/status" % entry) as f:
+                    if any(l.split()[1] == str(uid) for l in f if l.startswith("Uid:")):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+def marked(marker):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+def spare_files(runtimes, lang, fn_id):
+    runtime = runtimes.runtime(lang)
+    spare = runtime.pool.procs.get(fn_id)
+    return [os.path.join(spare.call_dir, "code." + runtime.ext)] if spare else []
+
+warm, marker = sys.argv[1] == "warm", sys.argv[2]
+runtimes = WorkerRuntimes(warm=warm)
+if len(sys.argv) > 3:       # a fork server helper to use instead of ours (a hijacked one)
+    runtimes.runtime("python").helper = sys.argv[3]
+results = []
+for step in json.load(sys.stdin):
+    spec = step["job"]
+    spec["input"] = base64.b64decode(spec["input"])
+    attack = step.get("attack")
+    if attack:
+        task = {"pids": uid_pids(attack["victim"]) + attack.get("pids", []), "ports": attack.get("ports", []),
+                "paths": spare_files(runtimes, attack["lang"], attack["victim"]) if attack.get("lang") else []}
+        spec["input"] = json.dumps(task).encode()
+    out = runtimes.run(Job(**spec))
+    results.append(dict(exit_code=out.exit_code, stdout=base64.b64encode(out.stdout).decode(),
+                        stderr=base64.b64encode(out.stderr).decode(), error=out.error, message=out.message,
+                        cold=out.cold, extra=out.extra, input=spec["input"].decode(errors="replace"),
+                        marked=marked(marker), strays=_stray_children()))
+runtimes.close()
+json.dump(dict(results=results, marked=marked(marker)), sys.stdout)
+"""
+
+
+def _need_isolation():
+    info = isolation.describe()
+    if info["missing"]:
+        reason = "no full isolation here (%s): %s" % (info["isolation"], "; ".join(info["missing"]))
+        if os.environ.get("FAAS_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(reason + " (required: FAAS_REQUIRE_TOOLCHAINS=1)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def strong_isolation():
+    _need_isolation()
+
+
+@pytest.fixture
+def marker():
+    return "minifaas-hostile-%s" % uuid.uuid4().hex
+
+
+def drive(*steps, warm=True, marker="minifaas-hostile-none", helper=None, timeout=240):
+    """Run the steps (dicts with a "job", maybe an "attack") in one worker-like process."""
+    specs = []
+    for i, step in enumerate(steps):
+        job = dict(step["job"])
+        job.setdefault("fn_id", os.path.basename(job["fn_dir"]))
+        job.update(job_id=i, input=base64.b64encode(job.pop("input", b"")).decode())
+        specs.append(dict(step, job=job))
+    argv = [sys.executable, "-c", DRIVER, "warm" if warm else "cold", marker] + ([helper] if helper else [])
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(json.dumps(specs).encode(), timeout=timeout)
+    finally:
+        _stop(proc)
+    if proc.returncode != 0:
+        pytest.fail("driver failed (%s):\n%s" % (proc.returncode, err.decode(errors="replace")))
+    answer = json.loads(out)
+    for r in answer["results"]:
+        r["stdout"], r["stderr"] = base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"])
+    return answer
+
+
+def _stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def job(fn_dir, lang, **kw):
+    return dict(job=dict(fn_dir=fn_dir, lang=lang, **kw))
+
+
+@pytest.fixture
+def listener():
+    """A TCP port on 127.0.0.1 that someone listens on (as the gateway would)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def _accepted(sock):
+    try:
+        conn, _ = sock.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
+    return True
+
+
+PROBES = {"python": "hostile_probe.py", "js": "hostile_probe.js", "php": "hostile_probe.php"}
+
+
+def test_the_uid_is_the_functions_own_and_stable():
+    assert isolation.uid_for("greet_1") == isolation.uid_for("greet_1")
+    assert isolation.uid_for("greet_1") != isolation.uid_for("greet_2")
+    assert isolation.uid_for("greet_1") >= isolation.UID_BASE
+    assert isolation.describe()["isolation"].startswith("bubblewrap+cgroup-v")
+
+
+@pytest.mark.parametrize("lang", sorted(PROBES))
+def test_a_hostile_function_reaches_no_other_functions_process_file_or_port(tmp_path, lang, listener):
+    """The victim is a warm Python function (its fork server waiting) and, for node and PHP, a
+    function of the attacker's language with its interpreter started one call ahead. The attacker
+    gets their pids, the victim's code file and the port, and may touch none of them."""
+    need_toolchain(lang)
+    victim = make_function(tmp_path, "victim", "python", EXAMPLES / "greet.py")
+    attacker = make_function(tmp_path, "attacker", lang, FUNCTIONS / PROBES[lang])
+    steps = [job(victim, "python", input=b"Ada")]
+    spare_victim = None
+    if lang != "python":
+        spare_victim = make_function(tmp_path, "spare", lang, EXAMPLES / ("add.js" if lang == "js" else "hello.php"))
+        steps.append(job(spare_victim, lang, input=b"[1, 2]" if lang == "js" else b"in"))
+    port = listener.getsockname()[1]
+    attack = dict(job(attacker, lang), attack=dict(victim="victim", pids=[os.getpid(), os.getppid()], ports=[port]))
+    steps.append(attack)
+    if spare_victim:
+        steps.append(dict(job(attacker, lang), attack=dict(victim="spare", lang=lang)))
+        steps.append(job(spare_victim, lang, input=b"[1, 2]" if lang == "js" else b"in"))
+    steps.append(job(victim, "python", input=b"Bob"))
+    results = drive(*steps)["results"]
+    first, last = results[0], results[-1]
+    task = json.loads(results[len(steps) - 2 - (2 if spare_victim else 0)]["input"])
+    assert task["pids"] and task["ports"] == [port], task    # there was something to attack
+    for r in results:
+        if r["input"].startswith("{"):
+            got = json.loads(r["stdout"])
+            assert all(got[k] == [] for k in got if k != "visible"), (r["input"], got)
+            # Its own sandbox only: bwrap's init and, warm, its own fork server; nothing of the
+            # platform, and not the victim's fork server.
+            visible = got.get("visible", [])
+            assert not any("pytest" in c or "reference" in c for c in visible), visible
+            assert len(visible) <= 2 and sum(c.startswith("/usr/bin/python3") for c in visible) <= 1, visible
+    assert not _accepted(listener)
+    # The victim's fork server was not touched: the same one answers, correctly.
+    assert first["stdout"] == b"Hello, Ada!\n" and last["stdout"] == b"Hello, Bob!\n", last
+    assert last["cold"] is False and last["extra"]["runtime_pid"] == first["extra"]["runtime_pid"]
+    if spare_victim:
+        paths = json.loads(results[-3]["input"])["paths"]
+        assert paths, "the victim's interpreter started ahead had a code file to attack"
+        expected = b'{"sum":3}\n' if lang == "js" else b"Hello from PHP!\nin\n"
+        assert results[-2]["stdout"] == expected and b"HIJACKED" not in results[-2]["stdout"], results[-2]
+
+
+def test_a_hostile_function_cannot_read_or_append_to_a_concurrent_calls_output(tmp_path):
+    victim = make_function(tmp_path, "victim", "python", FUNCTIONS / "secret_out.py")
+    attacker = make_function(tmp_path, "attacker", "python", FUNCTIONS / "hostile_probe.py")
+    spec = [dict(job=dict(fn_dir=victim, lang="python", fn_id="victim", job_id=0, timeout_ms=20000,
+                          input=base64.b64encode(b"4").decode()))]
+    other = subprocess.Popen([sys.executable, "-c", DRIVER, "warm", "minifaas-hostile-none"], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        other.stdin.write(json.dumps(spec).encode())
+        other.stdin.close()
+        uid = isolation.uid_for("victim")
+        pids = []
+        for _ in range(200):
+            pids = [p for p in _pids_of_uid(uid) if b"secret" not in _cmdline(p)]
+            if len(pids) >= 2:      # the fork server and its call
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert pids, "the victim's call never started"
+        got = drive(dict(job(attacker, "python", input=json.dumps({"pids": pids}).encode())))["results"][0]
+        out = other.stdout.read()
+        other.wait(timeout=60)
+    finally:
+        _stop(other)
+    seen = json.loads(got["stdout"])
+    assert seen["read"] == [] and seen["signal"] == [] and seen["ptrace"] == [], seen
+    victim_out = json.loads(out)["results"][0]
+    assert victim_out["error"] is None, victim_out
+    assert base64.b64decode(victim_out["stdout"]) == b"secret-of-the-victim\nend\n"
+
+
+def _pids_of_uid(uid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/status" % entry) as f:
+                    if any(line.split()[1] == str(uid) for line in f if line.startswith("Uid:")):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_no_daemon_or_zombie_outlives_its_call(tmp_path, marker, warm):
+    daemons = make_function(tmp_path, "daemons", "python", FUNCTIONS / "daemons.py")
+    greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+    answer = drive(job(daemons, "python", input=marker.encode()), job(daemons, "python", input=marker.encode()),
+                   job(greet, "python"), warm=warm, marker=marker)
+    first, second, after = answer["results"]
+    assert first["stdout"] == second["stdout"] == b"left daemons\n", first
+    # Checked while the worker (and its fork server) still ran: nothing of the call was left.
+    assert first["marked"] == [] and second["marked"] == [] and answer["marked"] == []
+    assert first["strays"] == [] and second["strays"] == []
+    assert after["stdout"] == b"Hello, world!\n"
+    if warm:
+        assert second["cold"] is False      # the fork server survived its call's daemons
+
+
+@pytest.mark.parametrize("lang", ["python", "js"])
+def test_nothing_burns_cpu_after_a_timeout(tmp_path, marker, lang):
+    """A loop that timed out, and the busy daemon of a call that ended: both gone at once."""
+    need_toolchain(lang)
+    loop = make_function(tmp_path, "loop", lang, FUNCTIONS / ("loop.py" if lang == "python" else "loop.js"))
+    daemons = make_function(tmp_path, "daemons", "python", FUNCTIONS / "daemons.py")
+    results = drive(job(daemons, "python", input=marker.encode()), job(loop, lang, timeout_ms=300),
+                    marker=marker)["results"]
+    assert results[1]["error"] == "timeout", results[1]
+    assert results[0]["marked"] == [] and results[1]["marked"] == []
+    assert results[1]["strays"] == []
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_tmp_and_dev_shm_vanish_with_the_call(tmp_path, warm):
+    shm = make_function(tmp_path, "shm", "python", FUNCTIONS / "shm.py")
+    results = drive(*[job(shm, "python") for _ in range(3)], warm=warm)["results"]
+    assert all(r["error"] is None for r in results), results
+    assert [r["stdout"] for r in results] == [b"shm [] tmp []\n"] * 3
+    if warm:
+        assert [r["cold"] for r in results] == [True, False, False]
+    assert not os.path.exists("/dev/shm/keep") and not os.path.exists("/tmp/keep")
+
+
+def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
+    kids = make_function(tmp_path, "kids", "python", FUNCTIONS / "memkids.py")
+    greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+    for warm in (True, False):
+        out, after = drive(job(kids, "python", memory_mb=128), job(greet, "python"), warm=warm)["results"]
+        # Each child alone is under the limit (rlimits would let all four through).
+        assert out["stdout"] != b"held 4\n", out
+        assert out["error"] == "memory" and "128 MiB" in out["message"], out
+        assert after["stdout"] == b"Hello, world!\n"
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_fork_storm_stops_at_the_pids_limit_and_dies_with_its_call(tmp_path, marker, warm):
+    bomb = make_function(tmp_path, "bomb", "python", FUNCTIONS / "forkbomb.py")
+    greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+    answer = drive(job(bomb, "python", input=marker.encode(), timeout_ms=3000), job(greet, "python"),
+                   warm=warm, marker=marker)
+    storm, after = answer["results"]
+    made = int(storm["stdout"].split()[0])
+    assert 0 < made < CALL_PIDS_MAX, storm
+    assert storm["error"] == "timeout" and storm["marked"] == [], storm
+    assert after["stdout"] == b"Hello, world!\n" and answer["marked"] == []
+
+
+HIJACKED_HELPER = """
+import json, time
+VICTIM = %d
+_serve = serve
+def serve(sock, source, code, private):
+    sock.send(json.dumps({"ready": True}).encode())
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 16)
+        # A hijacked fork server: names another process as the call's, and never answers.
+        sock.send(json.dumps({"pid": VICTIM}).encode())
+        time.sleep(3600)
+"""
+
+
+def test_a_hijacked_fork_server_cannot_redirect_the_kill(tmp_path):
+    """The worker used to killpg the pid the fork server reported: one under the attacker's
+    control could have the platform kill any process group. Now the call is ended through its
+    cgroup; the process named survives."""
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        source = (ROOT / "reference" / "worker" / "warm" / "warm_python.py").read_text()
+        main_at = source.rindex('if __name__ == "__main__":')
+        helper = tmp_path / "evil_warm_python.py"
+        helper.write_text(source[:main_at] + HIJACKED_HELPER % victim.pid + source[main_at:])
+        helper.chmod(0o644)
+        os.chmod(tmp_path, 0o755)
+        greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+        out = drive(job(greet, "python", timeout_ms=500), helper=str(helper))["results"][0]
+        assert out["error"] in ("timeout", "runtime"), out
+        assert victim.poll() is None, "the platform killed the process the fork server named"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_compilers_cannot_put_secrets_into_their_errors(monkeypatch):
+    """#include "/etc/shadow", and the environment of the deploying process, fail to compile
+    with a message that holds nothing of them."""
+    need_toolchain("c")
+    monkeypatch.setenv("FAAS_SECRET_FOR_TEST", "gateway-secret-do-not-leak")
+    with open("/etc/shadow") as f:
+        shadow_lines = [line.strip() for line in f if line.strip()]
+    with pytest.raises(CompileError) as info:
+        toolchains.compile_to_wasm("c", (FUNCTIONS / "shadow_include.c").read_bytes())
+    details = info.value.extra["details"]
+    assert info.value.status == 422 and details
+    assert not any(line in details for line in shadow_lines), details
+    assert "root:" not in details
+    source = b'#include "/proc/%d/environ"\nint main(void) { return 0; }\n' % os.getpid()
+    with pytest.raises(CompileError) as info:
+        toolchains.compile_to_wasm("c", source)
+    assert "gateway-secret" not in info.value.extra["details"]
+
+
+@pytest.mark.parametrize("path", ["/proc/self/environ", "/proc/%d/environ", "/etc/shadow"])
+def test_rust_include_str_of_secrets_is_a_422_without_them(monkeypatch, path):
+    need_toolchain("rust")
+    monkeypatch.setenv("FAAS_SECRET_FOR_TEST", "gateway-secret-do-not-leak")
+    if "%d" in path:
+        path = path % os.getpid()
+    # include! parses the file as Rust, so a compiler that can read it quotes it in the error.
+    source = ('fn main() { let s: u8 = include_str!("%s"); include!("%s"); }\n' % (path, path)).encode()
+    with pytest.raises(CompileError) as info:
+        toolchains.compile_to_wasm("rust", source)
+    details = info.value.extra["details"]
+    assert info.value.status == 422 and details
+    assert "gateway-secret" not in details and "root:" not in details, details
