@@ -482,3 +482,17 @@ def test_update_by_id_or_bad_name_is_refused(app):
     assert call(app, "DELETE", "/function/..").status in (400, 404)
     answer = call(app, "PUT", "/function/hello", b'{"code": 5}', content_type="application/json")
     assert answer.status == 400 and "code" in answer.json["error"]
+
+
+def test_a_function_failure_is_mapped_by_one_pure_function():
+    from reference.gateway.calls import answer_for
+
+    meta = {"id": "f_1", "name": "f", "timeout_ms": 750, "memory_mb": 64}
+    assert answer_for(meta, Outcome(stdout=b"hi"), 1.0)[0] == 200
+    for outcome, status, kind in ((Outcome(error="timeout"), 504, "timeout"),
+                                  (Outcome(error="memory"), 500, "memory_limit"),
+                                  (Outcome(error="runtime", message="trap"), 500, "function_error"),
+                                  (Outcome(exit_code=2), 500, "function_error")):
+        got_status, body = answer_for(meta, outcome, 1.0)   # returns, never raises
+        assert (got_status, body["kind"], body["ok"]) == (status, kind, False)
+        assert body["duration_ms"] == 1.0 and "output" in body
