@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -43,6 +44,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.bodies.append(body)
         fn = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["fn"][0]
+        if fn == "slow":
+            time.sleep(0.05)
         if fn == "missing":
             status, answer = 404, {"ok": False, "error": "function not found", "kind": "not_found"}
         else:
@@ -52,6 +55,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if fn == "close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -131,3 +137,50 @@ def test_inject_command_fails_when_requests_fail(gateway):
     assert proc.returncode == 1
     assert "Errors: 2 (100.0%)" in proc.stdout
     assert "not_found=2" in proc.stdout
+
+
+def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway):
+    # 20 arrivals at once on 2 connections to a 50 ms function: most wait for a connection.
+    items = [(0.0, "slow", "slow", injector.payload_for(str(i))) for i in range(20)]
+    samples, started, ended, late = injector.run_schedule(gateway.url, items, senders=2)
+    assert len(samples) == 20 and all(s.ok for s in samples)
+    assert gateway.connections == 2
+    assert late >= 16
+    # The wait for a connection is in the latency (from the intended time): 10 rounds of 50 ms.
+    assert max(s.latency_ms for s in samples) >= 450
+    assert all(s.intended == started for s in samples)
+
+
+def test_open_loop_keeps_its_schedule_and_never_sends_early(gateway):
+    items = [(0.02 * i, "f", "f_1", injector.payload_for(str(i))) for i in range(25)]
+    samples, started, ended, late = injector.run_schedule(gateway.url, items, senders=8)
+    intended = sorted(s.intended - started for s in samples)
+    assert intended == pytest.approx([0.02 * i for i in range(25)])
+    assert all(s.sent >= s.intended for s in samples)
+    assert ended - started >= 0.48
+
+
+def test_a_connection_the_server_closes_is_opened_again(gateway):
+    figures = injector.inject(gateway.url, "close", threads=2, reqs=5)
+    assert figures["ok"] == 10 and figures["errors"] == {}
+    assert gateway.connections == 10   # one per request: the server closed each after its answer
+
+
+def test_the_injector_records_its_cpu_share(gateway):
+    figures = injector.inject(gateway.url, "f_1", threads=2, reqs=20)
+    assert 0.0 <= figures["injector_cpu_share"] <= 1.5
+    # CPU of this thread, not wall time: on a shared machine the loop may get a fraction of a core.
+    with injector.CpuMeter() as busy:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.1:
+            pass
+    with injector.CpuMeter() as idle:
+        time.sleep(0.2)
+    assert busy.cpu_s >= 0.1 > 0.05 > idle.cpu_s
+    assert idle.share < 0.25
+
+
+def test_client_timeout_is_an_error_kind(gateway):
+    items = [(0.0, "slow", "slow", injector.payload_for("x"))]
+    samples, _, _, _ = injector.run_schedule(gateway.url, items, senders=1, timeout=0.01)
+    assert [s.kind for s in samples] == ["client_timeout"] and not samples[0].ok
