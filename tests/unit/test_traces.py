@@ -286,3 +286,19 @@ def test_duration_input_is_whole_ms_compressed_capped_and_never_zero():
     assert traces.duration_input_ms(2.0, 20.0, 1000.0) == 100
     assert traces.duration_input_ms(60.0, 1.0, 250.0) == 250
     assert traces.duration_input_ms(0.0, 24.0, 50.0) == 1
+
+
+def test_the_runner_replays_an_azure2019_window_with_each_calls_trace_function(tmp_path):
+    import json
+    from harness.run import runner, scenario
+    sc = scenario.load(os.path.join(os.path.dirname(SHIPPED), "azure2019.toml"))
+    phase = sc.phases[0]
+    tags = []
+    items = runner.trace_items(phase, sc, {f.name: f.name + "_id" for f in sc.functions}, tags)
+    invs = traces.phase_invocations(phase)
+    assert len(items) == len(tags) == len(invs) > 0
+    assert tags == [traces.short_name(i.func) for i in invs]
+    wall = (phase.minutes[1] - phase.minutes[0] + 1) * 60.0 / phase.speedup
+    assert all(0 <= offset < wall for offset, *_ in items)
+    asked = [int(json.loads(payload)["input"]) for *_, payload in items]
+    assert min(asked) >= 1 and max(asked) <= phase.max_input_ms
