@@ -1,11 +1,12 @@
 """`minifaas simulate SCENARIO.toml`: a scenario's phases through the model
 (harness/analysis/model.py) instead of a stack, at any number of workers, in seconds.
 
-The same arrivals as `minifaas bench` (the open loop's seeded Poisson schedule, the trace's
-replay), the real strategy classes, and service times taken, for each function, from:
+The same arrivals as `minifaas bench` (the open loop's and each sweep step's seeded Poisson
+schedule, the trace's replay, a closed loop's clients), the real strategy classes, and service times taken, for each function, from:
 
 1. the trace itself, for a trace phase with `input_from_duration` (the milliseconds the call
-   asks spin.c to run, exactly as the harness sends them);
+   asks spin.c to run, exactly as the harness sends them; scaled per function to the measured
+   mean exec_ms when a run measured it);
 2. the execution times a bench run measured (`--measured RESULT.json`, or the run itself when
    a phase has `model = true`): each call draws from its function's measured exec_ms;
 3. the function's `service_ms` in the scenario file.
