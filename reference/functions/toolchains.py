@@ -372,11 +372,27 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
         if wasm is None:
             log.info("%s compilation failed (%s, exit %s)", lang, tc.name, proc.returncode)
             raise CompileError("compilation failed", details=_trim(text) or "exit status %d" % proc.returncode)
+    _check_imports(wasm)
     log.info("compiled %s with %s in %.0f ms (%d bytes)", lang, tc.name, compile_ms, len(wasm))
     return Compiled(wasm, compile_ms, tc.name)
 
 
 MODULE_MAX = 256 << 20      # a compiled module bigger than this is refused
+
+
+def _check_imports(wasm):
+    """Refuse at deploy (422) a module that imports what no worker provides: it would fail
+    every call."""
+    from reference.worker.wasm.wasi import unresolved_imports
+
+    try:
+        missing = unresolved_imports(wasm)
+    except ValueError as exc:
+        raise CompileError("compilation failed", details="the compiler wrote no valid module: %s" % exc) from None
+    if missing:
+        raise CompileError("compilation failed",
+                           details="the module imports what the platform does not provide (only WASI "
+                                   "preview 1 functions are): %s" % ", ".join(missing[:20]))
 
 
 def _read_module(path):

@@ -1,5 +1,6 @@
 """The wasm runtime: C, Rust and Go compiled to WASI, a fresh Store and instance per call."""
 
+import os
 import time
 from collections import OrderedDict
 
@@ -31,11 +32,21 @@ class WasmRuntime:
         self.watch = DeadlineWatch(self.engine)
 
     def _instance_pre(self, job):
+        """The function's linked module, or the message saying why it cannot be linked (cached
+        too: a module deployed before deploy checked its imports fails each call the same way,
+        without a traceback in the log every time)."""
         pre = self.cache.get(job.fn_id)
         if pre is None:
             module = self.wasm.load_module(self.engine, job.fn_dir)
-            self.host.define_missing(module)
-            pre = self.linker.instantiate_pre(module)
+            missing = self.wasi.unresolved_imports(_module_bytes(job.fn_dir))
+            if missing:
+                pre = "the module imports what the platform does not provide: %s" % ", ".join(missing[:8])
+            else:
+                self.host.define_missing(module)
+                try:
+                    pre = self.linker.instantiate_pre(module)
+                except self.wasmtime.WasmtimeError as exc:
+                    pre = "the module cannot be linked: %s" % str(exc).splitlines()[0]
             self.cache[job.fn_id] = pre
             if len(self.cache) > MODULE_CACHE:
                 self.cache.popitem(last=False)
@@ -47,6 +58,8 @@ class WasmRuntime:
         wasmtime, wasi = self.wasmtime, self.wasi
         started = time.perf_counter()
         pre = self._instance_pre(job)
+        if isinstance(pre, str):
+            return Outcome(exit_code=1, error="runtime", message=pre)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
         call = wasi.Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
         self.host.begin(call)
@@ -76,6 +89,8 @@ class WasmRuntime:
                 out.exit_code = call.exit_code
             elif call.timed_out:
                 out.exit_code, out.error, out.message = 1, "timeout", _timeout_message(job)
+            if call.complaints:
+                out.extra["wasi"] = call.complaints
             out.exec_ms = _ms(run_started)
             if out.error in (None, "runtime") and (out.exit_code or out.error) and _near_limit(instance, store, limit):
                 # A refused memory.grow is not a trap: malloc returns NULL and the program
@@ -93,6 +108,11 @@ class WasmRuntime:
     def close(self):
         self.watch.close()
         self.cache.clear()
+
+
+def _module_bytes(fn_dir):
+    with open(os.path.join(fn_dir, "code.wasm"), "rb") as f:
+        return f.read()
 
 
 def _timeout_message(job):

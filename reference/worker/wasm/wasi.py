@@ -14,6 +14,13 @@ function sees is what the worker gave it before, through wasmtime's WASI:
 
 One `Wasi` per Linker; `begin()` binds it to one call at a time (a worker runs one call at a time,
 and the module keeps two scratch structs for the C calls on that assumption).
+
+No host call may cost more than the call is allowed: every pointer and length is checked
+against the memory before anything is allocated or copied, an iovec list is at most IOV_MAX
+long (a negative or larger count is EINVAL), fd_write copies at most what still fits in the
+output limit (the rest is counted as written and dropped, as a full capture does), long host
+calls look at the deadline, and a fault part-way through fd_read keeps the input not delivered.
+`unresolved_imports` lets deploy refuse a module whose imports no worker could satisfy.
 """
 
 import ctypes
@@ -34,6 +41,9 @@ FILETYPE_UNKNOWN = 0                   # what a pipe is to WASI; not a tty, so s
 RIGHT_FD_READ, RIGHT_FD_WRITE, RIGHT_POLL = 1 << 1, 1 << 6, 1 << 27
 SUBSCRIPTION, EVENT = 48, 32           # sizes in bytes, from the preview 1 ABI
 U32 = 0xFFFFFFFF
+IOV_MAX = 1024                         # as Linux's writev: more iovecs in one call is EINVAL
+RANDOM_CHUNK = 1 << 16                 # random_get fills memory this much at a time
+DEADLINE_EVERY = 64                    # iovecs (or random chunks) between looks at the clock
 
 _CALLBACK = ffi.wasmtime_func_unchecked_callback_t
 _memory_extern = ffi.wasmtime_extern_t()
@@ -56,7 +66,8 @@ class _Exit(Exception):
 
 
 class Call:
-    """What one invocation's WASI reads and writes: its input and two sinks with a `write`."""
+    """What one invocation's WASI reads and writes: its input and two sinks with a `write`
+    (and, for the output limit, a `limit` and `size`, as reference.worker.capture.Capture)."""
 
     def __init__(self, stdin, stdout, stderr, deadline):
         self.stdin, self.pos = stdin, 0
@@ -64,7 +75,16 @@ class Call:
         self.closed = set()
         self.deadline = deadline       # time.monotonic() past which sleeps stop early
         self.exit_code = None          # set by proc_exit
-        self.timed_out = False         # set when a sleep reached the deadline
+        self.timed_out = False         # set when a sleep or a long host call reached the deadline
+        self.complaints = []           # what the module did wrong that it may not know (EINVAL's why)
+
+    def complain(self, text):
+        if len(self.complaints) < 8:
+            self.complaints.append(text)
+
+    def check_deadline(self):
+        if time.monotonic() >= self.deadline:
+            raise _Deadline()
 
 
 class Memory:
@@ -83,9 +103,13 @@ class Memory:
 
     def _at(self, ptr, length):
         ptr &= U32
-        if ptr + length > self.size:
+        if length < 0 or ptr + length > self.size:
             raise Fault(ptr)
         return self.base + ptr
+
+    def check(self, ptr, length):
+        """Raise Fault unless [ptr, ptr + length) lies inside the memory."""
+        self._at(ptr, length)
 
     def read(self, ptr, length):
         return ctypes.string_at(self._at(ptr, length), length) if length else b""
@@ -150,7 +174,7 @@ class Wasi:
                 return _trap("exit %d" % exit.code)
             except _Deadline:
                 self.call.timed_out = True
-                return _trap("the call's deadline passed during a sleep")
+                return _trap("the call's deadline passed in %s" % name)
             except BaseException as exc:  # noqa: BLE001 - nothing may cross back into wasmtime
                 return _trap("the platform's WASI failed in %s: %r" % (name, exc))
             if nresults:
@@ -192,15 +216,36 @@ class Wasi:
 
     # --- descriptors: 0 is the input, 1 and 2 the captures ---------------------------------------
 
+    def _iovecs(self, memory, name, iovs, count):
+        """The (pointer, length) pairs of an iovec list, or an errno when the count is wrong."""
+        if not 0 <= count <= IOV_MAX:
+            self.call.complain("%s: an iovec count of %d is out of range (0 to %d)" % (name, count, IOV_MAX))
+            return None
+        vector = memory.u32s(iovs, 2 * count)
+        return [(vector[i], vector[i + 1]) for i in range(0, 2 * count, 2)]
+
     def fd_write(self, caller, fd, iovs, count, written):
-        sink = self.call.sinks.get(fd)
-        if sink is None or fd in self.call.closed:
+        call = self.call
+        sink = call.sinks.get(fd)
+        if sink is None or fd in call.closed:
             return EBADF
         memory, total = Memory(caller), 0
-        vector = memory.u32s(iovs, 2 * count)
-        for i in range(0, 2 * count, 2):
-            sink.write(memory.read(vector[i], vector[i + 1]))
-            total += vector[i + 1]
+        memory.check(written, 4)
+        vector = self._iovecs(memory, "fd_write", iovs, count)
+        if vector is None:
+            return EINVAL
+        for i, (ptr, length) in enumerate(vector):
+            memory.check(ptr, length)
+            # Only what still fits in the output is copied; the rest is dropped unread, as a
+            # full capture would drop it, so one call costs at most the output limit.
+            room = getattr(sink, "limit", length) - getattr(sink, "size", 0)
+            if room > 0:
+                sink.write(memory.read(ptr, min(length, room)))
+            if length > room:
+                sink.write(b"x")        # marks the capture as cut
+            total += length
+            if i % DEADLINE_EVERY == DEADLINE_EVERY - 1:
+                call.check_deadline()
         memory.put(written, "<I", total & U32)
         return ESUCCESS
 
@@ -209,13 +254,21 @@ class Wasi:
         if fd != 0 or fd in call.closed:
             return EBADF
         memory, total = Memory(caller), 0
-        vector = memory.u32s(iovs, 2 * count)
-        for i in range(0, 2 * count, 2):
-            chunk = call.stdin[call.pos:call.pos + vector[i + 1]]
-            memory.write(vector[i], chunk)
+        memory.check(read, 4)           # before any input is taken: none can be lost to it
+        vector = self._iovecs(memory, "fd_read", iovs, count)
+        if vector is None:
+            return EINVAL
+        for ptr, length in vector:
+            chunk = call.stdin[call.pos:call.pos + length]
+            try:
+                memory.write(ptr, chunk)
+            except Fault:
+                if total == 0:
+                    raise
+                break                   # a short read of what was delivered; the rest stays unread
             call.pos += len(chunk)
             total += len(chunk)
-            if len(chunk) < vector[i + 1]:
+            if len(chunk) < length:
                 break
         memory.put(read, "<I", total)
         return ESUCCESS
@@ -261,7 +314,12 @@ class Wasi:
         return ESUCCESS
 
     def random_get(self, caller, buf, length):
-        Memory(caller).write(buf, os.urandom(length & U32))
+        memory, length = Memory(caller), length & U32
+        memory.check(buf, length)       # before a single byte is made
+        for i, offset in enumerate(range(0, length, RANDOM_CHUNK)):
+            memory.write(buf + offset, os.urandom(min(RANDOM_CHUNK, length - offset)))
+            if i % DEADLINE_EVERY == DEADLINE_EVERY - 1:
+                self.call.check_deadline()
         return ESUCCESS
 
     def sched_yield(self, caller):
@@ -308,6 +366,67 @@ class Wasi:
 
     def proc_exit(self, caller, code):
         raise _Exit(code & U32)
+
+
+def unresolved_imports(wasm):
+    """The imports of a module (bytes) no worker provides, as "module.name": anything but a
+    function of wasi_snapshot_preview1. Raises ValueError when the bytes are not a module."""
+    if wasm[:8] != b"\0asm\x01\0\0\0":
+        raise ValueError("not a WebAssembly module")
+    pos, missing = 8, []
+    while pos < len(wasm):
+        section, pos = wasm[pos], pos + 1
+        size, pos = _leb(wasm, pos)
+        if section != 2:
+            pos += size
+            continue
+        count, pos = _leb(wasm, pos)
+        for _ in range(count):
+            module, pos = _name(wasm, pos)
+            field, pos = _name(wasm, pos)
+            kind, pos = wasm[pos], pos + 1
+            if kind == 0:                       # function: a type index
+                _, pos = _leb(wasm, pos)
+            elif kind == 1:                     # table: a reference type, then limits
+                pos = _limits(wasm, pos + 1)
+            elif kind == 2:                     # memory: limits
+                pos = _limits(wasm, pos)
+            elif kind == 3:                     # global: a value type and mutability
+                pos += 2
+            elif kind == 4:                     # tag: an attribute and a type index
+                _, pos = _leb(wasm, pos + 1)
+            else:
+                raise ValueError("unknown import kind %d" % kind)
+            if module != MODULE or kind != 0:
+                missing.append("%s.%s" % (module, field))
+        break
+    return missing
+
+
+def _leb(data, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated module")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _name(data, pos):
+    length, pos = _leb(data, pos)
+    return data[pos:pos + length].decode(errors="replace"), pos + length
+
+
+def _limits(data, pos):
+    flags, pos = data[pos], pos + 1
+    _, pos = _leb(data, pos)
+    if flags & 1:
+        _, pos = _leb(data, pos)
+    return pos
 
 
 def start(store, instance):
