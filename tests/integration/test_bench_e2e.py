@@ -39,6 +39,15 @@ rate = 8.0
 duration = 1.0
 mix = { greet = 1 }
 senders = 4
+
+[[phases]]
+name = "sweep"
+kind = "sweep"
+mix = { greet = 1 }
+rates = [4, 8]
+step_duration = 1.5
+warmup = 0.3
+slo_p99_ms = 2000.0
 """ % GREET
 
 BROKEN = """
@@ -85,7 +94,10 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RR run 2/2 phase closed" in proc.stderr   # progress on stderr
     result = json.loads((out / "result.json").read_text())
-    assert result["format_version"] == 1 and result["ok"] is True
+    assert result["format_version"] == 2 and result["ok"] is True
+    # A fresh stack per repeat, in the balanced order A B B A.
+    assert result["scenario"]["order"] == [["RR", 0], ["FIFO", 0], ["FIFO", 1], ["RR", 1]]
+    assert proc.stderr.count("starting a stack") == 4
     assert set(result["metadata"]) >= {"date", "host", "cores", "python", "wasmtime", "git_commit"}
     for strategy in ("RR", "FIFO"):
         s = result["strategies"][strategy]
@@ -96,7 +108,10 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
         for run in closed["runs"]:
             assert (run["requests"], run["ok"], run["errors"]) == (12, 12, {})
             assert sum(run["workers"].values()) == 12
-            assert sum(b["ok"] for b in run["timeline"]) == 12
+            # Whole buckets only: what completed in the last partial one is in the totals, not the timeline.
+            buckets = run["timeline"]
+            assert 0 < sum(b["ok"] for b in buckets) <= 12
+            assert run["duration_s"] - buckets[0]["dt"] < buckets[-1]["t"] + buckets[-1]["dt"] <= run["duration_s"] + 1e-6
             assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
             # The pool was polled while the phase ran: 2 workers, never more busy than exist.
             assert run["pool_timeline"] and run["pool"]["workers_max"] == 2
@@ -106,13 +121,26 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
         assert len(open_["runs"]) == 2
         for run in open_["runs"]:
             assert run["ok"] == run["requests"] > 0
+            assert run["saturated"] in (True, False)
+        for phase in ("closed", "open", "sweep"):
+            for i, run in enumerate(s["phases"][phase]["runs"]):
+                assert run["repeat"] == i
+                assert run["host"]["loadavg_before"] and run["host"]["steal_share"] is not None
+                assert 0 <= run["injector"]["cpu_share"] < 2 and "limited" in run["injector"]
+        for run in s["phases"]["sweep"]["runs"]:
+            assert [st["offered_rps"] for st in run["steps"]] in ([4.0, 8.0], [4.0])
+            assert run["capacity_bound"] in ("interpolated", "at_least", "below")
+            assert all(st["requests"] > 0 and st["ok"] <= st["requests"] for st in run["steps"])
+        assert s["phases"]["sweep"]["aggregate"]["capacity_rps"]["n"] == 2
     # Both strategies saw the same open-loop arrivals (seeded by phase and run, not strategy).
     assert ([r["requests"] for r in result["strategies"]["RR"]["phases"]["open"]["runs"]]
             == [r["requests"] for r in result["strategies"]["FIFO"]["phases"]["open"]["runs"]])
     report = (out / "report.md").read_text()
     assert "| RR | closed | 2 | 24 | 24 | 0 |" in report
     assert "| FIFO | closed | 2 | 24 | 24 | 0 |" in report
-    for png in ("throughput.png", "latency_cdf.png", "timeline.png", "workers.png"):
+    assert "## Capacity at the SLO" in report and "| sweep | RR | 2000 |" in report
+    for png in ("throughput.png", "latency_ccdf.png", "timeline.png", "workers.png", "sweep_latency.png",
+                "sweep_throughput.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
