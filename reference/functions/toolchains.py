@@ -362,6 +362,7 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
             oom = group is not None and group.ran_out_of_memory()
             if group is not None:
                 group.destroy()
+                hierarchy.release_worker()
         compile_ms = (time.perf_counter() - started) * 1000
         text = output.decode(errors="replace").replace(tmp + os.sep, "").replace(here + os.sep, "")
         if oom:

@@ -95,9 +95,69 @@ def _need_isolation():
         pytest.skip(reason)
 
 
+_WEAK_OK = set()
+
+
+def weak_ok(test):
+    """A test that runs whatever the isolation here (it forces the weak path itself)."""
+    _WEAK_OK.add(test.__name__)
+    return test
+
+
 @pytest.fixture(autouse=True)
-def strong_isolation():
-    _need_isolation()
+def strong_isolation(request):
+    if request.function.__name__ not in _WEAK_OK:
+        _need_isolation()
+
+
+REPORT = r"""
+import json
+from reference.worker.sandbox import isolation
+info = isolation.describe()
+try:
+    isolation.require()
+    refused = None
+except SystemExit as exc:
+    refused = str(exc)
+print(json.dumps(dict(info=info, refused=refused, summary=isolation.summary())))
+"""
+
+
+def _report(**env):
+    proc = subprocess.run([sys.executable, "-c", REPORT], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **env))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@weak_ok
+def test_without_bubblewrap_or_cgroups_the_platform_says_what_it_lacks_and_require_refuses():
+    weak = _report(FAAS_NO_BWRAP="1", FAAS_NO_CGROUPS="1")
+    assert weak["info"]["isolation"] == "rlimits-only"
+    assert len(weak["info"]["missing"]) == 2 and "bubblewrap" in weak["info"]["missing"][0]
+    assert "WEAK" in weak["summary"] and "rlimits-only" in weak["summary"]
+    assert weak["refused"] and "--require-isolation" in weak["refused"] and "bubblewrap" in weak["refused"]
+    half = _report(FAAS_NO_CGROUPS="1")
+    if half["info"]["isolation"] == "bubblewrap":
+        assert half["refused"] and "cgroups" in half["refused"]
+
+
+def test_with_everything_there_require_lets_the_platform_start():
+    strong = _report()
+    assert strong["refused"] is None and strong["info"]["missing"] == []
+    assert strong["summary"] == "isolation: " + strong["info"]["isolation"]
+
+
+def test_minifaas_languages_reports_the_isolation():
+    table = subprocess.run([sys.executable, "-m", "reference", "languages"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
+    assert table.returncode == 0, table.stderr
+    assert "isolation: bubblewrap+cgroup-v" in table.stdout
+    rows = json.loads(subprocess.run([sys.executable, "-m", "reference", "languages", "--json"], capture_output=True,
+                                     text=True, cwd=ROOT, timeout=600).stdout)
+    by_lang = {row["lang"]: row for row in rows}
+    assert by_lang["python"]["isolation"].startswith("bubblewrap+cgroup-v")
+    assert by_lang["c"]["isolation"] == "wasm" and by_lang["c"]["compile_isolation"].startswith("bubblewrap")
 
 
 @pytest.fixture

@@ -257,6 +257,16 @@ class Group:
                 pass
         return pids
 
+    def _any_member(self):
+        """Whether the group has a process, from one controller: a call's process enters all of
+        them before it runs any code, or exits."""
+        controller = "" if self.hierarchy.version == 2 else "freezer" if "freezer" in self.dirs else "pids"
+        try:
+            with open(self._file(controller, "cgroup.procs"), "rb") as f:
+                return bool(f.read(1))
+        except FileNotFoundError:
+            return False
+
     def _is_member(self, pid):
         try:
             with open("/proc/%d/cgroup" % pid) as f:
@@ -288,8 +298,8 @@ class Group:
         """Freeze the group, SIGKILL every member, thaw it, and wait until it is empty. Returns
         the number of processes killed. Only kernel-listed members are signalled, each through
         a pidfd opened once it is known to be a member still (so a reused pid is never hit)."""
-        if not self.made:
-            return 0
+        if not self.made or not self._any_member():
+            return 0            # the usual end of a call: nothing left, nothing to freeze
         if self.hierarchy.version == 2 and os.path.exists(self._file("", "cgroup.kill")):
             count = len(self.members())
             if count:
