@@ -102,6 +102,7 @@ COMMANDS = {
     "languages": ("reference.functions.toolchains", "cli"),
     "inject": ("harness.load.injector", "cli"),
     "bench": ("harness.bench", "cli"),
+    "simulate": ("harness.simulate", "cli"),
     **{name: ("reference.remote", "cli") for name in ("deploy", "invoke", "list", "get", "delete", "versions", "rollback")},
 }
 
@@ -168,6 +169,12 @@ def build_parser(argv=()):
     if "bench" in argv:
         from harness import bench
         bench.add_arguments(p)
+
+    p = sub.add_parser("simulate", help="a scenario through the queueing model: the real strategies, "
+                                        "any number of workers, no stack")
+    if "simulate" in argv:
+        from harness import simulate
+        simulate.add_arguments(p)
     return parser
 
 

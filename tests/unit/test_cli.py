@@ -85,3 +85,12 @@ def test_nats_commands_without_nats_py_say_what_to_install(monkeypatch, capsys):
             cli.main(argv)
         assert stop.value.code == 2
         assert "pip install 'minifaas[nats]'" in capsys.readouterr().err
+
+
+def test_simulate_runs_a_scenario_through_the_model_with_no_stack(tmp_path, capsys):
+    from support import ROOT
+
+    code = cli.main(["simulate", str(ROOT / "scenarios" / "azure2019.toml"), "--workers", "50",
+                     "--strategies", "FIFO", "--out", str(tmp_path)])
+    assert code == 0
+    assert (tmp_path / "azure2019" / "result.json").stat().st_size > 0
