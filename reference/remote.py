@@ -5,7 +5,8 @@ output), and its exit code says whether it worked (0), the platform refused (1) 
 arguments were wrong (2).
 
 The gateway's address is --url or FAAS_URL (default http://127.0.0.1:8080); the API key is
-FAAS_API_KEY (or --api-key, which `ps` shows: prefer the environment).
+FAAS_API_KEY (or --api-key, which `ps` shows: prefer the environment); `invoke` sends the
+invoke key FAAS_INVOKE_KEY instead when it is set (a gateway started with --invoke-key).
 """
 
 import json
@@ -200,8 +201,10 @@ def add_arguments(sub):
 
 
 def cli(args):
-    gw = Gateway(args.url or os.environ.get("FAAS_URL") or DEFAULT_URL,
-                 args.api_key or os.environ.get("FAAS_API_KEY") or None)
+    key = args.api_key or os.environ.get("FAAS_API_KEY") or None
+    if args.command == "invoke" and not args.api_key:
+        key = os.environ.get("FAAS_INVOKE_KEY") or key
+    gw = Gateway(args.url or os.environ.get("FAAS_URL") or DEFAULT_URL, key)
     try:
         answer = COMMANDS[args.command](gw, args)
     except Refused as exc:

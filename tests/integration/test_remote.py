@@ -73,3 +73,20 @@ def test_rollback_makes_a_new_version_with_the_old_code(mf, tmp_path):
     assert len(json.loads(mf("versions", "v").stdout)["versions"]) == 3
     missing = mf("rollback", "v", "9", check=False)
     assert missing.returncode == 1 and "no version 9" in missing.stderr
+
+
+def test_invoke_sends_the_invoke_key_and_the_rest_the_api_key(start_stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAAS_API_KEY", "admin-key")
+    monkeypatch.setenv("FAAS_INVOKE_KEY", "call-key")
+    stack = start_stack(workers=1)
+    env = {**os.environ, "FAAS_URL": stack.url}
+
+    def run(*argv, extra=None):
+        return subprocess.run([sys.executable, "-m", "reference", *argv], capture_output=True, text=True,
+                              timeout=120, env={**env, **(extra or {})})
+
+    assert run("deploy", str(EXAMPLES / "greet.py")).returncode == 0
+    assert "Ada" in run("invoke", "greet", "--input", "Ada").stdout
+    refused = run("invoke", "greet", extra={"FAAS_INVOKE_KEY": "wrong", "FAAS_API_KEY": "wrong"})
+    assert refused.returncode == 1
+    assert run("list", extra={"FAAS_API_KEY": "wrong"}).returncode == 1
