@@ -336,9 +336,9 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
         with open(os.path.join(tmp, name), "wb") as f:
             f.write(source)
         argv = _compile_argv(tc, os.path.join(here, name), os.path.join(here, "code.wasm"))
-        env, group, join = tc.env, None, []
+        env, group, join, keep = tc.env, None, [], []
         if sandboxed:
-            argv, env = _sandboxed(tc, argv, tmp)
+            argv, env, keep = _sandboxed(tc, argv, tmp)
             if hierarchy is not None:
                 group = hierarchy.group("build-%d-%d" % (os.getpid(), next(_builds)))
                 group.limit(BUILD_MEMORY_MB << 20, BUILD_PIDS_MAX)
@@ -346,10 +346,10 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
         started = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=keep,
                                     preexec_fn=(lambda: [os.write(fd, b"0") for fd in join]) if join else None)
         finally:
-            for fd in join:
+            for fd in join + keep:
                 os.close(fd)
         try:
             output, _ = proc.communicate(timeout=timeout_s)
@@ -411,9 +411,10 @@ def _read_module(path):
 
 
 def _sandboxed(tc, argv, tmp):
-    """The argv and environment that run a compile in bubblewrap as the build uid, seeing /usr,
-    the toolchain's own tree and the build directory `tmp` (at BUILD_DIR), and no network."""
-    from reference.worker.sandbox import bwrap, isolation
+    """The argv, environment and descriptors to pass (the seccomp filter) that run a compile in
+    bubblewrap as the build uid, seeing /usr, the toolchain's own tree and the build directory
+    `tmp` (at BUILD_DIR), and no network."""
+    from reference.worker.sandbox import bwrap, isolation, seccomp
 
     os.chown(tmp, isolation.BUILD_UID, isolation.BUILD_UID)
     for entry in os.listdir(tmp):
@@ -432,9 +433,10 @@ def _sandboxed(tc, argv, tmp):
     if tc.lang == "rust":
         sysroot = (_output([tc.path, "--print", "sysroot"], env=tc.env) or "").splitlines()
         trees.append(sysroot[-1] if sysroot else None)
+    filter_fd = seccomp.fd()
     command = bwrap.argv(argv, isolation.BUILD_UID, binds=[(tmp, BUILD_DIR)], chdir=BUILD_DIR,
-                         trees=[t for t in trees if t], hostname="build", privileged=True)
-    return command, env
+                         trees=[t for t in trees if t], hostname="build", privileged=True, seccomp_fd=filter_fd)
+    return command, env, [filter_fd] if filter_fd is not None else []
 
 
 def _seed_go_cache(trusted, cache, uid):

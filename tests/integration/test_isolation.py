@@ -461,3 +461,27 @@ def test_rust_include_str_of_secrets_is_a_422_without_them(monkeypatch, path):
     details = info.value.extra["details"]
     assert info.value.status == 422 and details
     assert "gateway-secret" not in details and "root:" not in details, details
+
+
+SYSCALLS = r"""
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+got = {}
+for name, nr, args in (("ptrace", 101, (16, 1, 0, 0)), ("unshare", 272, (0x10000000,)), ("bpf", 321, (0, 0, 0)),
+                       ("keyctl", 250, (0, 0)), ("io_uring_setup", 425, (1, 0))):
+    got[name] = (libc.syscall(nr, *args), ctypes.get_errno())
+print(json.dumps(got))
+"""
+
+
+def test_the_system_call_filter_refuses_what_no_function_needs(tmp_path):
+    if not isolation.describe()["seccomp"]:
+        pytest.skip("no seccomp filter for this machine (%s)" % os.uname().machine)
+    probe = tmp_path / "syscalls.py"
+    probe.write_text(SYSCALLS)
+    fn = make_function(tmp_path, "syscalls", "python", probe)
+    for warm in (True, False):
+        out = drive(job(fn, "python"), warm=warm)["results"][0]
+        got = json.loads(out["stdout"])
+        assert {name: r for name, (r, _) in got.items()} == dict.fromkeys(got, -1), got
+        assert got["ptrace"][1] == 1 and got["io_uring_setup"][1] == 38, got    # EPERM, ENOSYS

@@ -138,12 +138,30 @@ def detect():
     if not _detected:
         hierarchy = None
         if os.geteuid() == 0 and os.environ.get("FAAS_NO_CGROUPS") != "1":
-            try:
-                hierarchy = _v2() or _v1()
-            except OSError as exc:
-                log.warning("cannot use cgroups: %s", exc)
+            for make in (_v2, _v1):
+                try:
+                    hierarchy = make()
+                    if hierarchy is not None:
+                        _probe(hierarchy)
+                        break
+                except OSError as exc:
+                    # e.g. v2 controllers that cannot be enabled below a cgroup holding processes
+                    log.warning("cannot use %s: %s", make.__name__.strip("_"), exc)
+                    hierarchy = None
         _detected.append(hierarchy)
     return _detected[0]
+
+
+def _probe(hierarchy):
+    """Make, limit and remove a group: raises OSError when this hierarchy cannot be used."""
+    group = hierarchy.group("probe")
+    try:
+        group.limit(64 << 20, 8)
+        for fd in group.join_fds():
+            os.close(fd)
+    finally:
+        group.destroy()
+        hierarchy.release_worker()
 
 
 def missing():

@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 
-from reference.worker.sandbox import bwrap, cgroup
+from reference.worker.sandbox import bwrap, cgroup, seccomp
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def cgroups():
 
 def describe():
     """{"isolation": "bubblewrap+cgroup-v1" | "bubblewrap" | "cgroup-v1" | "rlimits-only",
-    "missing": [what is lacking], "install": command or ""}: for GET /health and `minifaas languages`."""
+    "missing": [what is lacking], "install": command or "", "seccomp": whether the sandbox's
+    system-call filter is on}: for GET /health and `minifaas languages`."""
     parts, missing = [], []
     problem = _bwrap_problem()
     if problem is None:
@@ -97,7 +98,8 @@ def describe():
     install = ""
     if problem is not None and os.geteuid() == 0 and "FAAS_NO_BWRAP" not in problem:
         install = INSTALL
-    return {"isolation": "+".join(parts) if parts else "rlimits-only", "missing": missing, "install": install}
+    return {"isolation": "+".join(parts) if parts else "rlimits-only", "missing": missing, "install": install,
+            "seccomp": problem is None and seccomp.program() is not None}
 
 
 def strong():

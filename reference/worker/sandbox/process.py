@@ -21,7 +21,7 @@ from reference.functions.languages import LANGUAGES
 from reference.wire.jobs import Outcome
 from reference.worker.capture import Capture, input_fd
 from reference.worker.capture import ms as _ms
-from reference.worker.sandbox import bwrap, isolation
+from reference.worker.sandbox import bwrap, isolation, seccomp
 from reference.worker.sandbox.scratch import call_prefix
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,14 @@ class ProcessRuntime:
                 resource.setrlimit(which, (value, value))
         return preexec
 
-    def sandbox_argv(self, argv, job, call_dir, ro_binds=(), binds=None):
+    def sandbox_argv(self, argv, job, call_dir, ro_binds=(), binds=None, seccomp_fd=None):
         """`argv` wrapped to run in bubblewrap as the function's uid, seeing `call_dir` at
         CALL_DIR (or the given binds), read-only `ro_binds`, and the interpreter's own tree."""
         if binds is None:
             binds = [(call_dir, CALL_DIR)]
         chdir = binds[0][1] if binds else "/"
         return bwrap.argv(argv, self.owner(job)[0], binds=binds, ro_binds=ro_binds, chdir=chdir,
-                          trees=[bwrap.tree_of(self.interpreter)])
+                          trees=[bwrap.tree_of(self.interpreter)], seccomp_fd=seccomp_fd)
 
     def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=(),
               group=None, ro_binds=(), binds=None, pids=CALL_PIDS_MAX):
@@ -145,14 +145,17 @@ class ProcessRuntime:
         group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
         where it can be, else as the shared sandbox user when we are root. With `group`, its
         processes are in that cgroup (limited to the job's memory and `pids`) from before exec."""
-        join = ()
+        join, filter_fd = (), None
         if group is not None:
             group.limit(job.memory_mb << 20, pids)
             join = group.join_fds()
         try:
             user = {}
             if self.sandboxed:
-                argv, cwd = self.sandbox_argv(argv, job, cwd, ro_binds, binds), "/"
+                filter_fd = seccomp.fd()
+                if filter_fd is not None:
+                    pass_fds = tuple(pass_fds) + (filter_fd,)
+                argv, cwd = self.sandbox_argv(argv, job, cwd, ro_binds, binds, filter_fd), "/"
             elif self.user:
                 user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
@@ -162,6 +165,8 @@ class ProcessRuntime:
         finally:
             for fd in join:
                 os.close(fd)
+            if filter_fd is not None:
+                os.close(filter_fd)
 
     def _run_child(self, job, argv, cwd, started, group=None):
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
