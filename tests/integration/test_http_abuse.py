@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from support import EXAMPLES, stop_group
+from support import stop_group
 
 from harness.run.stack import free_port
 

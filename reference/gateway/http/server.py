@@ -26,9 +26,9 @@ The limits (../shared/DESIGN.md, "The gateway's HTTP limits"), each answered as 
                                       one is closed to make room
     a bad request behind good ones    the good ones are answered first       400, close
 
-A connection's state decides how long a read may wait: between requests (idle keep-alive) two
-minutes; from the first byte of a request to the end of its headers, what is left of the 10 s;
-inside a body, two minutes a read.
+A connection's state decides how long a read may wait: a new connection, 10 s for its first
+request to begin; between requests (idle keep-alive), two minutes; from the first byte of a
+request to the end of its headers, what is left of the 10 s; inside a body, two minutes a read.
 """
 
 import collections
