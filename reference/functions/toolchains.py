@@ -323,7 +323,7 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
     if tc.lang == "go":
         os.makedirs(tc.env["GOCACHE"], exist_ok=True)
     ext = LANGUAGES[lang].ext
-    from reference.worker.sandbox import isolation
+    from reference.worker.sandbox import cgroup, isolation
 
     sandboxed = isolation.sandboxed()
     hierarchy = isolation.cgroups() if sandboxed else None
@@ -343,11 +343,11 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
                 group = hierarchy.group("build-%d-%d" % (os.getpid(), next(_builds)))
                 group.limit(BUILD_MEMORY_MB << 20, BUILD_PIDS_MAX)
                 join = group.join_fds()
+                argv = cgroup.trampoline(join, argv)
         started = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=keep,
-                                    preexec_fn=(lambda: [os.write(fd, b"0") for fd in join]) if join else None)
+                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=keep + join)
         finally:
             for fd in join + keep:
                 os.close(fd)

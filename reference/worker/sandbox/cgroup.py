@@ -394,6 +394,19 @@ def _rmdir(path):
             time.sleep(0.005)    # a killed member is still on its way out
 
 
+# Enters the groups whose cgroup.procs descriptors are listed, then becomes the command: no
+# preexec_fn in a process that has threads (the gateway compiles with a thread pool running).
+_TRAMPOLINE = "import os, sys\nfor fd in sys.argv[1].split(','): os.write(int(fd), b'0')\nos.execv(sys.argv[2], sys.argv[2:])"
+
+
+def trampoline(join, argv):
+    """`argv` preceded by a small python3 that enters the groups of `join` (descriptors to pass
+    to the child) and then execs it."""
+    import sys
+
+    return [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, ",".join(str(fd) for fd in join)] + list(argv)
+
+
 def _kill_member(group, pid):
     try:
         pidfd = os.pidfd_open(pid)
