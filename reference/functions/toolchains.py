@@ -480,3 +480,113 @@ def _kill_group(proc, group=None):
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         log.warning("compiler %d did not die after SIGKILL", proc.pid)
+
+
+# --- checking the syntax of interpreted languages (deploy side) ---------------------------
+
+SYNTAX_TIMEOUT_S = 10       # a check that takes longer is a source no one could run either
+SYNTAX_MEMORY_MB = 512      # for the parser: a pathological source fails here, not in the gateway
+SYNTAX_SCRIPT = {"python": "function.py", "php": "code.php", "js": "code.js"}   # as its calls name it
+SYNTAX_REFUSED = {"python": 3, "php": 255, "js": 1}     # the exit status that means "does not parse"
+SYNTAX_LINE_CHARS = 300     # of each line of the message
+# What each parser says when it reaches its memory limit (python's MemoryError is a refusal).
+_OUT_OF_MEMORY = ("Allowed memory size", "heap out of memory", "Out of memory")
+# compile() only: nothing of the function runs. The message is python3's own for function.py.
+_PY_CHECK = (
+    "import resource, sys, traceback\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (%d, %d))\n"
+    "try:\n"
+    "    compile(sys.stdin.buffer.read(), 'function.py', 'exec', dont_inherit=True)\n"
+    "except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:\n"
+    "    sys.stderr.write(''.join(traceback.format_exception_only(type(exc), exc)))\n"
+    "    sys.exit(3)\n"
+) % (SYNTAX_MEMORY_MB << 20, SYNTAX_MEMORY_MB << 20)
+
+
+def _syntax_argv(tc, script):
+    """The check's command. Each bounds its parser's memory itself: the parser runs no code of
+    the function, so it needs no cgroup (nor a preexec_fn in the threaded gateway)."""
+    if tc.lang == "python":
+        return [tc.path, "-I", "-S", "-c", _PY_CHECK]     # the source comes on stdin
+    if tc.lang == "php":
+        return [tc.path, "-n", "-d", "memory_limit=%dM" % SYNTAX_MEMORY_MB, "-l", script]
+    return [tc.path, "--max-old-space-size=%d" % SYNTAX_MEMORY_MB, "--check", script]
+
+
+def _syntax_message(lang, text):
+    """The interpreter's message without what only repeats it (php's "Errors parsing", node's
+    own stack and version)."""
+    lines = []
+    for line in text.strip().splitlines():
+        if (lang == "php" and line.startswith("Errors parsing ")) or \
+                (lang == "js" and (line.startswith("    at ") or line.startswith("Node.js v"))):
+            continue
+        if not line.strip() and (not lines or not lines[-1].strip()):
+            continue                # node leaves blank lines where the source line was empty
+        # Python quotes the offending line whole: a minified or pathological one is cut.
+        lines.append(line if len(line) <= SYNTAX_LINE_CHARS else line[:SYNTAX_LINE_CHARS] + " ... (cut)")
+    return _trim("\n".join(lines))
+
+
+def _summary(details):
+    """The line of the message that names the error, for the answer's one-sentence "error"."""
+    named = [line.strip() for line in details.splitlines() if "rror" in line]
+    return named[-1] if named else details.splitlines()[-1].strip()
+
+
+def check_syntax(lang, source, timeout_s=SYNTAX_TIMEOUT_S, search_path=None):
+    """Check that `source` (bytes) of python, php or js parses, without running any of it:
+    compile() in a child python3, `php -l`, `node --check`, run the way compilers are (in
+    bubblewrap as the build uid with no network, where the machine allows it), with a time
+    and a memory limit.
+
+    Raises CompileError with the interpreter's message when it does not parse (or the parser
+    runs past its time or memory). Returns the milliseconds the check took, or None when there
+    is nothing to check or no interpreter here (its calls will say so)."""
+    tc = find(lang, search_path) if lang in SYNTAX_SCRIPT else None
+    if tc is None:
+        return None
+    from reference.worker.sandbox import isolation
+
+    sandboxed = isolation.sandboxed()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="minifaas-check-") as tmp:
+        here = BUILD_DIR if sandboxed else tmp
+        name = SYNTAX_SCRIPT[lang]
+        if lang != "python":
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(source)
+        argv, env, keep = _syntax_argv(tc, os.path.join(here, name)), {"PATH": "/usr/bin:/bin"}, []
+        if sandboxed:
+            argv, env, keep = _sandboxed(tc, argv, tmp)
+        try:
+            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.PIPE if lang == "python" else subprocess.DEVNULL,
+                                    start_new_session=True, pass_fds=keep)
+        finally:
+            for fd in keep:
+                os.close(fd)
+        timed_out = False
+        try:
+            output, _ = proc.communicate(source if lang == "python" else None, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out, output = True, b""
+        finally:
+            _kill_group(proc)
+    checked_ms = (time.perf_counter() - started) * 1000
+    text = output.decode(errors="replace").replace(tmp + os.sep, "").replace(here + os.sep, "")
+    if timed_out:
+        raise CompileError("syntax check failed", details="the %s parser ran longer than %d s on this code "
+                           "and was stopped" % (lang, timeout_s))
+    if proc.returncode != 0 and any(word in text for word in _OUT_OF_MEMORY):
+        raise CompileError("syntax check failed", details="the %s parser ran out of its %d MiB of memory "
+                           "on this code" % (lang, SYNTAX_MEMORY_MB))
+    if proc.returncode == SYNTAX_REFUSED[lang]:
+        log.info("%s syntax check refused the code", lang)
+        details = _syntax_message(lang, text) or "the code does not parse"
+        raise CompileError("syntax error in the %s code: %s" % (lang, _summary(details)), details=details)
+    if proc.returncode != 0:
+        # The check itself could not run (not the code's fault): the calls will say what is wrong.
+        log.warning("%s syntax check did not run (exit %s): %s", lang, proc.returncode, text[-300:])
+        return None
+    return checked_ms
