@@ -485,3 +485,41 @@ def test_the_system_call_filter_refuses_what_no_function_needs(tmp_path):
         got = json.loads(out["stdout"])
         assert {name: r for name, (r, _) in got.items()} == dict.fromkeys(got, -1), got
         assert got["ptrace"][1] == 1 and got["io_uring_setup"][1] == 38, got    # EPERM, ENOSYS
+
+
+def _stack_pids(stack):
+    """The pids of a stack's own processes (gateway, balancer, server, workers): its group."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == stack.proc.pid:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_through_the_platform_a_function_reaches_neither_the_gateway_nor_another_function(start_stack):
+    """End to end, as deployed: the attacker gets the stack's own pids and the gateway's port,
+    and may not signal, read (the --api-key on a command line, the environment) or connect."""
+    from support import deploy, http, invoke
+
+    stack = start_stack(workers=2)
+    victim = deploy(stack.url, "victim", "python", EXAMPLES / "greet.py")["id"]
+    assert invoke(stack.url, victim, "Ada")[1]["output"] == "Hello, Ada!\n"
+    attacker = deploy(stack.url, "attacker", "python", FUNCTIONS / "hostile_probe.py")["id"]
+    pids = _stack_pids(stack)
+    assert len(pids) >= 3, pids
+    task = {"pids": pids, "ports": [stack.port]}
+    for _ in range(2):              # both workers, with round robin
+        status, body, _ = invoke(stack.url, attacker, raw=json.dumps(task).encode())
+        assert status == 200, body
+        got = json.loads(body["output"])
+        assert all(got[k] == [] for k in got if k != "visible"), got
+        assert not any("reference" in c for c in got["visible"]), got["visible"]
+    assert _stack_pids(stack) == pids   # every process of the platform still there
+    for name in ("Bob", "Cy"):
+        status, body, _ = invoke(stack.url, victim, name)
+        assert status == 200 and body["output"] == "Hello, %s!\n" % name, body
+    assert http("GET", stack.url + "/health")[0] == 200
