@@ -41,7 +41,7 @@ def component_commands(balancer, server, gateway, log_level):
                           "--functions", gateway.functions, "--http", gateway.http,
                           "--threads", str(gateway.threads), "--max-timeout-ms", str(limits.max_timeout_ms),
                           "--max-memory-mb", str(limits.max_memory_mb)] + socks
-    gateway_cmd += ["--keep-answers-mb", str(gateway.keep_answers_mb)]
+    gateway_cmd += ["--keep-answers-mb", str(gateway.keep_answers_mb), "--max-connections", str(gateway.max_connections)]
     for name in gateway.public_names:
         gateway_cmd += ["--public-name", name]
     return {"balancer": balancer_cmd, "server": server_cmd, "gateway": gateway_cmd}

@@ -48,7 +48,12 @@ def test_up_passes_no_secret_on_a_command_line(monkeypatch):
     from reference.server import supervisor
 
     monkeypatch.setenv("FAAS_API_KEY", "s3cret")
-    up = settings(["up", "--lb-sock", "/tmp/x/lb.sock", "--server-sock", "/tmp/x/s.sock"])
+    # Values other than the defaults, so that a flag `up` forgets to pass on is seen.
+    up = settings(["up", "--lb-sock", "/tmp/x/lb.sock", "--server-sock", "/tmp/x/s.sock", "--strategy", "WEIGHTED",
+                   "--workers", "2", "--weights", "1,3", "--max-workers", "5", "--max-queue", "9",
+                   "--scale-cooldown", "2.5", "--host", "127.0.0.2", "--port", "9999", "--functions", "/tmp/x/f",
+                   "--http", "waitress", "--threads", "3", "--max-timeout-ms", "7000", "--max-memory-mb", "512",
+                   "--max-connections", "77", "--keep-answers-mb", "64", "--public-name", "faas.example"])
     commands = supervisor.component_commands(up.balancer, up.server, up.gateway, up.log_level)
     assert all("s3cret" not in " ".join(c) for c in commands.values())
     # Each child parses back to the same settings.
