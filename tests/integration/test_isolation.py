@@ -59,9 +59,16 @@ def marked(marker):
     return found
 
 def spare_files(runtimes, lang, fn_id):
+    # The code file of the interpreter started ahead for fn_id: in its sandbox's own tmpfs,
+    # which the host reaches only through /proc/PID/root.
     runtime = runtimes.runtime(lang)
     spare = runtime.pool.procs.get(fn_id)
-    return [os.path.join(spare.call_dir, "code." + runtime.ext)] if spare else []
+    if spare is None:
+        return []
+    if spare.call_dir is not None:
+        return [os.path.join(spare.call_dir, "code." + runtime.ext)]
+    return ["/proc/%d/root/call/code.%s" % (pid, runtime.ext) for pid in uid_pids(fn_id)
+            if os.path.exists("/proc/%d/root/call/code.%s" % (pid, runtime.ext))]
 
 warm, marker = sys.argv[1] == "warm", sys.argv[2]
 runtimes = WorkerRuntimes(warm=warm)

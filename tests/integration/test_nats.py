@@ -123,20 +123,23 @@ def test_fifo_is_first_free_slot_anywhere_and_a_busy_host_holds_no_job():
                 invoke(stack.url, "greet", "warm")
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 longs = [pool.submit(invoke, stack.url, "sleep", "4") for _ in range(3)]
-                stats = stats_when(stack.url, lambda s: sum(w["state"] == "busy" for w in s["workers"]) == 3)
-                busy = [w for w in stats["workers"] if w["state"] == "busy"]
-                assert len(busy) == 3, stats
-                free = [w for w in stats["workers"] if w["state"] != "busy"]
+                # (A heartbeat may still show a warm-up call's slot busy: wait for the balancer.)
+                stats = stats_when(stack.url, lambda s: sum(w["state"] == "busy" for w in s["workers"]) == 3
+                                   and s["pending"] == 3)
                 # One slot is free: every short call must go there, one after the other.
                 shorts = timed_load(stack.url, "greet", [str(i) for i in range(10)], threads=1)
+                free = shorts[0][2].get("worker")
                 for data, status, answer, seconds in shorts:
                     assert status == 200, answer
                     assert answer["output"] == "Hello, %s!\n" % data
-                    assert answer["worker"] == free[0]["id"], (answer, stats)
+                    assert answer["worker"] == free, (shorts, stats)
                     assert seconds < 2.0, shorts   # behind a long call it would take ~4 s
+                held = set()
                 for f in longs:
                     status, answer, _ = f.result()
                     assert status == 200 and answer["output"] == "slept 4\n", answer
+                    held.add(answer["worker"])
+                assert len(held) == 3 and free not in held, (held, free)
             # All went through the shared pull consumer; the hosts' own subjects carried none,
             # and every answered job left the work queue.
             delivered = _consumers(cluster)

@@ -54,6 +54,14 @@ def test_anonymous_and_wrong_credentials_are_refused(secured):
     for user, password in ((None, None), ("platform", "wrong"), ("host", cluster.passwords["platform"])):
         with pytest.raises(Exception):
             run(client(cluster.url, user, password), timeout=10)
+    # A host given a wrong password says so and stops, rather than waiting for ever.
+    proc = _host_process(cluster.url, {"FAAS_NATS_USER": "host", "FAAS_NATS_PASSWORD": "wrong"})
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc, grace=2)
+    assert proc.returncode == 2, out.decode()
+    assert "refused these credentials" in out.decode(), out.decode()
 
 
 def test_host_credentials_cannot_read_jobs_answers_or_heartbeats_nor_publish_jobs(secured):
@@ -252,3 +260,28 @@ def test_hosts_refuse_a_server_that_lets_anyone_in(tmp_path):
         for proc in procs:
             stop_process(proc, grace=2)
         stop_process(node.proc)
+
+
+def test_tls_cluster_serves_and_a_host_without_the_ca_is_refused():
+    need_nats()
+    with LocalCluster(hosts=1, workers=1, tls=True) as cluster:
+        assert cluster.url.startswith("tls://")
+        stack = start_stack(cluster)
+        try:
+            deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
+            hosts_up(stack.url, ["host1"])
+            status, answer, _ = invoke(stack.url, "greet", "tls")
+            assert status == 200 and answer["output"] == "Hello, tls!\n", answer
+        finally:
+            stack.close()
+        # The right password, but no CA to check the server with: refused, not downgraded.
+        proc = _host_process(cluster.url, cluster.host_env)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            stop_process(proc, grace=2)
+        assert proc.returncode == 2, out.decode()
+        assert "TLS" in out.decode(), out.decode()
+        # Nor does a plain-text client get in on the TLS port.
+        with pytest.raises(Exception):
+            run(client(cluster.url.replace("tls://", "nats://"), "host", cluster.passwords["host"]), timeout=10)

@@ -98,10 +98,15 @@ async def connect(settings, name, on_refused=None):
                           "FAAS_NATS_PASSWORD (or FAAS_NATS_TOKEN) in the environment; "
                           "--nats-insecure to connect without (never on a shared network)")
     holder = {}
+    fatal = asyncio.Event()   # an authorization or certificate failure: no point trying on
 
     async def error_cb(exc):
         if "authorization" in str(exc).lower():
             holder["refused"] = exc
+            fatal.set()
+        elif isinstance(exc, ssl.SSLError) or "certificate" in str(exc).lower():
+            holder["tls"] = exc
+            fatal.set()
         log.warning("NATS: %s", exc)
 
     async def disconnected_cb():
@@ -120,23 +125,40 @@ async def connect(settings, name, on_refused=None):
     announced = False
     while True:
         holder.pop("refused", None)
+        holder.pop("tls", None)
+        fatal.clear()
+        # One try per server: nats-py's own loop would never give up on an initial connect,
+        # and after a failed TLS handshake it may not come back at all: an authorization or
+        # certificate failure is seen through error_cb and not waited out.
+        attempt = asyncio.ensure_future(nats.connect(
+            servers=servers(settings.url), name=name, max_reconnect_attempts=1,
+            reconnect_time_wait=CONNECT_RETRY_S, connect_timeout=2, allow_reconnect=True,
+            error_cb=error_cb, disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb, **options))
+        failed = asyncio.ensure_future(fatal.wait())
         try:
-            nc = await nats.connect(servers=servers(settings.url), name=name, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=CONNECT_RETRY_S, connect_timeout=2,
-                                    allow_reconnect=True, error_cb=error_cb, disconnected_cb=disconnected_cb,
-                                    reconnected_cb=reconnected_cb, **options)
+            await asyncio.wait([attempt, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        try:
+            if not attempt.done():
+                attempt.cancel()
+                raise holder.get("refused") or holder.get("tls")
+            nc = attempt.result()
         except Exception as exc:  # nats raises several kinds for "nothing listens there"
             refused = holder.get("refused") or (exc if "authorization" in str(exc).lower() else None)
             if refused is not None:
                 raise NatsRefused("NATS at %s refused these credentials (%s)" % (settings.url, refused)) from None
-            if isinstance(exc, ssl.SSLError) or "certificate" in str(exc).lower():
-                raise NatsRefused("TLS to NATS at %s failed: %s" % (settings.url, exc)) from None
+            failed_tls = holder.get("tls") or (exc if isinstance(exc, ssl.SSLError) else None)
+            if failed_tls is not None:   # a server we cannot verify is not one to wait for
+                raise NatsRefused("TLS to NATS at %s failed (%s): give --nats-ca the CA that signed "
+                                  "its certificate" % (settings.url, failed_tls)) from None
             if not announced:
                 log.info("waiting for NATS at %s (%s)", settings.url, exc or type(exc).__name__)
                 announced = True
             await asyncio.sleep(CONNECT_RETRY_S)
             continue
         holder["nc"] = nc
+        nc.options["max_reconnect_attempts"] = -1   # connected once: from now on reconnect forever
         if anonymous_allowed(nc) and not settings.insecure:
             await nc.close()
             raise NatsRefused("NATS at %s accepts anonymous clients: anyone reaching it could read "

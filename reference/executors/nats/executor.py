@@ -24,6 +24,7 @@ registered with nothing delivering its jobs.
 """
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -534,8 +535,6 @@ HOST_PERMISSIONS = {
 
 def authorization_block(users):
     """nats-server's `authorization` for {user: (password, permissions)}: nobody anonymous."""
-    import json
-
     entries = []
     for user, (password, permissions) in users.items():
         perms = {kind: {"allow": subjects} for kind, subjects in permissions.items()}
@@ -553,13 +552,41 @@ def _write_private(path, text):
 class Node:
     """One nats-server of a LocalCluster: its name, ports and process."""
 
-    def __init__(self, name, port, cluster_port):
-        self.name, self.port, self.cluster_port = name, port, cluster_port
+    def __init__(self, name, port, cluster_port, scheme="nats"):
+        self.name, self.port, self.cluster_port, self.scheme = name, port, cluster_port, scheme
+        self.http_port = _free_port()   # monitoring, on loopback: which clients are connected here
         self.proc = None
+
+    def clients(self):
+        """The names of the clients connected to this node (its /connz), [] if it is down."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/connz?limit=1024" % self.http_port, timeout=2) as r:
+                return [c.get("name", "") for c in json.load(r).get("connections") or []]
+        except OSError:
+            return []
 
     @property
     def url(self):
-        return "nats://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % (self.scheme, self.port)
+
+
+def make_test_certificates(workdir):
+    """A throw-away CA and a certificate it signed for 127.0.0.1 (openssl); (ca, cert, key)."""
+    paths = [os.path.join(workdir, name) for name in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr")]
+    ca, ca_key, cert, key, csr = paths
+    ext = os.path.join(workdir, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (["req", "-x509"] + ec + ["-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=minifaas test CA"],
+                    ["req"] + ec + ["-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                    ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                     "-days", "2", "-extfile", ext]):
+        subprocess.run(["openssl"] + command, check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return ca, cert, key
 
 
 def start_nats(workdir, node, config_text, ready_timeout=15.0):
@@ -636,12 +663,15 @@ class LocalCluster:
     ...     Stack(extra_args=cluster.extra_args)
     """
 
-    def __init__(self, hosts=2, workers=2, workdir=None, nodes=1, max_payload=MAX_PAYLOAD):
+    def __init__(self, hosts=2, workers=2, workdir=None, nodes=1, max_payload=MAX_PAYLOAD, tls=False):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="minifaas-nats-")
         self.dir = workdir or self._tmp.name
         self.n_hosts, self.workers = hosts, workers
         self.max_payload = max_payload
-        self.nodes = [Node("n%d" % (i + 1), _free_port(), _free_port()) for i in range(nodes)]
+        self.tls = tls   # tls:// with a throw-away CA (`ca`), given to everyone as --nats-ca
+        self.ca = self.cert = self.key = None
+        self.nodes = [Node("n%d" % (i + 1), _free_port(), _free_port(), "tls" if tls else "nats")
+                      for i in range(nodes)]
         self.url = ",".join(n.url for n in self.nodes)
         self.passwords = {"platform": secrets.token_urlsafe(18), "host": secrets.token_urlsafe(18)}
         self.route_password = secrets.token_urlsafe(18)
@@ -650,7 +680,11 @@ class LocalCluster:
 
     @property
     def extra_args(self):
-        return ["--executor", "nats", "--nats", self.url, "--nats-creds", self.creds]
+        return ["--executor", "nats", "--nats", self.url, "--nats-creds", self.creds] + self.tls_args
+
+    @property
+    def tls_args(self):
+        return ["--nats-ca", self.ca] if self.tls else []
 
     @property
     def host_env(self):
@@ -661,15 +695,18 @@ class LocalCluster:
         path = os.path.join(self.dir, "%s.creds" % user)
         if not os.path.exists(path):
             _write_private(path, "FAAS_NATS_USER=%s\nFAAS_NATS_PASSWORD=%s\n" % (user, self.passwords[user]))
-        return NatsSettings(url=self.url, creds=path)
+        return NatsSettings(url=self.url, creds=path, ca=self.ca)
 
     def config(self, node):
         users = {"platform": (self.passwords["platform"], PLATFORM_PERMISSIONS),
                  "host": (self.passwords["host"], HOST_PERMISSIONS)}
-        text = ("server_name: %s\nlisten: 127.0.0.1:%d\nmax_payload: %d\n"
+        text = ("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\nmax_payload: %d\n"
                 "jetstream {\n  store_dir: %s\n}\n"
-                % (node.name, node.port, self.max_payload, os.path.join(self.dir, "jetstream-" + node.name)))
+                % (node.name, node.port, node.http_port, self.max_payload,
+                   os.path.join(self.dir, "jetstream-" + node.name)))
         text += authorization_block(users)
+        if self.tls:
+            text += "tls {\n  cert_file: %s\n  key_file: %s\n}\n" % (json.dumps(self.cert), json.dumps(self.key))
         if len(self.nodes) > 1:
             routes = ", ".join("nats://route:%s@127.0.0.1:%d" % (self.route_password, n.cluster_port)
                                for n in self.nodes if n is not node)
@@ -679,6 +716,8 @@ class LocalCluster:
         return text
 
     def start(self):
+        if self.tls:
+            self.ca, self.cert, self.key = make_test_certificates(self.dir)
         _write_private(self.creds, "FAAS_NATS_USER=platform\nFAAS_NATS_PASSWORD=%s\n" % self.passwords["platform"])
         for node in self.nodes:
             self.start_node(node)
@@ -691,6 +730,11 @@ class LocalCluster:
 
     def node(self, name):
         return next(n for n in self.nodes if n.name == name)
+
+    def node_of(self, client_prefix):
+        """The name of the node a client whose name starts with `client_prefix` is connected to
+        (the server's is minifaas-server-..., a host's minifaas-host-<id>), or None."""
+        return next((n.name for n in self.nodes if any(c.startswith(client_prefix) for c in n.clients())), None)
 
     def kill_node(self, name):
         """SIGKILL one nats-server (a machine's NATS dying)."""
@@ -709,7 +753,7 @@ class LocalCluster:
         self.hosts[host_id] = start_worker_host(self.url, self.workers, host_id,
                                                 os.path.join(self.dir, "cache-" + host_id),
                                                 self.log_path(host_id), cwd=self.dir, env=self.host_env,
-                                                extra_args=extra_args)
+                                                extra_args=self.tls_args + list(extra_args))
         return self.hosts[host_id]
 
     def log_path(self, host_id):
@@ -731,7 +775,11 @@ class LocalCluster:
             self._tmp.cleanup()
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()   # what did start: nothing is left behind
+            raise
 
     def __exit__(self, *exc):
         self.close()

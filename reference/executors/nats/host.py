@@ -76,6 +76,7 @@ class WorkerHost:
         self.answered = collections.OrderedDict()   # (reply, job id) -> None, the latest confirmed
         self.tasks = set()    # every task started here, kept until it ends
         self.leaving = False
+        self.refused = None   # why NATS must not be used (a node that lets anyone in)
         self.stopping = asyncio.Event()
         self.pool = self.nc = self.js = self.sub = None
         self.pullers = []
@@ -117,10 +118,11 @@ class WorkerHost:
         keeping.cancel()
         await self.pool.stop()
         await self.nc.close()
-        return 0
+        return 2 if self.refused else 0
 
     def _refused(self, why):
         log.error("worker host %s stops: %s", self.id, why)
+        self.refused = why
         self.stopping.set()
 
     async def _bind_own_consumer(self, fresh=False):

@@ -64,13 +64,14 @@ def _parents(path, privileged):
 
 
 def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="function", tmpfs_bytes=TMPFS_BYTES,
-         privileged=False, seccomp_fd=None):
+         privileged=False, seccomp_fd=None, extra=()):
     """The argv that runs `command` (a list) sandboxed as `uid`.
 
     binds / ro_binds: (host path, sandbox path) pairs, writable / read-only;
     trees: host directories bound read-only at the same path (a toolchain under /root/.rustup);
     privileged: bwrap as root, dropping to `uid` inside (see the module's docstring);
-    seccomp_fd: a descriptor holding a seccomp program (reference/worker/sandbox/seccomp.py)."""
+    seccomp_fd: a descriptor holding a seccomp program (reference/worker/sandbox/seccomp.py);
+    extra: more bwrap arguments, after the mounts (--dir, --file, --tmpfs of the caller's)."""
     bwrap = bwrap_path()
     common = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
               "--die-with-parent", "--new-session", "--hostname", hostname]
@@ -100,6 +101,7 @@ def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="fun
         out += _parents(inside, privileged) + ["--ro-bind", host, inside]
     for host, inside in binds:
         out += _parents(inside, privileged) + ["--bind", host, inside]
+    out += list(extra)
     if seccomp_fd is not None:
         out += ["--seccomp", str(seccomp_fd)]
     out += ["--chdir", chdir, "--"]

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 KILL_GRACE_S = 1.0          # how long to drain pipes after the function's processes are killed
 # What the dynamic loader says when the address-space limit is too small to even start.
 LOADER_MEMORY_WORDS = (b"failed to map segment", b"Cannot allocate memory")
-CALL_DIR = "/call"          # where a sandboxed call sees its own directory
+CALL_DIR = "/call"          # a sandboxed call's own directory: in the sandbox's tmpfs, not on the host's disk
 CALL_PIDS_MAX = 128         # processes and threads of one call together (node alone has about 11)
 
 
@@ -74,20 +74,28 @@ class ProcessRuntime:
             return uid, uid
         return self.user
 
-    def inside(self, call_dir):
-        """The path at which the call sees its directory."""
-        return CALL_DIR if self.sandboxed else call_dir
-
     def argv(self, job, script):
         raise NotImplementedError
 
     def address_space(self, job):
         return job.memory_mb << 20
 
+    def code_fd(self, job):
+        """A descriptor of the function's code for bwrap to copy into the call's directory: the
+        worker never writes a file the sandbox could then reach, nor removes one it made."""
+        return os.open(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), os.O_RDONLY | os.O_CLOEXEC)
+
+    def call_view(self, fd):
+        """The bwrap arguments that make CALL_DIR (0700, the function's) holding its code from `fd`."""
+        name = "code." + LANGUAGES[self.lang].ext
+        return ["--perms", "0700", "--dir", CALL_DIR, "--perms", "0600", "--file", str(fd), os.path.join(CALL_DIR, name)]
+
     def run(self, job):
         if self.interpreter is None:
             return Outcome(exit_code=1, error="runtime",
                            message="no %s interpreter on this server: %s" % (self.lang, toolchains.install_hint(self.lang)))
+        if self.sandboxed:
+            return self._run_sandboxed(job)
         started = time.perf_counter()
         call_dir = tempfile.mkdtemp(prefix=call_prefix(), dir=self.scratch)
         try:
@@ -100,13 +108,26 @@ class ProcessRuntime:
                     os.chown(path, *owner)
             if self.cgroups and self.group is None:
                 self.group = self.cgroups.group("cold-%s" % self.lang)
-            inside = self.inside(call_dir)
-            out = self._run_child(job, self.argv(job, os.path.join(inside, name)), call_dir, started, self.group)
+            out = self._run_child(job, self.argv(job, script), call_dir, started, self.group)
             # Tracebacks name the script by its scratch path, which means nothing to the user.
-            out.stderr = out.stderr.replace(inside.encode() + b"/", b"")
+            out.stderr = out.stderr.replace(call_dir.encode() + b"/", b"")
             return out
         finally:
             shutil.rmtree(call_dir, ignore_errors=True)
+
+    def _run_sandboxed(self, job):
+        started = time.perf_counter()
+        if self.cgroups and self.group is None:
+            self.group = self.cgroups.group("cold-%s" % self.lang)
+        fd = self.code_fd(job)
+        try:
+            argv = self.argv(job, os.path.join(CALL_DIR, "code." + LANGUAGES[self.lang].ext))
+            out = self._run_child(job, argv, None, started, self.group,
+                                  sandbox=dict(extra=self.call_view(fd), chdir=CALL_DIR), pass_fds=(fd,))
+        finally:
+            os.close(fd)
+        out.stderr = out.stderr.replace(CALL_DIR.encode() + b"/", b"")
+        return out
 
     def cpu_seconds(self, job):
         return math.ceil(job.timeout_ms / 1000) + 1
@@ -130,21 +151,19 @@ class ProcessRuntime:
                 resource.setrlimit(which, (value, value))
         return preexec
 
-    def sandbox_argv(self, argv, job, call_dir, ro_binds=(), binds=None, seccomp_fd=None):
-        """`argv` wrapped to run in bubblewrap as the function's uid, seeing `call_dir` at
-        CALL_DIR (or the given binds), read-only `ro_binds`, and the interpreter's own tree."""
-        if binds is None:
-            binds = [(call_dir, CALL_DIR)]
-        chdir = binds[0][1] if binds else "/"
-        return bwrap.argv(argv, self.owner(job)[0], binds=binds, ro_binds=ro_binds, chdir=chdir,
+    def sandbox_argv(self, argv, job, seccomp_fd=None, ro_binds=(), extra=(), chdir="/"):
+        """`argv` wrapped to run in bubblewrap as the function's uid, seeing the interpreter's
+        own tree, read-only `ro_binds`, what `extra` makes (its call directory), from `chdir`."""
+        return bwrap.argv(argv, self.owner(job)[0], ro_binds=ro_binds, chdir=chdir, extra=extra,
                           trees=[bwrap.tree_of(self.interpreter)], seccomp_fd=seccomp_fd)
 
     def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=(),
-              group=None, ro_binds=(), binds=None, pids=CALL_PIDS_MAX):
+              group=None, pids=CALL_PIDS_MAX, sandbox=None):
         """Start the interpreter locked down: empty environment, its own session (so its process
         group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
-        where it can be, else as the shared sandbox user when we are root. With `group`, its
-        processes are in that cgroup (limited to the job's memory and `pids`) from before exec."""
+        where it can be (`sandbox`: the keywords of sandbox_argv), else in `cwd` as the shared
+        sandbox user when we are root. With `group`, its processes are in that cgroup (limited
+        to the job's memory and `pids`) from before exec."""
         join, filter_fd = (), None
         if group is not None:
             group.limit(job.memory_mb << 20, pids)
@@ -155,7 +174,7 @@ class ProcessRuntime:
                 filter_fd = seccomp.fd()
                 if filter_fd is not None:
                     pass_fds = tuple(pass_fds) + (filter_fd,)
-                argv, cwd = self.sandbox_argv(argv, job, cwd, ro_binds, binds, filter_fd), "/"
+                argv, cwd = self.sandbox_argv(argv, job, filter_fd, **(sandbox or {})), "/"
             elif self.user:
                 user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
@@ -168,11 +187,11 @@ class ProcessRuntime:
             if filter_fd is not None:
                 os.close(filter_fd)
 
-    def _run_child(self, job, argv, cwd, started, group=None):
+    def _run_child(self, job, argv, cwd, started, group=None, sandbox=None, pass_fds=()):
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
         with input_fd(job.input) as stdin:
             try:
-                proc = self.spawn(argv, job, cwd, stdin, group=group)
+                proc = self.spawn(argv, job, cwd, stdin, group=group, sandbox=sandbox, pass_fds=pass_fds)
             except OSError as exc:
                 return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
         init_ms = _ms(started)

@@ -38,7 +38,8 @@ WARM_MAX_AGE_S = 600.0      # an older warm process is replaced at its next call
 START_TIMEOUT_S = 10.0      # for a fork server to compile its function, or to fork a call
 SERVER_PIDS_MAX = 16        # a fork server and the call it is forking
 HELPERS_INSIDE = "/run/minifaas"    # where a sandbox sees our helper scripts
-CALLS_INSIDE = "/calls"     # where a fork server's sandbox sees the directory of its calls' directories
+CALLS_INSIDE = "/calls"     # a fork server's tmpfs for its calls' directories (made and removed by it)
+CALLS_TMPFS_BYTES = 256 << 20
 _numbers = count(1)         # names of cgroups for warm processes, unique in the worker
 
 
@@ -180,19 +181,17 @@ class ForkServer:
 
     def __init__(self, runtime, job, helper):
         self.fn_id, self.memory_mb, self.born = job.fn_id, job.memory_mb, time.monotonic()
-        self.owner = runtime.owner(job)
-        self.proc, self.group, self.calls_dir, self.private_dir = None, None, runtime.scratch, False
+        self.make_dirs = runtime.sandboxed      # in its tmpfs it makes (and removes) each call's directory
+        self.proc, self.group = None, None
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             inside, ro_binds = _helper_inside(runtime, helper)
-            binds = None
+            sandbox = None
             if runtime.sandboxed:
-                # The directory of its calls' directories: root's, so a call can make nothing
-                # there but in its own directory; gone with the fork server.
-                self.calls_dir = tempfile.mkdtemp(prefix=call_prefix() + "srv-", dir=runtime.scratch)
-                self.private_dir = True
-                os.chmod(self.calls_dir, 0o711)
-                binds = [(self.calls_dir, CALLS_INSIDE)]
+                # Its calls' directories live in a tmpfs of its own (charged to each call's
+                # cgroup, gone with the sandbox): the worker never touches them.
+                sandbox = dict(ro_binds=ro_binds, chdir=CALLS_INSIDE,
+                               extra=["--perms", "0711", "--size", str(CALLS_TMPFS_BYTES), "--tmpfs", CALLS_INSIDE])
             if runtime.cgroups is not None:
                 self.group = runtime.cgroups.group("srv-%d" % next(_numbers))
             # The source goes in on stdin, opened here: the sandbox user may not read fn_dir.
@@ -204,9 +203,9 @@ class ForkServer:
                 # Its stderr is its own only until the first call: it says why a start failed.
                 # Its directory is the scratch root, which it may enter but not list or write:
                 # a killed worker leaves nothing of its fork servers behind.
-                self.proc = runtime.spawn(argv, job, self.calls_dir, stdin=source, stdout=subprocess.DEVNULL,
+                self.proc = runtime.spawn(argv, job, runtime.scratch, stdin=source, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, cpu=False, pass_fds=(theirs.fileno(),),
-                                          group=self.group, ro_binds=ro_binds, binds=binds, pids=SERVER_PIDS_MAX)
+                                          group=self.group, pids=SERVER_PIDS_MAX, sandbox=sandbox)
             process.own_children.add(self.proc.pid)
             theirs.close()
             self.receive(START_TIMEOUT_S)
@@ -246,7 +245,8 @@ class ForkServer:
         each of `join` (a cgroup's cgroup.procs) to enter the call's cgroup. What the fork
         server answers (the call's pid in its namespace) is only noted, never acted on."""
         try:
-            socket.send_fds(self.sock, [json.dumps({"dir": call_dir, "cpu": cpu, "join": len(join)}).encode()],
+            socket.send_fds(self.sock, [json.dumps({"dir": call_dir, "cpu": cpu, "join": len(join),
+                                                    "make": self.make_dirs}).encode()],
                             list(fds) + list(join))
         except OSError as exc:
             raise WarmProcessLost("the python fork server is gone: %s" % exc) from None
@@ -271,8 +271,6 @@ class ForkServer:
         if self.group is not None:
             self.group.destroy()
             self.group = None
-        if self.private_dir:
-            shutil.rmtree(self.calls_dir, ignore_errors=True)
         process.reap_zombies()
 
 
@@ -303,14 +301,17 @@ class WarmPythonRuntime(process.PythonRuntime):
                 return self._failed_start(job, str(exc))
         keep = False
         owner = self.owner(job)
-        call_dir = self.dirs.take(server.calls_dir, owner)
-        inside = os.path.join(CALLS_INSIDE, os.path.basename(call_dir)) if self.sandboxed else call_dir
+        if self.sandboxed:
+            call_dir, inside = None, os.path.join(CALLS_INSIDE, call_prefix() + secrets.token_hex(6))
+        else:
+            call_dir = inside = self.dirs.take(self.scratch, owner)
         try:
-            out = self._call(server, job, call_dir, inside, started)
+            out = self._call(server, job, inside, started)
             out.stderr = out.stderr.replace(inside.encode() + b"/", b"")
             keep = out.error is None
         finally:
-            self.dirs.give_back(call_dir, owner)
+            if call_dir is not None:
+                self.dirs.give_back(call_dir, owner)
             if keep:
                 self.pool.put(job.fn_id, server)
             else:
@@ -333,7 +334,7 @@ class WarmPythonRuntime(process.PythonRuntime):
         return Outcome(exit_code=1, error="runtime", cold=True,
                        message="python could not start: %s" % (text.splitlines() or ["?"])[-1])
 
-    def _call(self, server, job, call_dir, inside, started):
+    def _call(self, server, job, inside, started):
         # The call writes its stdout and stderr into memory files, not pipes: the worker is not
         # woken for every write and end of file, only by the fork server's two reports.
         out_fd, err_fd = os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC)
@@ -395,30 +396,38 @@ class Spare:
         self.fn_id, self.born = job.fn_id, time.monotonic()
         self.limits = (job.memory_mb, job.timeout_ms)
         owner = runtime.owner(job)
-        self.call_dir = _private_dir(runtime.scratch, call_prefix(), owner)
-        self.inside = runtime.inside(self.call_dir)
+        # In a sandbox its directory is in the sandbox's own tmpfs, the code copied in by bwrap.
+        self.call_dir = None if runtime.sandboxed else _private_dir(runtime.scratch, call_prefix(), owner)
+        self.inside = process.CALL_DIR if runtime.sandboxed else self.call_dir
         self.stdin = tempfile.TemporaryFile()
         self.proc, self.go_w = None, None
         # Its own cgroup: the next call's interpreter starts while this one's call runs.
         self.group = runtime.cgroups.group("spare-%d" % next(_numbers)) if runtime.cgroups is not None else None
-        go_r = None
+        go_r = code = None
         try:
-            script = os.path.join(self.call_dir, "code." + runtime.ext)
-            shutil.copyfile(os.path.join(job.fn_dir, "code." + runtime.ext), script)
-            if owner:
-                os.chown(script, *owner)
             helper_inside, ro_binds = _helper_inside(runtime, helper)
+            sandbox, pass_fds = None, ()
+            if runtime.sandboxed:
+                code = runtime.code_fd(job)
+                sandbox = dict(ro_binds=ro_binds, extra=runtime.call_view(code), chdir=process.CALL_DIR)
+                pass_fds = (code,)
+            else:
+                script = os.path.join(self.call_dir, "code." + runtime.ext)
+                shutil.copyfile(os.path.join(job.fn_dir, "code." + runtime.ext), script)
+                if owner:
+                    os.chown(script, *owner)
             go_r, self.go_w = os.pipe()
             argv = runtime.warm_argv(job, os.path.join(self.inside, "code." + runtime.ext), helper_inside, go_r)
-            self.proc = runtime.spawn(argv, job, self.call_dir, stdin=self.stdin, pass_fds=(go_r,),
-                                      group=self.group, ro_binds=ro_binds)
+            self.proc = runtime.spawn(argv, job, self.call_dir, stdin=self.stdin, pass_fds=pass_fds + (go_r,),
+                                      group=self.group, sandbox=sandbox)
             process.own_children.add(self.proc.pid)
         except BaseException:
             self.close()
             raise
         finally:
-            if go_r is not None:
-                os.close(go_r)
+            for fd in (go_r, code):
+                if fd is not None:
+                    os.close(fd)
 
     @property
     def pid(self):
@@ -461,7 +470,8 @@ class Spare:
             self.group = None
         process.reap_zombies()
         self.stdin.close()
-        shutil.rmtree(self.call_dir, ignore_errors=True)
+        if self.call_dir is not None:
+            shutil.rmtree(self.call_dir, ignore_errors=True)
 
 
 class SpareRuntime(process.ProcessRuntime):
