@@ -90,7 +90,8 @@ def compare(result):
 
 
 def _fn_p99(phase, fn):
-    return [r["per_function"][fn]["latency_ms"]["p99"] for r in phase["runs"] if fn in r.get("per_function", {})]
+    return [r["per_function"][fn]["latency_ms"]["p99"] for r in phase["runs"]
+            if r.get("per_function", {}).get(fn, {}).get("latency_ms", {}).get("p99") is not None]
 
 
 def winners(result):
@@ -119,7 +120,8 @@ def winners(result):
                     values[s] = _fn_p99(e, sub)
                 else:
                     values[s] = [v for v in run_values(e, key, sub) if v is not None]
-            means = {s: stats.spread(v)["mean"] for s, v in values.items() if v}
+            means = {s: stats.spread(v)["mean"] for s, v in values.items()}
+            means = {s: m for s, m in means.items() if m is not None}   # no answer at all: nothing to rank
             if len(means) < 2:
                 continue
             higher_is_better = _higher_is_better(label)

@@ -253,3 +253,13 @@ def test_timelines_have_whole_sub_second_buckets(swept):
                 dt = buckets[0]["dt"]
                 assert dt < 1.0 and all(b["dt"] == dt for b in buckets)
                 assert buckets[-1]["t"] + dt <= r["duration_s"] + 1e-6
+
+
+def test_a_function_that_never_answered_is_not_ranked(swept):
+    broken = json.loads(json.dumps(swept))
+    for r in broken["strategies"]["RR"]["phases"]["capacity"]["runs"]:
+        r["per_function"]["wait"]["latency_ms"] = stats.latency_summary([])
+    rows = {(w["phase"], w["metric"]) for w in report.winners(broken)}
+    assert ("capacity", "p99 latency of wait (ms)") not in rows
+    assert ("capacity", "p99 latency of greet (ms)") in rows
+    assert "## Who wins" in report.render(broken)
