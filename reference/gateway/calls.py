@@ -112,13 +112,14 @@ class TrackedCall:
 
     def view(self):
         """What GET /call/ID answers: the state and, once done, the sync answer's fields with
-        their HTTP-like `status` ("ok" stays the lookup's: true)."""
+        their HTTP-like `status`. "ok" says how the call went, as the sync answer's does: false
+        once it is done and failed (with its "error"), true while it is queued or running."""
         answer = {"call_id": self.call_id, "state": self.state, "fn": self.name, "id": self.fn_id,
-                  "submitted": round(self.submitted, 3)}
+                  "submitted": round(self.submitted, 3), "ok": True}
         if self.state == "done":
-            answer.update({k: v for k, v in self.body.items() if k != "ok"})
-            answer.update(status=self.status, finished=round(self.finished, 3))
-        answer["ok"] = True
+            answer.update(self.body)
+            answer.update(ok=self.status == 200 and self.body.get("ok", True) is True,
+                          status=self.status, finished=round(self.finished, 3))
         return answer
 
 

@@ -23,10 +23,13 @@ def wait_done(url, call_id, deadline_s=60.0):
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         status, body, _ = http("GET", "%s/call/%s" % (url, call_id))
-        assert status == 200 and body["ok"] is True and body["call_id"] == call_id, body
+        assert status == 200 and body["call_id"] == call_id, body
         assert body["state"] in ("queued", "running", "done")
         if body["state"] == "done":
+            # The top-level ok is the call's, as in its sync answer.
+            assert body["ok"] is (body["status"] == 200), body
             return body
+        assert body["ok"] is True, body
         time.sleep(0.02)
     raise AssertionError("call %s not done: %s" % (call_id, body))
 
@@ -40,11 +43,12 @@ def test_async_call_answers_at_once_then_gives_the_sync_answer(shared_stack):
     done = wait_done(url, body["call_id"])
     assert done["status"] == 200 and done["output"].startswith("hi ") and done["exit_code"] == 0
     assert {"worker", "duration_ms", "queue_ms", "exec_ms", "cold", "truncated"} <= set(done)
-    # A failing function: the call is found (ok) and says how it went (status, error).
+    # A failing function: the call is found and says how it went (ok false, status, error).
     deploy(url, "fails", "python", b"import sys\nsys.exit(3)\n")
     status, body, _ = http("POST", url + "/invoke?fn=fails&async=1", b"")
     done = wait_done(url, body["call_id"])
-    assert done["status"] == 500 and done["exit_code"] == 3 and "exited with code 3" in done["error"]
+    assert done["ok"] is False and done["status"] == 500 and done["exit_code"] == 3
+    assert "exited with code 3" in done["error"]
     assert http("GET", url + "/call/nope")[0] == 404
 
 
@@ -154,3 +158,33 @@ def test_async_over_http_shape_in_process(tmp_path):
     answer = call(app, "POST", "/invoke", b"", query="fn=f", headers={"Idempotency-Key": "k" * 256})
     assert answer.status == 400
     app.calls.close()
+
+
+def test_a_polled_call_is_ok_while_it_runs_and_then_as_its_answer_says():
+    server = BlockedServer()
+    calls = Calls(server, InvocationRecords(), Metrics(), threads=1)
+    failing = Calls(StandInFailure(), InvocationRecords(), Metrics(), threads=1)
+    try:
+        running, _ = calls.submit(META, b"1")
+        view = calls.fetch(running.call_id)
+        assert view["ok"] is True and view["state"] in ("queued", "running") and "error" not in view
+        server.release.set()
+        assert running.done.wait(30)
+        view = calls.fetch(running.call_id)
+        assert view["ok"] is True and view["state"] == "done" and view["status"] == 200
+        failed, _ = failing.submit(META, b"x")
+        assert failed.done.wait(30)
+        view = failing.fetch(failed.call_id)
+        assert view["ok"] is False and view["status"] == 500 and view["kind"] == "function_error"
+        assert view["error"] == "function exited with code 3" and view["stderr"] == "bad\n"
+    finally:
+        server.release.set()
+        calls.close()
+        failing.close()
+
+
+class StandInFailure:
+    """A stand-in server whose function exits 3."""
+
+    def invoke(self, meta, payload):
+        return Outcome(stderr=b"bad\n", exit_code=3, worker=0)
