@@ -42,7 +42,8 @@ RUN_PREFIX = "/run/"
 
 
 def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=None, host=config.DEFAULT_HOST,
-             public_names=(), keep_answers_bytes=calls_mod.KEEP_BYTES, compile_to_wasm=None, precompile=None):
+             public_names=(), keep_answers_bytes=calls_mod.KEEP_BYTES, compile_to_wasm=None, precompile=None,
+             check_syntax=None):
     """The gateway's WSGI app.
 
     storage: a Storage; client: anything with invoke(meta, payload) -> Outcome, stats(), health()
@@ -50,13 +51,15 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     `Authorization: Bearer KEY`; invoke_key: when set, invoking needs it (or the API key).
     host and public_names: the names the gateway answers to (checks.HostNames).
     keep_answers_bytes: the bound on answers kept for async and keyed calls (calls.Calls).
-    compile_to_wasm / precompile: the compile seams (deploy.Deployer), for tests.
+    compile_to_wasm / precompile / check_syntax: the compile and syntax-check seams
+    (deploy.Deployer), for tests.
     """
     app = GatewayApp()
     records = InvocationRecords()
     metrics = Metrics(client)
     calls = app.calls = Calls(client, records, metrics, keep_bytes=keep_answers_bytes, limits=limits)
-    deploys = DeployRoutes(Deployer(storage, limits, metrics, records, compile_to_wasm, precompile))
+    deploys = DeployRoutes(Deployer(storage, limits, metrics, records, compile_to_wasm, precompile,
+                                    check_syntax))
     catalog = CatalogRoutes(storage, records)
     invokes = InvokeRoutes(storage, calls, limits)
     status = StatusRoutes(client, metrics)
@@ -86,6 +89,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     app.default_error_handler = _json_error_page
     names = checks.HostNames(host, public_names)
     app.add_hook("before_request", functools.partial(_check_host, names))
+    app.add_hook("before_request", _check_path)
     return app
 
 
@@ -162,6 +166,20 @@ def _check_host(names):
     except FaasError as exc:
         status, headers, body = error_answer(exc)
         raise bottle.HTTPResponse(json.dumps(body), status, headers, Content_Type="application/json")
+
+
+def _check_path():
+    """Before any route: a path that is not UTF-8 names no endpoint. Bottle drops the bytes it
+    cannot decode and routes what is left (`GET /\x80` would get the dashboard, `/run/a\x80b`
+    would run `ab`); the path it was given is in bottle.raw_path."""
+    raw = request.environ.get("bottle.raw_path", "")
+    try:
+        raw.encode("latin1").decode("utf-8")
+    except UnicodeError:
+        shown = raw.encode("latin1", "replace").decode("utf-8", "replace")
+        body = {"ok": False, "kind": "not_found",
+                "error": "no such endpoint: %s %s (the path is not valid UTF-8)" % (request.method, shown)}
+        raise bottle.HTTPResponse(json.dumps(body), 404, Content_Type="application/json") from None
 
 
 def _answer_errors(callback):

@@ -1,6 +1,9 @@
-"""Deploying: POST /deploy, PUT and DELETE /function/NAME, and compiling C, Rust and Go to
-WebAssembly on the way. `Deployer` is the core (check, compile, store, count in the metrics);
-`DeployRoutes` only reads the request, calls it and shapes the answer."""
+"""Deploying: POST /deploy, PUT and DELETE /function/NAME, compiling C, Rust and Go to
+WebAssembly and checking the syntax of Python, PHP and JavaScript on the way. `Deployer` is
+the core (check, compile, store, count in the metrics); `DeployRoutes` only reads the request,
+calls it and shapes the answer."""
+
+import time
 
 from bottle import request, response
 
@@ -15,12 +18,13 @@ LIMIT_FIELDS = ("timeout_ms", "memory_mb")
 
 class Deployer:
     """Checks, compiles and stores functions in `storage`, counting every deploy and update in
-    `metrics`. compile_to_wasm / precompile default to reference.functions.toolchains and
-    reference.worker.wasm.engine, imported on first use so the gateway starts without them."""
+    `metrics`. compile_to_wasm / precompile / check_syntax default to reference.functions.toolchains
+    and reference.worker.wasm.engine, imported on first use so the gateway starts without them."""
 
-    def __init__(self, storage, limits, metrics, records, compile_to_wasm=None, precompile=None):
+    def __init__(self, storage, limits, metrics, records, compile_to_wasm=None, precompile=None,
+                 check_syntax=None):
         self.storage, self.limits, self.metrics, self.records = storage, limits, metrics, records
-        self.compile_to_wasm, self.precompile = compile_to_wasm, precompile
+        self.compile_to_wasm, self.precompile, self.check_syntax = compile_to_wasm, precompile, check_syntax
 
     def deploy(self, name, lang, code, asked):
         """A new function `name`; `asked` holds the per-function limits asked for (or None)."""
@@ -59,6 +63,8 @@ class Deployer:
                 wasm_files, extra = self._compile(lang, code)
                 files.update(wasm_files)
                 meta.update(extra)
+            else:
+                self._check_syntax(lang, code)
             if op == "deploy":
                 stored = self.storage.deploy(name, lang.name, files, meta)
             else:
@@ -80,8 +86,20 @@ class Deployer:
             or base.get("memory_mb") or limits.memory_mb,
         }
 
+    def _check_syntax(self, lang, source):
+        """A syntax error is refused now (422), not at every call. Never in this process: a
+        pathological source may exhaust the parser (toolchains.check_syntax runs a child)."""
+        checker = self.check_syntax
+        if checker is None:
+            from reference.functions import toolchains
+            checker = toolchains.check_syntax
+        checker(lang.name, source)
+
     def _compile(self, lang, source):
-        """code.wasm and code.cwasm for a compiled language, and what to add to the metadata."""
+        """code.wasm and code.cwasm for a compiled language, and what to add to the metadata:
+        compile_ms is the whole of it as the deploy waits for it (preparing the build, the
+        compiler, checking the module, precompiling it for wasmtime); compiler_ms and
+        precompile_ms are its two big parts."""
         compiler, precompiler = self.compile_to_wasm, self.precompile
         if compiler is None:
             from reference.functions import toolchains
@@ -89,10 +107,15 @@ class Deployer:
         if precompiler is None:
             from reference.worker.wasm import engine as wasm
             precompiler = wasm.precompile
+        started = time.perf_counter()
         compiled = compiler(lang.name, source)
+        precompile_started = time.perf_counter()
         files = {"code.wasm": compiled.wasm, "code.cwasm": precompiler(compiled.wasm)}
-        extra = {"compile_ms": round(compiled.compile_ms, 1), "toolchain": compiled.toolchain,
-                 "wasm_size": len(compiled.wasm)}
+        finished = time.perf_counter()
+        extra = {"compile_ms": round((finished - started) * 1000, 1),
+                 "compiler_ms": round(compiled.compile_ms, 1),
+                 "precompile_ms": round((finished - precompile_started) * 1000, 1),
+                 "toolchain": compiled.toolchain, "wasm_size": len(compiled.wasm)}
         return files, extra
 
 
@@ -110,7 +133,11 @@ class DeployRoutes:
             form["code"] = parse.body(self.limits.code_bytes, "code")
         else:
             # JSON escapes make the body longer than the code; the code's own size is checked later.
-            form = parse.code_form(parse.body(self.limits.payload_bytes, "deploy body"), need_name=True)
+            data = parse.body(self.limits.payload_bytes, "deploy body")
+            if not parse.is_json() and not parse.looks_like_json_object(data):
+                # The query form with its name forgotten (POST /deploy?lang=c), not a bad JSON body.
+                raise BadRequest(parse.NAME_MISSING)
+            form = parse.code_form(data, need_name=True)
         stored = self.deployer.deploy(form["name"], form["lang"], form["code"], form)
         response.status = 201
         return dict(public(stored), ok=True)

@@ -10,6 +10,9 @@ from reference.wire.errors import BadRequest, PayloadTooLarge
 
 DEPLOY_USAGE = ("send the source as the body of POST /deploy?name=N&lang=L, "
                 "or a JSON object {\"name\", \"lang\", \"code\"}")
+NAME_MISSING = ("the function's name is missing: POST /deploy?name=N&lang=L with the source as the body "
+                "(N: a letter or digit, then up to 63 letters, digits, _ or -), or a JSON object "
+                "{\"name\", \"lang\", \"code\"} with Content-Type: application/json")
 UPDATE_USAGE = ("send the source as the body of PUT /function/NAME[?lang=L], "
                 "or a JSON object {\"code\", \"lang\"}")
 
@@ -35,6 +38,11 @@ def query(name):
 
 def is_json():
     return request.content_type.split(";")[0].strip() == "application/json"
+
+
+def looks_like_json_object(data):
+    """True when a body starts as a JSON object would (a JSON deploy sent without its Content-Type)."""
+    return data.lstrip(b" \t\r\n")[:1] == b"{"
 
 
 def limit(value, name, ceiling):
