@@ -312,12 +312,18 @@ class Group:
             return False
         return True
 
-    def kill(self):
+    def kill(self, spare=()):
         """Freeze the group, SIGKILL every member, thaw it, and wait until it is empty. Returns
         the number of processes killed. Only kernel-listed members are signalled, each through
-        a pidfd opened once it is known to be a member still (so a reused pid is never hit)."""
+        a pidfd opened once it is known to be a member still (so a reused pid is never hit).
+
+        `spare`: pids of our own children (from our own Popen, never from the sandbox) to leave
+        for the caller to reap: the outer bwrap, which then reaps its pid 1 itself instead of
+        leaving it to be re-parented to the worker. Those do not count for "empty"."""
         if not self.made or not self._any_member():
             return 0            # the usual end of a call: nothing left, nothing to freeze
+        if spare:
+            return self._kill_but(set(spare))
         if self.hierarchy.version == 2 and os.path.exists(self._file("", "cgroup.kill")):
             count = len(self.members())
             if count:
@@ -330,6 +336,27 @@ class Group:
         try:
             while True:
                 pids = self.members()
+                if not pids:
+                    return killed
+                for pid in pids:
+                    killed += _kill_member(self, pid)
+                if frozen:
+                    self._freeze("THAWED")
+                    frozen = False
+                if time.monotonic() > deadline:
+                    log.error("cgroup %s still has members after %.0f s", self.dirs, KILL_DEADLINE_S)
+                    return killed
+                time.sleep(0.001)
+        finally:
+            if frozen:
+                self._freeze("THAWED")
+
+    def _kill_but(self, spare):
+        frozen = self._freeze("FROZEN")
+        killed, deadline = 0, time.monotonic() + KILL_DEADLINE_S
+        try:
+            while True:
+                pids = self.members() - spare
                 if not pids:
                     return killed
                 for pid in pids:

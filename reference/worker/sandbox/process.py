@@ -267,13 +267,29 @@ def _kill_tree(proc, group=None):
     lists), else the child's process group; reap the child, then the descendants that left the
     group (setsid, double fork): as subreaper the worker inherits them once their parents die."""
     if group is not None:
-        group.kill()
+        end_sandbox(proc, group)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
     kill_strays()
+
+
+OUTER_EXIT_S = 1.0          # for bwrap to notice its sandbox is dead and exit by itself
+
+
+def end_sandbox(proc, group):
+    """Kill everything in `group` but `proc` (our own child: the outer bwrap), let bwrap reap
+    its pid 1 and exit, then kill whatever is left. Killing bwrap with the rest would leave its
+    pid 1 to be re-parented to the worker (a subreaper) as a zombie a moment later."""
+    if proc.poll() is None:
+        group.kill(spare={proc.pid})
+        try:
+            proc.wait(timeout=OUTER_EXIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    group.kill()
 
 
 def kill_strays():

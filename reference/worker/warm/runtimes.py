@@ -255,7 +255,7 @@ class ForkServer:
     def _kill(self):
         # Its sandbox whole (bwrap's init takes its pid namespace with it), or its session.
         if self.group is not None:
-            self.group.kill()
+            process.end_sandbox(self.proc, self.group)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -455,7 +455,7 @@ class Spare:
         if self.proc is not None:
             if self.proc.returncode is None:
                 if self.group is not None:
-                    self.group.kill()
+                    process.end_sandbox(self.proc, self.group)
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
