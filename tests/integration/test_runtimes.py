@@ -176,7 +176,7 @@ def test_nonzero_exit_keeps_output_and_stderr(tmp_path, lang, file):
 
 def test_tracebacks_do_not_show_scratch_paths(tmp_path):
     out = run_one(tmp_path, "python", FUNCTIONS / "memhog.py", memory_mb=64)
-    assert b'File "code.py"' in out["stderr"] and b"minifaas-worker-" not in out["stderr"]
+    assert b'File "function.py"' in out["stderr"] and b"minifaas-worker-" not in out["stderr"]
 
 
 def test_a_trap_is_a_runtime_error(tmp_path):

@@ -175,7 +175,7 @@ def test_exit_status_atexit_and_threads_as_a_plain_python3(tmp_path):
         assert (r["exit_code"], r["error"], r["stdout"]) == (4, None, b"thread done\natexit ran\n"), r
     for r in results[2:4]:
         assert r["exit_code"] == 1 and r["error"] is None, r
-        assert b'File "code.py", line 2' in r["stderr"] and b"SyntaxError" in r["stderr"]
+        assert b'File "function.py", line 2' in r["stderr"] and b"SyntaxError" in r["stderr"]
     for r in results[4:]:
         assert (r["exit_code"], r["stdout"], r["stderr"]) == (3, b"partial output\n", b"something went wrong\n")
     # A function's own failure is not the fork server's: it stays warm.

@@ -52,6 +52,7 @@ class ProcessRuntime:
 
     lang = None
     memory_words = ()           # words in stderr that mean the interpreter ran out of memory
+    script = None               # the name the call's copy of the code has (default: code.<ext>)
 
     def __init__(self, scratch):
         self.scratch = scratch
@@ -85,10 +86,14 @@ class ProcessRuntime:
         worker never writes a file the sandbox could then reach, nor removes one it made."""
         return os.open(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), os.O_RDONLY | os.O_CLOEXEC)
 
+    def script_name(self):
+        """What the call's copy of the code is named: tracebacks and messages show it."""
+        return self.script or "code." + LANGUAGES[self.lang].ext
+
     def call_view(self, fd):
         """The bwrap arguments that make CALL_DIR (0700, the function's) holding its code from `fd`."""
-        name = "code." + LANGUAGES[self.lang].ext
-        return ["--perms", "0700", "--dir", CALL_DIR, "--perms", "0600", "--file", str(fd), os.path.join(CALL_DIR, name)]
+        return ["--perms", "0700", "--dir", CALL_DIR, "--perms", "0600", "--file", str(fd),
+                os.path.join(CALL_DIR, self.script_name())]
 
     def run(self, job):
         if self.interpreter is None:
@@ -99,9 +104,8 @@ class ProcessRuntime:
         started = time.perf_counter()
         call_dir = tempfile.mkdtemp(prefix=call_prefix(), dir=self.scratch)
         try:
-            name = "code." + LANGUAGES[self.lang].ext
-            script = os.path.join(call_dir, name)
-            shutil.copyfile(os.path.join(job.fn_dir, name), script)
+            script = os.path.join(call_dir, self.script_name())
+            shutil.copyfile(os.path.join(job.fn_dir, "code." + LANGUAGES[self.lang].ext), script)
             owner = self.owner(job)
             if owner:
                 for path in (call_dir, script):
@@ -121,7 +125,7 @@ class ProcessRuntime:
             self.group = self.cgroups.group("cold-%s" % self.lang)
         fd = self.code_fd(job)
         try:
-            argv = self.argv(job, os.path.join(CALL_DIR, "code." + LANGUAGES[self.lang].ext))
+            argv = self.argv(job, os.path.join(CALL_DIR, self.script_name()))
             out = self._run_child(job, argv, None, started, self.group,
                                   sandbox=dict(extra=self.call_view(fd), chdir=CALL_DIR), pass_fds=(fd,))
         finally:
@@ -359,6 +363,9 @@ class NodeRuntime(ProcessRuntime):
 class PythonRuntime(ProcessRuntime):
     lang = "python"
     memory_words = (b"MemoryError",)
+    # Not code.py: that is a module of the standard library (tracebacks of the warm path showed
+    # its lines), and the name the deploy's syntax check and the warm path use too.
+    script = "function.py"
 
     def argv(self, job, script):
         return [self.interpreter, "-I", "-B", script]

@@ -29,6 +29,7 @@ import gc
 import hashlib  # noqa: F401
 import itertools  # noqa: F401
 import json
+import linecache
 import math  # noqa: F401
 import os
 import random  # noqa: F401  (re-seeded in every forked child by random's own at-fork hook)
@@ -38,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 import types
 
 PR_SET_PDEATHSIG = 1
@@ -46,6 +48,10 @@ PR_SET_CHILD_SUBREAPER = 36
 REAP_DEADLINE_S = 5.0   # the worker kills the call's cgroup anyway; this is the fallback's bound
 PRIVATE_DIRS = ("/tmp", "/dev/shm")
 MAX_FD = 256            # the worker's RLIMIT_NOFILE: every fd above stdio is closed in a call
+# The name the function's code is compiled under, as reference/worker/sandbox/process.py names
+# the cold path's script: not code.py, the standard library's module of that name, whose lines
+# the built-in hook found on sys.path and showed in the user's traceback.
+SCRIPT = "function.py"
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -193,22 +199,40 @@ def become_call(call, fds):
 
 
 def run_as_main(source, code):
-    """Run the function as `python3 -I code.py` would: a fresh __main__, its own traceback, the
-    exit status of SystemExit. Returns the exit status."""
+    """Run the function as `python3 -I function.py` would: a fresh __main__, its own traceback,
+    the exit status of SystemExit. Returns the exit status."""
     main = types.ModuleType("__main__")
-    main.__file__, main.__builtins__ = "code.py", builtins
+    main.__file__, main.__builtins__ = SCRIPT, builtins
     sys.modules["__main__"] = main
-    sys.argv = ["code.py"]
+    sys.argv = [SCRIPT]
     try:
-        exec(code if code is not None else compile(source, "code.py", "exec"), main.__dict__)
+        exec(code if code is not None else compile(source, SCRIPT, "exec"), main.__dict__)
     except SystemExit as exc:
         return exit_status(exc.code)
     except BaseException as exc:
-        # Leave out this frame: the user's traceback starts in code.py, as with a plain python3.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        sys.excepthook(type(exc), exc, tb)
+        # Leave out this frame: the user's traceback starts in their file, as with a plain
+        # python3. The exception's own traceback is what gets printed (the hook's argument is
+        # used only when it has none), so it is the one cut.
+        exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+        if sys.excepthook is sys.__excepthook__:
+            # The built-in hook reads source lines from the file by name, which is not there;
+            # the traceback module reads them from linecache (remember_lines).
+            traceback.print_exception(exc)
+        else:
+            sys.excepthook(type(exc), exc, exc.__traceback__)     # the function's own hook
         return 1
     return 0
+
+
+def remember_lines(source):
+    """Put the source in linecache under SCRIPT: the file is nowhere the call can read it, and
+    a traceback shows its lines from there (mtime None: never checked against a file)."""
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError:
+        text = source.decode("latin-1")     # lines shown as best we can; the code runs as compiled
+    lines = text.splitlines(keepends=True)
+    linecache.cache[SCRIPT] = (len(text), None, lines, SCRIPT)
 
 
 def exit_status(code):
@@ -245,10 +269,11 @@ def main():
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     source = read_source()
+    remember_lines(source)
     try:
-        code = compile(source, "code.py", "exec")
+        code = compile(source, SCRIPT, "exec")
     except (SyntaxError, ValueError):
-        code = None                 # each call reports it, as python3 code.py would
+        code = None                 # each call reports it, as python3 function.py would
     # Objects made so far stay put: forked calls then share their pages instead of copying them.
     gc.freeze()
     serve(sock, source, code, len(sys.argv) > 3 and sys.argv[3] == "sandbox")
