@@ -345,24 +345,27 @@ def compile_to_wasm(lang, source, timeout_s=120, search_path=None):
                 join = group.join_fds()
                 argv = cgroup.trampoline(join, argv)
         started = time.perf_counter()
-        try:
-            proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=keep + join)
-        finally:
-            for fd in join + keep:
-                os.close(fd)
-        try:
-            output, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc, group)
-            raise CompileError("compilation failed",
-                               details="the compiler ran longer than %d s and was stopped" % timeout_s) from None
-        finally:
-            _kill_group(proc, group)
-            oom = group is not None and group.ran_out_of_memory()
-            if group is not None:
-                group.destroy()
-                hierarchy.release_worker()
+        # Polled, its messages in a file, as check_syntax: communicate() with a timeout in the
+        # gevent gateway sometimes sat out the whole timeout (4 of 30 hello.c builds).
+        with tempfile.TemporaryFile() as log_file:
+            try:
+                proc = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True, pass_fds=keep + join)
+            finally:
+                for fd in join + keep:
+                    os.close(fd)
+            try:
+                if not _wait_polling(proc, timeout_s):
+                    _kill_group(proc, group)
+                    raise CompileError("compilation failed",
+                                       details="the compiler ran longer than %d s and was stopped" % timeout_s)
+            finally:
+                _kill_group(proc, group)
+                oom = group is not None and group.ran_out_of_memory()
+                if group is not None:
+                    group.destroy()
+                    hierarchy.release_worker()
+            output = _head_and_tail(log_file)
         compile_ms = (time.perf_counter() - started) * 1000
         text = output.decode(errors="replace").replace(tmp + os.sep, "").replace(here + os.sep, "")
         if oom:
