@@ -4,6 +4,8 @@ file, a failed async call that polls as failed, what a forgotten name or a bad p
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -207,3 +209,31 @@ def test_compile_ms_is_the_whole_compile_with_its_parts(shared_stack):
     assert answer["compile_ms"] >= answer["compiler_ms"] + answer["precompile_ms"] - 0.2, answer
     status, meta, _ = http("GET", "%s/function/%s" % (shared_stack.url, answer["name"]))
     assert status == 200 and meta["compile_ms"] == answer["compile_ms"]
+
+
+# Checks one after another in a gevent-patched process, as the gateway runs them: each must come
+# back with its answer (a wait that missed the end came back as "ran longer than 5 s").
+GEVENT_CHECKS = r"""
+from gevent import monkey
+monkey.patch_all()
+import sys
+from reference.functions.toolchains import check_syntax
+from reference.wire.errors import CompileError
+refused = []
+for i in range(int(sys.argv[1])):
+    try:
+        check_syntax("python", b"print(%d)\n" % i, timeout_s=5)
+    except CompileError as exc:
+        refused.append(exc.extra.get("details"))
+print(len(refused), refused[:1])
+"""
+
+
+def test_checks_in_the_gevent_gateway_all_come_back_with_their_answer():
+    need_toolchain("python")
+    from support import ROOT
+
+    out = subprocess.run([sys.executable, "-c", GEVENT_CHECKS, "40"], cwd=ROOT, capture_output=True, timeout=400,
+                         start_new_session=True)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split()[0] == "0", out.stdout.decode()
