@@ -60,6 +60,12 @@ def _nats_args(p):
                         "the server and every host the same")
 
 
+def _isolation_arg(p):
+    p.add_argument("--require-isolation", action="store_true",
+                   help="refuse to start unless functions and compilers get the full sandbox "
+                        "(bubblewrap, cgroups): without it the platform runs with what it has and says so")
+
+
 def _gateway_args(p):
     p.add_argument("--host", default=config.DEFAULT_HOST,
                    help="address to listen on (default %s; 0.0.0.0 for every interface)" % config.DEFAULT_HOST)
@@ -134,20 +140,21 @@ def build_parser(argv=()):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="balancer, server (+ workers) and gateway in one foreground command")
-    _sockets(p); _balancer_args(p); _server_args(p); _gateway_args(p)
+    _sockets(p); _balancer_args(p); _server_args(p); _gateway_args(p); _isolation_arg(p)
 
     p = sub.add_parser("balancer", help="the load balancer alone")
     _sockets(p); _balancer_args(p)
 
     p = sub.add_parser("server", help="the server and its pre-forked workers")
-    _sockets(p); _server_args(p)
+    _sockets(p); _server_args(p); _isolation_arg(p)
 
     p = sub.add_parser("gateway", help="the HTTP gateway")
-    _sockets(p); _gateway_args(p)
+    _sockets(p); _gateway_args(p); _isolation_arg(p)
 
     p = sub.add_parser("worker-host", help="pre-forked workers on this machine taking jobs from NATS")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
     _nats_args(p)
+    _isolation_arg(p)
     p.add_argument("--workers", type=int, default=config.DEFAULT_WORKERS,
                    help="worker processes on this host (default %d)" % config.DEFAULT_WORKERS)
     p.add_argument("--host-id", default=None, help="this host's name (default: hostname and pid)")
@@ -264,4 +271,21 @@ def main(argv=None):
         # are gevent's: a blocking wait for the server then yields to the other connections.
         from gevent import monkey
         monkey.patch_all()
+    if hasattr(args, "require_isolation"):
+        check_isolation(args.require_isolation)
     return getattr(importlib.import_module(module), function)(settings)
+
+
+def check_isolation(required):
+    """Before a component that runs functions or compilers starts: refuse (--require-isolation)
+    or warn loudly when the machine cannot give them the full sandbox. `up` checks once for its
+    three children."""
+    if os.environ.get("FAAS_ISOLATION_CHECKED") == "1":
+        return
+    from reference.worker.sandbox import isolation
+
+    if required:
+        isolation.require()         # SystemExit naming what is missing and how to install it
+    else:
+        isolation.warn_if_weak()
+    os.environ["FAAS_ISOLATION_CHECKED"] = "1"     # inherited by the children of `up`
