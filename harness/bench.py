@@ -65,8 +65,13 @@ def run_scenario(sc, progress=None, strategies=None):
         "errors": [],
     }
     outcomes = {}
-    for i, key, strategy, spec in order:
-        outcomes.setdefault(key, []).append(runner.run_strategy(sc, strategy, progress, spec=spec, repeats=[i]))
+    deployed = runner.Deployed()
+    try:
+        for i, key, strategy, spec in order:
+            outcomes.setdefault(key, []).append(runner.run_strategy(sc, strategy, progress, spec=spec, repeats=[i],
+                                                                    deployed=deployed))
+    finally:
+        deployed.close()
     for key, strategy, spec in runs:
         # Phases with `model = true` get the model's prediction beside each measured run.
         outcome = simulate.predict(sc, spec, strategy, runner.merge(outcomes[key]))

@@ -8,8 +8,11 @@ plots.py read them back, so a report never depends on how the figures were taken
 """
 
 import logging
+import os
 import random
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -312,9 +315,52 @@ def describe_stack(spec):
     return what
 
 
-def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=None, repeats=None):
+class Deployed:
+    """The functions tree of a scenario's first complete deploy, handed to every later stack.
+
+    A fresh stack per repeat would compile every C, Rust and Go function again each time: on a
+    busy 2-core machine that is most of the run, and a compiler stopped at its time limit loses
+    a whole repeat. Each later stack starts on its own copy of the tree (the gateway finds the
+    functions again, as after a restart): fresh processes and workers, the same code, so the
+    first calls are cold again and every column runs exactly the same artifacts.
+    """
+
+    def __init__(self):
+        self._tmp = None
+        self.ids, self.records = {}, {}
+
+    @property
+    def ready(self):
+        return self._tmp is not None
+
+    def keep(self, functions_dir, ids, records):
+        """Keep a copy of `functions_dir`; if it cannot be copied, later stacks deploy again."""
+        tmp = tempfile.TemporaryDirectory(prefix="minifaas-deployed-")
+        try:
+            # The tree's name index holds symbolic links: copied as links, not followed.
+            shutil.copytree(functions_dir, os.path.join(tmp.name, "functions"), symlinks=True)
+        except (OSError, shutil.Error) as e:
+            log.warning("the deployed functions cannot be kept (%s): every stack deploys again", e)
+            tmp.cleanup()
+            return
+        self._tmp, self.ids, self.records = tmp, dict(ids), records
+
+    def copy(self):
+        """A private copy of the tree for one stack (removed with the Deployed)."""
+        target = tempfile.mkdtemp(prefix="stack-", dir=self._tmp.name)
+        return shutil.copytree(os.path.join(self._tmp.name, "functions"), os.path.join(target, "functions"),
+                               symlinks=True)
+
+    def close(self):
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=None, repeats=None, deployed=None):
     """Everything measured for one strategy on one stack (`spec`, a StackSpec; default the
     scenario's first): the repeats numbered in `repeats` (default all of them) of every phase.
+    With `deployed` (a Deployed), the functions are deployed once and reused by later stacks.
     Never raises for a platform failure (it is recorded)."""
     progress = progress or Progress()
     spec = spec or scenario.stacks[0]
@@ -330,7 +376,9 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
             result["errors"].append(why)
             return result
         extra_args += cluster.extra_args
-    stack = stack_factory(strategy=strategy, workers=spec.workers, extra_args=extra_args)
+    reuse = deployed is not None and deployed.ready
+    options = {"functions_dir": deployed.copy()} if reuse else {}
+    stack = stack_factory(strategy=strategy, workers=spec.workers, extra_args=extra_args, **options)
     try:
         progress.say("[%s] %s: starting a stack with %s" % (scenario.name, progress.strategy, describe_stack(spec)))
         stack.start()
@@ -345,9 +393,12 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
     try:
         ids = {}
         for function in scenario.functions:
-            progress.say("[%s] %s: deploying %s (%s)" % (scenario.name, progress.strategy, function.name,
-                                                          function.lang))
-            record = deploy(client, function)
+            if reuse:
+                record = dict(deployed.records[function.name], reused=True)
+            else:
+                progress.say("[%s] %s: deploying %s (%s)" % (scenario.name, progress.strategy, function.name,
+                                                              function.lang))
+                record = deploy(client, function)
             result["deploy"][function.name] = record
             if record["ok"]:
                 ids[function.name] = record["id"]
@@ -356,6 +407,8 @@ def run_strategy(scenario, strategy, progress=None, stack_factory=Stack, spec=No
             else:
                 result["ok"] = False
                 result["errors"].append("deploy of %s failed: %s" % (function.name, record["error"]))
+        if deployed is not None and not reuse and len(ids) == len(scenario.functions):
+            deployed.keep(stack.functions_dir, ids, result["deploy"])
         for phase in scenario.phases:
             missing = [n for n in phase_functions(phase) if n not in ids]
             if missing:

@@ -98,6 +98,11 @@ def test_bench_runs_rr_and_fifo_and_writes_everything(tmp_path):
     # A fresh stack per repeat, in the balanced order A B B A.
     assert result["scenario"]["order"] == [["RR", 0], ["FIFO", 0], ["FIFO", 1], ["RR", 1]]
     assert proc.stderr.count("starting a stack") == 4
+    # Deployed once; the later stacks start on a copy of the functions tree (fresh processes,
+    # cold first calls again, the same code for every column).
+    assert proc.stderr.count("deploying greet") == 1
+    assert [r["deploy"]["greet"].get("reused", False) for r in result["strategies"]["RR"]["stack_runs"]] == [False, True]
+    assert all(r["cold"]["greet"]["ok"] for s in result["strategies"].values() for r in s["stack_runs"])
     assert set(result["metadata"]) >= {"date", "host", "cores", "python", "wasmtime", "git_commit"}
     for strategy in ("RR", "FIFO"):
         s = result["strategies"][strategy]
