@@ -497,12 +497,13 @@ SYNTAX_OUTPUT_BYTES = 1 << 16   # of the parser's output read back
 _OUT_OF_MEMORY = ("Allowed memory size", "heap out of memory", "Out of memory")
 # compile() only: nothing of the function runs. The message is python3's own for function.py.
 _PY_CHECK = (
-    "import resource, sys, traceback\n"
+    "import resource, sys\n"
     "resource.setrlimit(resource.RLIMIT_AS, (%d, %d))\n"
     "try:\n"
     "    with open(sys.argv[1], 'rb') as f:\n"
     "        compile(f.read(), 'function.py', 'exec', dont_inherit=True)\n"
     "except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:\n"
+    "    import traceback\n"      # only now: importing it costs about what python3 -S takes to start
     "    sys.stderr.write(''.join(traceback.format_exception_only(type(exc), exc)))\n"
     "    sys.exit(3)\n"
 ) % (SYNTAX_MEMORY_MB << 20, SYNTAX_MEMORY_MB << 20)
