@@ -144,7 +144,7 @@ def test_idempotency_in_process_rules():
 
 
 def test_async_over_http_shape_in_process(tmp_path):
-    from test_gateway_http import call
+    from wsgi_app import call
 
     from reference.functions.storage import Storage
     from reference.gateway.app import make_app

@@ -11,7 +11,7 @@ import threading
 import pytest
 from support import deploy as deploy_real
 from support import http
-from test_gateway_http import HELLO_PY, StandInClient, call, fake_compiler
+from wsgi_app import HELLO_PY, StandInClient, call, fake_compiler
 
 from reference.config import Limits
 from reference.functions.storage import Storage

@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_gateway_http import call
+from wsgi_app import call
 
 from reference.config import Limits
 from reference.functions.storage import Storage
