@@ -73,9 +73,9 @@ SLOTS_PER_HOST = 1000
 # Past a job's own time limit, how long the server waits for a host's answer before failing it;
 # again as long while a host's heartbeat says it holds the job (queued behind others).
 RESULT_GRACE_S = 8.0
-# How long the server tries to hand a job to JetStream (a stream leader being elected, a NATS
-# node restarting) before answering 503. Retries carry the same message id: stored once.
-PUBLISH_TRY_S = 6.0
+# The server tries to hand a job to JetStream (a stream leader being elected, a NATS node
+# restarting) until the job's own deadline, each try waiting this long for the stream's
+# acknowledgement. Retries carry the same message id: stored once.
 PUBLISH_WAIT_S = 2.0
 CONNECT_RETRY_S = 0.5
 # Jobs (input up to 6 MiB) and outcomes (1 MiB stdout + 1 MiB stderr) exceed NATS's default
@@ -155,11 +155,12 @@ class Sent:
     """A job handed to a host and not answered yet. `token` is known only to the platform and
     the host the job is delivered to: an answer without it is not that host's."""
 
-    __slots__ = ("job", "future", "wid", "host", "timer", "token", "attempt")
+    __slots__ = ("job", "future", "wid", "host", "timer", "token", "attempt", "unsent")
 
     def __init__(self, job, future, wid, host, attempt):
         self.job, self.future, self.wid, self.host, self.timer = job, future, wid, host, None
         self.token, self.attempt = secrets.token_hex(12), attempt
+        self.unsent = "not sent yet"   # why JetStream has not stored it yet, None once it has
 
 
 class NatsWorkers:
@@ -314,23 +315,27 @@ class NatsWorkers:
         elected or a node restarts; the message id makes a repeat a no-op."""
         import nats.errors
 
-        deadline = time.monotonic() + PUBLISH_TRY_S
         while True:
+            sent = self.sent.get(job_id)
             try:
                 await self.js.publish(subject, payload, stream=STREAM, timeout=PUBLISH_WAIT_S,
                                       headers={"Nats-Msg-Id": msg_id})
+                if sent is not None:
+                    sent.unsent = None
                 return
             except nats.errors.MaxPayloadError as exc:
                 error = PayloadTooLarge("the invocation is larger than NATS's max_payload: %s" % exc)
             except Exception as exc:
                 if "payload" in str(exc).lower():
                     error = PayloadTooLarge("the invocation is larger than NATS's max_payload: %s" % exc)
-                elif time.monotonic() < deadline and job_id in self.sent and not self.stopping:
+                elif self.sent.get(job_id) is sent and sent is not None and not self.stopping:
+                    # Until its deadline (the timer then fails it, saying why).
+                    sent.unsent = "%s" % (exc or type(exc).__name__)
                     log.debug("job %s: publish to %s failed (%s), trying again", job_id, subject, exc)
                     await asyncio.sleep(0.25)
                     continue
                 else:
-                    error = Unavailable("could not send the job to %s: %s" % (subject, exc or type(exc).__name__))
+                    return
             self._settle(job_id, error=error)
             return
 
@@ -392,6 +397,10 @@ class NatsWorkers:
         if holders:  # queued behind other jobs there, or running: its worker bounds it
             log.debug("job %s: no answer yet, %s still holds it", job_id, holders[0])
             return self._arm(sent, RESULT_GRACE_S)
+        if sent.unsent is not None:
+            return self._settle(job_id, error=Unavailable(
+                "could not hand the job to NATS JetStream within its time limit (and %.0f s more): %s"
+                % (RESULT_GRACE_S, sent.unsent)))
         self._settle(job_id, error=Timeout(
             "worker host %s gave no answer within the %d ms time limit (and %.0f s more)"
             % (sent.host or "(shared queue)", sent.job.timeout_ms, RESULT_GRACE_S)))

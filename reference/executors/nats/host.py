@@ -240,11 +240,22 @@ class WorkerHost:
                 if taken is None:
                     continue
                 key = taken[0]
-                task = self.running[key] = self._spawn(self._run(*taken, slot=slot))
+                ran = asyncio.get_running_loop().create_future()
+                task = self.running[key] = self._spawn(self._run(*taken, slot=slot, ran=ran))
                 task.add_done_callback(lambda _, key=key: self._release(key))
-                await asyncio.wait([task])
+                # The slot is free once its worker is: the answer's confirmation and the
+                # acknowledgement go on meanwhile.
+                await asyncio.wait([task, ran], return_when=asyncio.FIRST_COMPLETED)
 
-    async def _run(self, key, header, body, slot=None):
+    async def _run(self, key, header, body, slot=None, ran=None):
+        """Run a job and answer it; `ran` (FIFO) is set as soon as its worker is free."""
+        try:
+            await self._execute(key, header, body, slot, ran)
+        finally:
+            if ran is not None and not ran.done():
+                ran.set_result(None)
+
+    async def _execute(self, key, header, body, slot, ran):
         reply = key[0]
         try:
             job = Job.from_wire(header, body)
@@ -256,6 +267,8 @@ class WorkerHost:
                 if slot not in self.pool.workers:
                     slot = int(slot) % self.pool.size
             outcome = await self.pool.submit(slot, job)
+            if ran is not None:
+                ran.set_result(None)
             answer, payload = outcome.to_wire()
         except FaasError as exc:
             if self.leaving and isinstance(exc, WorkerLost):
