@@ -285,3 +285,24 @@ def test_tls_cluster_serves_and_a_host_without_the_ca_is_refused():
         # Nor does a plain-text client get in on the TLS port.
         with pytest.raises(Exception):
             run(client(cluster.url.replace("tls://", "nats://"), "host", cluster.passwords["host"]), timeout=10)
+
+
+def test_up_passes_nats_files_and_switches_to_the_server_never_a_secret(monkeypatch):
+    from reference import cli
+    from reference.server.supervisor import component_commands
+
+    monkeypatch.setenv("FAAS_NATS_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("FAAS_NATS_USER", "platform")
+    args = cli.build_parser(["up"]).parse_args(
+        ["up", "--executor", "nats", "--nats", "tls://a:4222,tls://b:4222", "--nats-creds", "/etc/p.creds",
+         "--nats-ca", "/etc/ca.pem", "--nats-replicas", "3"])
+    settings = cli.up_settings(args)
+    assert settings.server.nats.creds == "/etc/p.creds" and settings.server.nats.replicas == 3
+    commands = component_commands(settings.balancer, settings.server, settings.gateway, "INFO")
+    server = commands["server"]
+    assert server[server.index("--nats-creds") + 1] == "/etc/p.creds"
+    assert server[server.index("--nats-ca") + 1] == "/etc/ca.pem"
+    assert "--nats-insecure" not in server
+    assert not any("s3cret" in part for cmd in commands.values() for part in cmd)
+    with pytest.raises(SystemExit):   # refused before anything starts
+        cli.main(["worker-host", "--nats-replicas", "0"])
