@@ -9,6 +9,7 @@ import time
 
 import pytest
 from nats_support import (
+    SLEEP_PY,
     SLOW_PY,
     assert_all_answered,
     client,
@@ -16,6 +17,7 @@ from nats_support import (
     need_nats,
     run,
     start_stack,
+    stats_when,
     stream_state,
     timed_load,
 )
@@ -140,6 +142,23 @@ def test_an_output_over_max_payload_fails_at_once_and_is_not_run_again(rr_stack)
     time.sleep(nats_executor.ACK_WAIT_S + 1)   # a job left unacknowledged would be out again
     assert _stream_empties(cluster, timeout=1) == 0
     _both_hosts_serve(stack)
+
+
+def test_a_worker_killed_mid_call_is_a_clear_error_and_its_slot_comes_back(rr_stack):
+    cluster, stack = rr_stack
+    deploy(stack.url, "sleep", "python", SLEEP_PY, timeout_ms=20000)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(invoke, stack.url, "sleep", "3")
+        stats = stats_when(stack.url, lambda s: any(w["state"] == "busy" for w in s["workers"]))
+        busy = [w for w in stats["workers"] if w["state"] == "busy"]
+        assert len(busy) == 1, stats
+        os.kill(busy[0]["pid"], signal.SIGKILL)
+        status, answer, _ = call.result(timeout=CALL_LIMIT_S)
+    assert status == 502 and answer["kind"] == "worker_lost", answer
+    hosts_up(stack.url, ["host1", "host2"])
+    stats_when(stack.url, lambda s: sum(w["state"] == "idle" for w in s["workers"]) == 2)
+    _both_hosts_serve(stack)
+    assert _stream_empties(cluster) == 0
 
 
 def _stream_cluster(cluster):
