@@ -306,3 +306,21 @@ def test_up_passes_nats_files_and_switches_to_the_server_never_a_secret(monkeypa
     assert not any("s3cret" in part for cmd in commands.values() for part in cmd)
     with pytest.raises(SystemExit):   # refused before anything starts
         cli.main(["worker-host", "--nats-replicas", "0"])
+
+
+def test_a_missing_or_empty_credentials_file_is_refused_at_once(tmp_path):
+    from reference.config import NatsSettings
+    from reference.executors.nats.connection import NatsRefused, connect
+
+    empty = tmp_path / "empty.creds"
+    empty.write_text("# nothing\n")
+    jwt = tmp_path / "user.creds"
+    jwt.write_text("-----BEGIN NATS USER JWT-----\nxx\n------END NATS USER JWT------\n")
+    cases = [(str(tmp_path / "missing.creds"), "cannot read"), (str(empty), "no NATS credentials")]
+    try:
+        import nkeys  # noqa: F401
+    except ImportError:
+        cases.append((str(jwt), "pip install nkeys"))
+    for path, expected in cases:
+        with pytest.raises(NatsRefused, match=expected):
+            run(connect(NatsSettings(url="nats://127.0.0.1:1", creds=path), "probe"), timeout=10)

@@ -43,9 +43,16 @@ def default_replicas(url):
 
 def read_secrets(path):
     """The connect() keywords a `--nats-creds` file gives (see the module docstring)."""
-    with open(path, "rb") as f:
-        text = f.read().decode("utf-8", "replace")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise NatsRefused("cannot read the NATS credentials file %s: %s" % (path, exc.strerror or exc)) from None
     if "BEGIN NATS USER JWT" in text:
+        try:
+            import nkeys  # noqa: F401 (nats-py signs the server's nonce with it)
+        except ImportError:
+            raise NatsRefused("%s is a NATS .creds file: it needs the nkeys package (pip install nkeys)" % path) from None
         return {"user_credentials": path}
     if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s holds NATS secrets and is readable by others: chmod 600 it", path)
