@@ -65,6 +65,10 @@ def spare_files(runtimes, lang, fn_id):
     spare = runtime.pool.procs.get(fn_id)
     if spare is None:
         return []
+    if not hasattr(spare, "call_dir"):
+        # A fork server (php) keeps the code in memory: its calls' tmpfs, where the next call
+        # writes it, and the descriptor it was read from are what there is to aim at.
+        return [path % pid for pid in uid_pids(fn_id) for path in ("/proc/%d/root/calls/code.php", "/proc/%d/fd/0")]
     if spare.call_dir is not None:
         return [os.path.join(spare.call_dir, "code." + runtime.ext)]
     return ["/proc/%d/root/call/code.%s" % (pid, runtime.ext) for pid in uid_pids(fn_id)
@@ -244,7 +248,8 @@ def test_the_uid_is_the_functions_own_and_stable():
 @pytest.mark.parametrize("lang", sorted(PROBES))
 def test_a_hostile_function_reaches_no_other_functions_process_file_or_port(tmp_path, lang, listener):
     """The victim is a warm Python function (its fork server waiting) and, for node and PHP, a
-    function of the attacker's language with its interpreter started one call ahead. The attacker
+    function of the attacker's language with its interpreter started one call ahead (node) or its
+    fork server waiting (PHP). The attacker
     gets their pids, the victim's code file and the port, and may touch none of them."""
     need_toolchain(lang)
     victim = make_function(tmp_path, "victim", "python", EXAMPLES / "greet.py")
@@ -280,7 +285,7 @@ def test_a_hostile_function_reaches_no_other_functions_process_file_or_port(tmp_
     assert last["cold"] is False and last["extra"]["runtime_pid"] == first["extra"]["runtime_pid"]
     if spare_victim:
         paths = json.loads(results[-3]["input"])["paths"]
-        assert paths, "the victim's interpreter started ahead had a code file to attack"
+        assert paths, "the victim's warm interpreter had a code file to attack"
         expected = b'{"sum":3}\n' if lang == "js" else b"Hello from PHP!\nin\n"
         assert results[-2]["stdout"] == expected and b"HIJACKED" not in results[-2]["stdout"], results[-2]
 

@@ -48,9 +48,12 @@ def test_the_seed_examples_answer_warm_as_cold(tmp_path, lang, file, data, expec
     for r in warm + cold:
         assert (r["stdout"], r["stderr"], r["exit_code"], r["error"]) == (expected, b"", 0, None), r
     assert all("runtime_pid" not in r["extra"] for r in cold)
-    if lang != "python":
-        # node and php cannot fork: each call is a process started ahead, never one reused.
+    if lang == "js":
+        # node cannot fork: each call is a process started ahead, never one reused.
         assert len(set(_pids(warm))) == 3
+    else:
+        # python and php: one fork server, a forked child per call.
+        assert len(set(_pids(warm))) == 1
 
 
 @pytest.mark.parametrize("lang,file,expected", [("python", "counter.py", b"1 False False\n"),
@@ -164,6 +167,70 @@ def test_a_function_that_kills_its_fork_server_is_an_error_and_the_next_call_sta
         assert r["error"] == "runtime" and r["cold"] is True, r
         assert r["children_after"] == [] and r["warm_pids"] == []
     assert _pids(results)[0] != _pids(results)[1]
+
+
+def test_one_php_fork_server_serves_consecutive_calls_each_with_its_input(tmp_path):
+    hello = make_function(tmp_path, "hello", "php", EXAMPLES / "hello.php")
+    results = run_jobs(*[dict(fn_dir=hello, lang="php", input=data) for data in (b"Ada", b"", b"Bob")])
+    assert [r["stdout"] for r in results] == [b"Hello from PHP!\nAda\n", b"Hello from PHP!\n", b"Hello from PHP!\nBob\n"]
+    assert [r["cold"] for r in results] == [True, False, False]
+    pids = _pids(results)
+    assert pids[0] and len(set(pids)) == 1 and all(r["warm_pids"] == [pids[0]] for r in results), results
+
+
+def test_a_warm_php_call_leaves_nothing_for_the_next(tmp_path):
+    """No file in /tmp or /dev/shm, static, constant, ini setting or process of one call is seen
+    by the next, and what it left running is dead when the call ends."""
+    fn = make_function(tmp_path, "leftovers", "php", FUNCTIONS / "php_leftovers.php")
+    hello = make_function(tmp_path, "hello", "php", EXAMPLES / "hello.php")
+    results = run_jobs(*_times(3, fn_dir=fn, lang="php"), dict(fn_dir=hello, lang="php", input=b"x"))
+    assert [r["cold"] for r in results] == [True, False, False, True]
+    for r in results[:3]:
+        assert r["exit_code"] == 0 and r["stdout"].split()[0] == b"fresh", r
+        assert r["children_after"] == [], r
+    assert len(set(_pids(results[:3]))) == 1
+    # Another function's fork server is another process, unaffected.
+    assert results[3]["stdout"] == b"Hello from PHP!\nx\n" and _pids(results)[3] != _pids(results)[0]
+
+
+@pytest.mark.parametrize("source,job,error", [(b"<?php\nwhile (true) {}\n", dict(timeout_ms=300), "timeout"),
+                                              ((FUNCTIONS / "memhog.php").read_bytes(), dict(memory_mb=64), "memory")],
+                         ids=["timeout", "memory"])
+def test_a_limit_fires_warm_in_php_and_the_fork_server_is_recycled(tmp_path, source, job, error):
+    code = tmp_path / "limited.php"
+    code.write_bytes(source)
+    fn = make_function(tmp_path, "limited", "php", code)
+    hello = make_function(tmp_path, "hello", "php", EXAMPLES / "hello.php")
+    results = run_jobs(dict(fn_dir=hello, lang="php"), *_times(2, fn_dir=fn, lang="php", **job),
+                       dict(fn_dir=hello, lang="php"))
+    first, second = results[1:3]
+    assert first["error"] == second["error"] == error, results
+    assert second["cold"] is True and _pids([first]) != _pids([second])
+    assert second["children_after"] == [] and second["warm_pids"] == [results[0]["extra"]["runtime_pid"]]
+    assert results[3]["cold"] is False and results[3]["stdout"] == b"Hello from PHP!\n"
+
+
+def test_a_php_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(tmp_path):
+    fn = make_function(tmp_path, "killer", "php", FUNCTIONS / "php_killparent.php")
+    results = run_jobs(*_times(2, fn_dir=fn, lang="php"))
+    for r in results:
+        assert r["error"] == "runtime" and r["cold"] is True, r
+        assert r["children_after"] == [] and r["warm_pids"] == []
+    assert _pids(results)[0] != _pids(results)[1]
+
+
+def test_php_errors_and_exit_status_warm_as_cold(tmp_path):
+    source = tmp_path / "fails.php"
+    source.write_bytes(b'<?php\n$in = trim(stream_get_contents(STDIN));\nfwrite(STDERR, "err " . $in . "\\n");\n'
+                       b'if ($in === "throw") { throw new Exception("boom"); }\nexit((int) $in);\n')
+    fn = make_function(tmp_path, "fails", "php", source)
+    jobs = [dict(fn_dir=fn, lang="php", input=data) for data in (b"3", b"0", b"throw")]
+    warm = run_jobs(*[dict(j) for j in jobs])
+    cold = run_jobs(*[dict(j) for j in jobs], warm=False)
+    assert [r["exit_code"] for r in warm] == [r["exit_code"] for r in cold] == [3, 0, 255]
+    for w, c in zip(warm, cold):
+        assert w["stderr"].splitlines()[0] == c["stderr"].splitlines()[0], (w, c)
+    assert b"Uncaught Exception: boom in code.php:4" in warm[2]["stderr"], warm[2]
 
 
 def test_exit_status_atexit_and_threads_as_a_plain_python3(tmp_path):

@@ -1,5 +1,6 @@
-"""Warm interpreters for the worker runtimes: a fork server per Python function, and for node and
-PHP (which cannot fork) an interpreter started one call ahead, held before the script until its call.
+"""Warm interpreters for the worker runtimes: a fork server per Python and per PHP function, and
+for node (which cannot fork) an interpreter started one call ahead, held before the script until
+its call.
 
 Every call still gets a process of its own, so plain scripts keep working and nothing leaks from
 one call to the next; what is saved is the interpreter's start-up. The sandbox of reference/worker/sandbox/process.py
@@ -25,6 +26,7 @@ import time
 from collections import OrderedDict
 from itertools import count
 
+from reference.functions.languages import LANGUAGES
 from reference.wire.jobs import Outcome
 from reference.worker.capture import Capture, input_fd
 from reference.worker.capture import ms as _ms
@@ -173,14 +175,16 @@ class WarmPool:
         self.procs.clear()
 
 
-# --- Python: a fork server per function ------------------------------------------------------
+# --- Python and PHP: a fork server per function -----------------------------------------------
 
 class ForkServer:
-    """A python3 running warm_python.py for one function: its code compiled once, a forked child
-    per call. It runs as the sandbox user with the function's rlimits (but CPU, set per call)."""
+    """An interpreter running the runtime's helper (warm_python.py, warm_php.php) for one
+    function: started once, a forked child per call. It runs as the sandbox user with the
+    function's rlimits (but CPU, set per call)."""
 
     def __init__(self, runtime, job, helper):
         self.fn_id, self.memory_mb, self.born = job.fn_id, job.memory_mb, time.monotonic()
+        self.name = "the %s fork server" % runtime.lang
         self.make_dirs = runtime.sandboxed      # in its tmpfs it makes (and removes) each call's directory
         self.proc, self.group = None, None
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -195,11 +199,12 @@ class ForkServer:
             if runtime.cgroups is not None:
                 self.group = runtime.cgroups.group("srv-%d" % next(_numbers))
             # The source goes in on stdin, opened here: the sandbox user may not read fn_dir.
-            with open(os.path.join(job.fn_dir, "code.py"), "rb") as source:
+            with open(os.path.join(job.fn_dir, "code." + LANGUAGES[runtime.lang].ext), "rb") as source:
                 # In a sandbox its parent is bwrap's init, not the worker: it dies with the worker
                 # through --die-with-parent instead of checking its parent's pid ("0").
-                argv = [runtime.interpreter, "-I", "-B", inside, str(theirs.fileno()),
-                        "0" if runtime.sandboxed else str(os.getpid()), "sandbox" if runtime.sandboxed else "plain"]
+                argv = runtime.server_argv(job, inside) + [
+                    str(theirs.fileno()), "0" if runtime.sandboxed else str(os.getpid()),
+                    "sandbox" if runtime.sandboxed else "plain"]
                 # Its stderr is its own only until the first call: it says why a start failed.
                 # Its directory is the scratch root, which it may enter but not list or write:
                 # a killed worker leaves nothing of its fork servers behind.
@@ -214,7 +219,7 @@ class ForkServer:
             self._kill()
             text = self.proc.stderr.read().decode(errors="replace").strip()
             self.close()
-            raise WarmProcessLost(text or "the python fork server did not start") from None
+            raise WarmProcessLost(text or "%s did not start" % self.name) from None
         except BaseException:
             theirs.close()
             self.close()
@@ -233,11 +238,11 @@ class ForkServer:
         try:
             data = self.sock.recv(4096)
         except socket.timeout:
-            raise WarmProcessSilent("the python fork server did not answer in %.1f s" % timeout) from None
+            raise WarmProcessSilent("%s did not answer in %.1f s" % (self.name, timeout)) from None
         except OSError as exc:
-            raise WarmProcessLost("the python fork server did not answer: %s" % exc) from None
+            raise WarmProcessLost("%s did not answer: %s" % (self.name, exc)) from None
         if not data:
-            raise WarmProcessLost("the python fork server is gone")
+            raise WarmProcessLost("%s is gone" % self.name)
         return json.loads(data)
 
     def fork(self, call_dir, cpu, fds, join=()):
@@ -249,7 +254,7 @@ class ForkServer:
                                                     "make": self.make_dirs}).encode()],
                             list(fds) + list(join))
         except OSError as exc:
-            raise WarmProcessLost("the python fork server is gone: %s" % exc) from None
+            raise WarmProcessLost("%s is gone: %s" % (self.name, exc)) from None
         return self.receive(START_TIMEOUT_S).get("pid")
 
     def _kill(self):
@@ -274,17 +279,24 @@ class ForkServer:
         process.reap_zombies()
 
 
-class WarmPythonRuntime(process.PythonRuntime):
-    """Python served by a fork server per function: about a millisecond per call instead of an
-    interpreter start. The fork server is replaced after any call that ended in an error."""
+class ForkServerRuntime:
+    """A script runtime served by a fork server per function (mixed into its ProcessRuntime): a
+    fork per call instead of an interpreter start. The fork server is replaced after any call
+    that ended in an error."""
+
+    helper_name = None
 
     def __init__(self, scratch):
         super().__init__(scratch)
-        self.helper = _helper(scratch, "warm_python.py")
+        self.helper = _helper(scratch, self.helper_name)
         self.pool = WarmPool()
         self.dirs = CallDirs(self)
         # One call at a time per worker: one cgroup for every warm call, emptied after each.
-        self.call_group = self.cgroups.group("py-call") if self.cgroups is not None else None
+        self.call_group = self.cgroups.group("%s-call" % self.lang) if self.cgroups is not None else None
+
+    def server_argv(self, job, helper):
+        """The fork server's command line, before the arguments of the helpers' protocol."""
+        raise NotImplementedError
 
     def run(self, job):
         if self.interpreter is None:
@@ -332,7 +344,7 @@ class WarmPythonRuntime(process.PythonRuntime):
             return Outcome(exit_code=1, error="memory", cold=True,
                            message="the function ran out of its %d MiB of memory" % job.memory_mb)
         return Outcome(exit_code=1, error="runtime", cold=True,
-                       message="python could not start: %s" % (text.splitlines() or ["?"])[-1])
+                       message="%s could not start: %s" % (self.lang, (text.splitlines() or ["?"])[-1]))
 
     def _call(self, server, job, inside, started):
         # The call writes its stdout and stderr into memory files, not pipes: the worker is not
@@ -386,7 +398,26 @@ class WarmPythonRuntime(process.PythonRuntime):
         return server.receive(START_TIMEOUT_S)["status"], True
 
 
-# --- node and PHP: an interpreter started one call ahead ---------------------------------------
+class WarmPythonRuntime(ForkServerRuntime, process.PythonRuntime):
+    helper_name = "warm_python.py"
+
+    def server_argv(self, job, helper):
+        return [self.interpreter, "-I", "-B", helper]
+
+
+class WarmPhpRuntime(ForkServerRuntime, process.PhpRuntime):
+    """php forks through pcntl; the descriptors of a call are received and put in place through
+    FFI (loaded for the fork server only, so the function can use FFI too when warm: in the
+    sandbox that reaches nothing a binary from /usr could not)."""
+
+    helper_name = "warm_php.php"
+
+    def server_argv(self, job, helper):
+        return [self.interpreter, "-n", "-d", "extension=ffi", "-d", "memory_limit=%dM" % job.memory_mb,
+                "-d", "display_errors=stderr", helper]
+
+
+# --- node: an interpreter started one call ahead -----------------------------------------------
 
 class Spare:
     """An interpreter started before its call, with its call directory and limits, paused by a
@@ -482,7 +513,7 @@ class SpareRuntime(process.ProcessRuntime):
 
     def __init__(self, scratch):
         super().__init__(scratch)
-        self.ext = {"js": "js", "php": "php"}[self.lang]
+        self.ext = LANGUAGES[self.lang].ext
         self.helper = _helper(scratch, self.helper_name)
         self.pool = WarmPool()
 
@@ -537,14 +568,6 @@ class WarmNodeRuntime(SpareRuntime, process.NodeRuntime):
     def warm_argv(self, job, script, helper, go_fd):
         # The helper takes the go pipe's fd off the end of argv before the script runs.
         return [self.interpreter, "--max-old-space-size=%d" % job.memory_mb, "-r", helper, script, str(go_fd)]
-
-
-class WarmPhpRuntime(SpareRuntime, process.PhpRuntime):
-    helper_name = "warm_php.php"
-
-    def warm_argv(self, job, script, helper, go_fd):
-        return [self.interpreter, "-n", "-d", "memory_limit=%dM" % job.memory_mb, "-d", "display_errors=stderr",
-                "-d", "auto_prepend_file=" + helper, "-d", "minifaas.go_fd=%d" % go_fd, script]
 
 
 WARM_RUNTIMES = {"python": WarmPythonRuntime, "node": WarmNodeRuntime, "php": WarmPhpRuntime}

@@ -1,10 +1,257 @@
 <?php
-// Prepended (auto_prepend_file) to a php started ahead of its call by reference/worker/warm/runtimes.py: it holds
-// the function's script back until the worker says go, so php's start-up is off the request path.
-// The go pipe's fd comes as the made-up ini setting minifaas.go_fd, invisible to the script.
-$minifaas_go = fopen("php://fd/" . get_cfg_var("minifaas.go_fd"), "r");
-if ($minifaas_go === false || fread($minifaas_go, 1) !== "g") {
-    exit(0);
+// A warm php for one function (a fork server), run by reference/worker/warm/runtimes.py inside the
+// function's sandbox, as its uid: php starts once, then forks a fresh child per call (pcntl) that
+// writes the function's code into its call directory and includes it at global scope, as
+// `php code.php` would run it. The function's code never runs in this process, so no global,
+// static, class or file of one call reaches the next. Not dumpable: no call may ptrace it or
+// read its memory.
+//
+// Same protocol as warm_python.py (its docstring has it), over the SOCK_SEQPACKET socket whose
+// fd is argv[1]; the descriptors travel by SCM_RIGHTS, received and put in place through FFI on
+// libc (php has no recvmsg with fds nor dup2). argv[2]: the worker's pid to check as parent
+// ("0": none, in a sandbox); argv[3]: "sandbox" when /tmp and /dev/shm are the sandbox's own,
+// emptied after every call. The function's source arrives on stdin at start-up.
+//
+// Everything of ours is local to functions named minifaas_*: the call's code sees only the
+// usual globals ($argv, $argc, $_SERVER...).
+
+function minifaas_libc()
+{
+    static $libc = null;
+    if ($libc === null) {
+        $libc = FFI::cdef('
+            typedef unsigned long size_t;
+            typedef long ssize_t;
+            struct iovec { void *iov_base; size_t iov_len; };
+            struct msghdr { void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
+                            void *msg_control; size_t msg_controllen; int msg_flags; };
+            struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; };
+            struct rlimit { unsigned long rlim_cur; unsigned long rlim_max; };
+            ssize_t recvmsg(int fd, struct msghdr *msg, int flags);
+            ssize_t send(int fd, const char *buf, size_t len, int flags);
+            ssize_t write(int fd, const char *buf, size_t len);
+            int close(int fd);
+            int dup2(int from, int to);
+            int setsid(void);
+            int getppid(void);
+            int kill(int pid, int sig);
+            int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+            int setrlimit(int resource, const struct rlimit *rlim);
+            int close_range(unsigned int first, unsigned int last, int flags);
+        ', "libc.so.6");
+    }
+    return $libc;
 }
-fclose($minifaas_go);
-unset($minifaas_go);
+
+const MINIFAAS_PR_SET_PDEATHSIG = 1;
+const MINIFAAS_PR_SET_DUMPABLE = 4;
+const MINIFAAS_PR_SET_CHILD_SUBREAPER = 36;
+const MINIFAAS_MSG_NOSIGNAL = 0x4000;
+const MINIFAAS_REAP_DEADLINE_S = 5.0;
+
+function minifaas_send($sock, $data)
+{
+    $message = json_encode($data);
+    if (minifaas_libc()->send($sock, $message, strlen($message), MINIFAAS_MSG_NOSIGNAL) < 0) {
+        exit(0);                    // the worker went away
+    }
+}
+
+// One packet and the descriptors that came with it, or null when the worker closed the socket.
+function minifaas_recv($sock)
+{
+    $libc = minifaas_libc();
+    static $buf = null, $ctl = null, $iov = null, $msg = null;
+    if ($buf === null) {
+        $buf = FFI::new("char[65536]");
+        $ctl = FFI::new("char[512]");
+        $iov = $libc->new("struct iovec");
+        $msg = $libc->new("struct msghdr");
+    }
+    $iov->iov_base = FFI::addr($buf);
+    $iov->iov_len = 65536;
+    $msg->msg_iov = FFI::addr($iov);
+    $msg->msg_iovlen = 1;
+    $msg->msg_control = FFI::addr($ctl);
+    $msg->msg_controllen = 512;
+    $n = $libc->recvmsg($sock, FFI::addr($msg), 0);
+    if ($n <= 0) {
+        return null;
+    }
+    $fds = [];
+    $len = $msg->msg_controllen;
+    for ($off = 0; $off + 16 <= $len;) {
+        $head = $libc->cast("struct cmsghdr *", FFI::addr($ctl[$off]));
+        $size = $head->cmsg_len;
+        if ($size < 16) {
+            break;
+        }
+        if ($head->cmsg_level === 1 && $head->cmsg_type === 1) {    // SOL_SOCKET, SCM_RIGHTS
+            $ints = FFI::cast("int *", FFI::addr($ctl[$off + 16]));
+            for ($i = 0; $i < intdiv($size - 16, 4); $i++) {
+                $fds[] = $ints[$i];
+            }
+        }
+        $off += ($size + 7) & ~7;
+    }
+    return [FFI::string($buf, $n), $fds];
+}
+
+// Answer calls until the worker goes away. Returns only in a forked child, set up for its call.
+function minifaas_serve()
+{
+    $libc = minifaas_libc();
+    $argv = $_SERVER["argv"];
+    $sock = (int) $argv[1];
+    // Die with the worker, even if it died before the prctl (then we are already orphaned).
+    $libc->prctl(MINIFAAS_PR_SET_PDEATHSIG, 9, 0, 0, 0);
+    if ($argv[2] !== "0" && $libc->getppid() !== (int) $argv[2]) {
+        exit(0);
+    }
+    $libc->prctl(MINIFAAS_PR_SET_DUMPABLE, 0, 0, 0, 0);
+    $libc->prctl(MINIFAAS_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    // A stream of its own on fd 0: the STDIN constant stays untouched for the calls.
+    $in = fopen("php://fd/0", "r");
+    $source = stream_get_contents($in);
+    fclose($in);
+    $private = ($argv[3] ?? "") === "sandbox";
+    minifaas_send($sock, ["ready" => true]);
+    while (true) {
+        $got = minifaas_recv($sock);
+        if ($got === null) {
+            exit(0);                // the worker closed the socket: nothing more to serve
+        }
+        [$message, $fds] = $got;
+        $call = json_decode($message, true);
+        if (!empty($call["make"])) {
+            @mkdir($call["dir"], 0700);     // in our own tmpfs; the call reports it when it cannot enter it
+        }
+        $pid = pcntl_fork();
+        if ($pid === 0) {
+            minifaas_become_call($call, $fds, $source);
+            return;
+        }
+        foreach ($fds as $fd) {
+            $libc->close($fd);
+        }
+        if ($pid < 0) {
+            exit(1);                // the worker sees the fork server gone and starts another
+        }
+        minifaas_send($sock, ["pid" => $pid]);
+        $status = minifaas_reap($pid);
+        if (!empty($call["make"])) {
+            minifaas_remove($call["dir"]);
+        }
+        if ($private) {
+            foreach (["/tmp", "/dev/shm"] as $top) {
+                foreach (@scandir($top) ?: [] as $name) {
+                    if ($name !== "." && $name !== "..") {
+                        minifaas_remove($top . "/" . $name);
+                    }
+                }
+            }
+        }
+        minifaas_send($sock, ["status" => $status]);
+    }
+}
+
+// Wait for the call's process, then kill what it left: its group, and any descendant that left
+// the group (as subreaper we inherit those once their parents die), reaping every zombie.
+function minifaas_reap($pid)
+{
+    $libc = minifaas_libc();
+    pcntl_waitpid($pid, $status);
+    $libc->kill(-$pid, 9);
+    $deadline = microtime(true) + MINIFAAS_REAP_DEADLINE_S;
+    while (microtime(true) < $deadline) {
+        while (($reaped = pcntl_waitpid(-1, $ignored, WNOHANG)) > 0) {
+        }
+        if ($reaped < 0) {
+            break;                  // no child at all, the usual case
+        }
+        foreach (minifaas_children() as $stray) {
+            $libc->kill($stray, 9);
+        }
+        usleep(1000);
+    }
+    if (pcntl_wifexited($status)) {
+        return pcntl_wexitstatus($status);
+    }
+    return pcntl_wifsignaled($status) ? -pcntl_wtermsig($status) : 1;
+}
+
+function minifaas_children()
+{
+    $me = getmypid();
+    $found = [];
+    foreach (glob("/proc/[0-9]*/stat") ?: [] as $path) {
+        $stat = @file_get_contents($path);
+        if ($stat === false) {
+            continue;
+        }
+        $fields = explode(" ", substr($stat, strrpos($stat, ")") + 2));
+        if ((int) $fields[1] === $me) {
+            $found[] = (int) basename(dirname($path));
+        }
+    }
+    return $found;
+}
+
+// Remove a file or a tree a call left (its processes are dead); a mode it set is undone first.
+function minifaas_remove($path)
+{
+    if (is_dir($path) && !is_link($path)) {
+        @chmod($path, 0700);
+        foreach (@scandir($path) ?: [] as $name) {
+            if ($name !== "." && $name !== "..") {
+                minifaas_remove($path . "/" . $name);
+            }
+        }
+        @rmdir($path);
+    } else {
+        @unlink($path);
+    }
+}
+
+// In the forked child: into the call's cgroup first, then a session of its own, the call's
+// stdio, directory, code and CPU limit.
+function minifaas_become_call($call, $fds, $source)
+{
+    $libc = minifaas_libc();
+    $std = array_slice($fds, 0, 3);
+    foreach (array_slice($fds, 3, $call["join"] ?? 0) as $fd) {
+        if ($libc->write($fd, "0", 1) !== 1) {
+            $text = "the call could not enter its cgroup\n";
+            $libc->write($std[2], $text, strlen($text));
+            exit(125);
+        }
+        $libc->close($fd);
+    }
+    $libc->setsid();
+    $libc->prctl(MINIFAAS_PR_SET_PDEATHSIG, 9, 0, 0, 0);
+    foreach ($std as $target => $fd) {
+        $libc->dup2($fd, $target);
+    }
+    $libc->close_range(3, 0xFFFFFFFF, 0);
+    if (!@chdir($call["dir"])) {
+        $text = "the call could not enter its directory\n";
+        $libc->write(2, $text, strlen($text));
+        exit(125);
+    }
+    $script = $call["dir"] . "/code.php";
+    file_put_contents($script, $source);
+    chmod($script, 0600);
+    $limit = $libc->new("struct rlimit");
+    $limit->rlim_cur = $limit->rlim_max = (int) $call["cpu"];
+    $libc->setrlimit(0, FFI::addr($limit));     // RLIMIT_CPU
+    // What `php code.php` would show the script.
+    $GLOBALS["argv"] = $_SERVER["argv"] = [$script];
+    $GLOBALS["argc"] = $_SERVER["argc"] = 1;
+    foreach (["SCRIPT_FILENAME", "SCRIPT_NAME", "PHP_SELF", "PATH_TRANSLATED"] as $key) {
+        $_SERVER[$key] = $script;
+    }
+}
+
+minifaas_serve();
+// Only a forked child gets here, in its call's directory.
+include "./code.php";
