@@ -147,9 +147,12 @@ def test_an_output_over_max_payload_fails_at_once_and_is_not_run_again(rr_stack)
 def test_a_worker_killed_mid_call_is_a_clear_error_and_its_slot_comes_back(rr_stack):
     cluster, stack = rr_stack
     deploy(stack.url, "sleep", "python", SLEEP_PY, timeout_ms=20000)
+    # Heartbeats from before (0.5 s apart) may still show an earlier call's worker busy.
+    stats_when(stack.url, lambda s: all(w["state"] == "idle" for w in s["workers"]))
+    time.sleep(1)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(invoke, stack.url, "sleep", "3")
-        stats = stats_when(stack.url, lambda s: any(w["state"] == "busy" for w in s["workers"]))
+        stats = stats_when(stack.url, lambda s: s["pending"] == 1 and any(w["state"] == "busy" for w in s["workers"]))
         busy = [w for w in stats["workers"] if w["state"] == "busy"]
         assert len(busy) == 1, stats
         os.kill(busy[0]["pid"], signal.SIGKILL)
