@@ -233,6 +233,36 @@ def test_php_errors_and_exit_status_warm_as_cold(tmp_path):
     assert b"Uncaught Exception: boom in code.php:4" in warm[2]["stderr"], warm[2]
 
 
+PHP_ENDINGS = {
+    "plain": b'<?php echo "hi";',
+    "exit": b'<?php echo "a"; exit(7);',
+    "exit_string": b'<?php exit("bye\\n");',
+    "order": b'<?php class D { function __destruct() { echo "destructed\\n"; } }\n$d = new D;\n'
+             b'register_shutdown_function(function () { echo "shutdown\\n"; register_shutdown_function(function () { echo "late\\n"; exit(4); }); });\n'
+             b'ob_start(); echo "buffered\\n";',
+    "cleaned": b'<?php echo "gone"; while (ob_get_level()) { ob_end_clean(); } echo "kept\\n"; exit(2);',
+    "fatal_in_destructor": b'<?php class D { function __destruct() { undefined_function(); } } $d = new D; echo "x\\n";',
+    "big": b'<?php for ($i = 0; $i < 3000; $i++) { echo str_repeat("y", 999), "\\n"; } exit(5);',
+    "proc_open": b'<?php $p = proc_open("sleep 0.2; echo late >&2", [], $pipes); echo "p\\n";',
+}
+
+
+@pytest.mark.parametrize("name", sorted(PHP_ENDINGS))
+def test_a_warm_php_call_ends_as_a_plain_php(tmp_path, name):
+    """Exit status, shutdown functions, destructors and output buffers, in php's order, warm as
+    cold (the warm call leaves without php's module shutdown; ob_get_level() is 1 more there)."""
+    source = tmp_path / "end.php"
+    source.write_bytes(PHP_ENDINGS[name])
+    fn = make_function(tmp_path, "end", "php", source)
+    warm = run_jobs(*_times(2, fn_dir=fn, lang="php"))
+    cold = run_jobs(*_times(1, fn_dir=fn, lang="php"), warm=False)
+    assert warm[1]["cold"] is False
+    for w in warm:
+        got = (w["stdout"], w["exit_code"], w["truncated"], w["stderr"].splitlines()[:1])
+        assert got == (cold[0]["stdout"], cold[0]["exit_code"], cold[0]["truncated"], cold[0]["stderr"].splitlines()[:1]), (w, cold[0])
+        assert w["children_after"] == []
+
+
 def test_exit_status_atexit_and_threads_as_a_plain_python3(tmp_path):
     exits = make_function(tmp_path, "exits", "python", FUNCTIONS / "exits.py")
     syntax = make_function(tmp_path, "syntax", "python", FUNCTIONS / "syntax.py")
