@@ -198,15 +198,19 @@ def test_errors_are_the_api_sentence(page):
     result = deploy_from_form(page, "echo", code=ECHO)
     assert "function name 'echo' already exists, please choose another name" in result.text
     assert "bad" in result.get_attribute("class").split()
+    # Python is parsed at deploy: a syntax error is the 422's sentence, in the form's error style.
     result = deploy_from_form(page, "broken", code="def (:\n")
-    assert "Deployed broken" in result.text  # Python is not compiled at deploy: it fails when run
+    assert "syntax error in the python code" in result.text and "SyntaxError" in result.text
+    assert "bad" in result.get_attribute("class").split()
+    result = deploy_from_form(page, "failing", code='import sys\nprint("boom", file=sys.stderr)\nsys.exit(3)\n')
+    assert "Deployed failing" in result.text
 
     from selenium.webdriver.support.ui import Select
-    Select(page.find_element("id", "invoke-fn")).select_by_value("broken")
+    Select(page.find_element("id", "invoke-fn")).select_by_value("failing")
     page.find_element("id", "invoke-button").click()
     wait_for(page, lambda d: d.find_element("id", "invoke-error").is_displayed())
-    assert re.search(r"exit code\s+[1-9]", text(page, "#invoke-facts"))
-    assert "SyntaxError" in text(page, "#invoke-stderr")
+    assert re.search(r"exit code\s+3", text(page, "#invoke-facts"))
+    assert "boom" in text(page, "#invoke-stderr")
     assert text(page, "#invoke-error")  # the API's sentence, whatever its wording
 
 
