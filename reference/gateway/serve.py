@@ -2,6 +2,7 @@
 ours (gevent greenlets and httptools, reference/gateway/http/server.py) or waitress, until
 SIGTERM or SIGINT."""
 
+import errno
 import logging
 import resource
 import signal
@@ -11,6 +12,8 @@ from reference.functions.storage import Storage
 from reference.gateway.app import app_options, make_app
 
 log = logging.getLogger(__name__)
+
+EXIT_CANNOT_LISTEN = 2     # like a usage error: `minifaas up` does not restart it
 
 
 def serve(settings):
@@ -25,6 +28,13 @@ def serve(settings):
     run = HTTP_SERVERS[settings.http]
     try:
         run(settings, lambda **seams: make_app(storage, client, **app_options(settings), **seams))
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        # Not worth a traceback, nor a restart: the same port fails the same way.
+        log.error("cannot listen on %s:%d: %s (choose another --port or stop what holds it)",
+                  settings.host, settings.port, exc.strerror)
+        return EXIT_CANNOT_LISTEN
     finally:
         client.close()
     log.info("stopped")

@@ -30,6 +30,10 @@ from reference.wire.jobs import Job
 
 log = logging.getLogger(__name__)
 
+# Could not start (its socket in use, the executor refused, e.g. NATS credentials): a restart
+# cannot help, and `minifaas up` does not try (reference/server/supervisor.py).
+EXIT_REFUSED = 2
+
 STATS_TIMEOUT_S = 1.0
 
 
@@ -53,7 +57,7 @@ def make_executor(settings, on_up, on_down, on_broken):
                         "worker hosts bring their own workers")
         # The strategy is the balancer's option: NatsWorkers asks the balancer for it (FIFO
         # means a shared work queue in NATS rather than each host's own subject).
-        return NatsWorkers(settings.nats_url, on_up=on_up, on_down=on_down,
+        return NatsWorkers(settings.nats_url, on_up=on_up, on_down=on_down, nats=settings.nats,
                            strategy=lambda: balancer_strategy(settings.lb_sock)), None
     pool = LocalWorkers(settings.workers, on_up=on_up, on_down=on_down, on_broken=on_broken,
                         min_size=settings.min_workers, max_size=settings.max_workers)
@@ -294,7 +298,8 @@ def remove_stale_socket(path):
         return
     finally:
         probe.close()
-    raise SystemExit("%s is in use by a running process: stop it, or choose another socket path" % path)
+    log.error("%s is in use by a running process: stop it, or choose another socket path", path)
+    raise SystemExit(EXIT_REFUSED)
 
 
 def unlink_quietly(path):
@@ -306,4 +311,8 @@ def unlink_quietly(path):
 
 def serve(settings):
     server = Server(settings)
-    return asyncio.run(server.run())
+    try:
+        return asyncio.run(server.run())
+    except FaasError as exc:     # raised by the executor's start: say it, without a traceback
+        log.error("cannot start: %s", exc.message)
+        return EXIT_REFUSED

@@ -21,6 +21,10 @@ STOP_GRACE_S = 8.0
 # A component that dies this many times within RESTART_WINDOW_S is broken: give up.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 30.0
+# A component that exits with NO_RESTART could not start (a usage error, its port or socket in
+# use, refused credentials): a restart would fail the same way, so `up` stops with its message
+# instead of six restarts and six tracebacks.
+NO_RESTART = 2
 
 
 def component_commands(balancer, server, gateway, log_level):
@@ -95,6 +99,8 @@ class Supervisor:
             if code is None:
                 continue
             now = time.monotonic()
+            if code == NO_RESTART:
+                raise GiveUp("%s could not start (exit code %s): see its message above" % (name, code))
             recent = [t for t in self.deaths[name] if now - t < RESTART_WINDOW_S] + [now]
             self.deaths[name] = recent
             if len(recent) > MAX_RESTARTS:
@@ -135,11 +141,6 @@ def up(settings):
         os.environ["FAAS_API_KEY"] = gateway.api_key
     if gateway.invoke_key:
         os.environ["FAAS_INVOKE_KEY"] = gateway.invoke_key
-    if server.executor == "nats":
-        # The NATS executor also reads its connection's files and switches from the
-        # environment (NatsWorkers without settings): the server child finds them either way.
-        os.environ.update({k: v for k, v in (("FAAS_NATS_CREDS", server.nats.creds), ("FAAS_NATS_CA", server.nats.ca),
-                                              ("FAAS_NATS_INSECURE", "1" if server.nats.insecure else None)) if v})
     sockets = [balancer.lb_sock, server.server_sock]
     supervisor = Supervisor(component_commands(balancer, server, gateway, settings.log_level), sockets)
     print("Mini FaaS: %s strategy, %d workers, http://%s:%d (Ctrl-C stops everything)"
