@@ -22,6 +22,7 @@ from needs import need_toolchain
 from test_runtimes import EXAMPLES, FUNCTIONS, make_function
 
 from reference.functions import toolchains
+from reference.functions.languages import LANGUAGES
 from reference.wire.errors import CompileError
 from reference.worker.sandbox import isolation
 from reference.worker.sandbox.process import CALL_PIDS_MAX
@@ -342,11 +343,12 @@ def _cmdline(pid):
         return b""
 
 
+@pytest.mark.parametrize("lang", ["python", "php"])
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
-def test_no_daemon_or_zombie_outlives_its_call(tmp_path, marker, warm):
-    daemons = make_function(tmp_path, "daemons", "python", FUNCTIONS / "daemons.py")
+def test_no_daemon_or_zombie_outlives_its_call(tmp_path, marker, warm, lang):
+    daemons = make_function(tmp_path, "daemons", lang, FUNCTIONS / ("daemons.py" if lang == "python" else "php_daemons.php"))
     greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
-    answer = drive(job(daemons, "python", input=marker.encode()), job(daemons, "python", input=marker.encode()),
+    answer = drive(job(daemons, lang, input=marker.encode()), job(daemons, lang, input=marker.encode()),
                    job(greet, "python"), warm=warm, marker=marker)
     first, second, after = answer["results"]
     assert first["stdout"] == second["stdout"] == b"left daemons\n", first
@@ -358,11 +360,11 @@ def test_no_daemon_or_zombie_outlives_its_call(tmp_path, marker, warm):
         assert second["cold"] is False      # the fork server survived its call's daemons
 
 
-@pytest.mark.parametrize("lang", ["python", "js"])
+@pytest.mark.parametrize("lang", ["python", "js", "php"])
 def test_nothing_burns_cpu_after_a_timeout(tmp_path, marker, lang):
     """A loop that timed out, and the busy daemon of a call that ended: both gone at once."""
     need_toolchain(lang)
-    loop = make_function(tmp_path, "loop", lang, FUNCTIONS / ("loop.py" if lang == "python" else "loop.js"))
+    loop = make_function(tmp_path, "loop", lang, FUNCTIONS / ("loop." + LANGUAGES[lang].ext))
     daemons = make_function(tmp_path, "daemons", "python", FUNCTIONS / "daemons.py")
     results = drive(job(daemons, "python", input=marker.encode()), job(loop, lang, timeout_ms=300),
                     marker=marker)["results"]
@@ -393,11 +395,12 @@ def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
         assert after["stdout"] == b"Hello, world!\n"
 
 
+@pytest.mark.parametrize("lang", ["python", "php"])
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
-def test_a_fork_storm_stops_at_the_pids_limit_and_dies_with_its_call(tmp_path, marker, warm):
-    bomb = make_function(tmp_path, "bomb", "python", FUNCTIONS / "forkbomb.py")
+def test_a_fork_storm_stops_at_the_pids_limit_and_dies_with_its_call(tmp_path, marker, warm, lang):
+    bomb = make_function(tmp_path, "bomb", lang, FUNCTIONS / ("forkbomb.py" if lang == "python" else "php_forkbomb.php"))
     greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
-    answer = drive(job(bomb, "python", input=marker.encode(), timeout_ms=3000), job(greet, "python"),
+    answer = drive(job(bomb, lang, input=marker.encode(), timeout_ms=3000), job(greet, "python"),
                    warm=warm, marker=marker)
     storm, after = answer["results"]
     made = int(storm["stdout"].split()[0])

@@ -1,0 +1,3 @@
+<?php
+// Never ends: for the timeout.
+for (;;) {}
