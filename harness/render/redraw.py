@@ -10,7 +10,10 @@ from harness.render.html_report import write_html_report
 
 
 def redraw(result, directory):
-    """report.md, the plots and report.html of one loaded result; the paths written."""
+    """report.md, the plots and report.html of one loaded result; the paths written. A skipped
+    scenario (its toolchains missing here) gets a report.md that says why, and nothing else."""
+    if result.get("skipped"):
+        return [write_skipped(result, directory)]
     return [report.write(result, directory), *plots.draw_all(result, directory), *calls.draw(result, directory),
             write_html_report(result, directory)]
 
@@ -25,3 +28,15 @@ def main(argv=None):
         for written in redraw(result, os.path.dirname(os.path.abspath(path))):
             print(written)
     return status
+
+
+def write_skipped(result, directory):
+    sc = result["scenario"]
+    lines = ["# %s: skipped" % sc["name"], "", sc.get("description") or "", "",
+             "This machine could not run this scenario, so nothing was measured (it is not a failure):", ""]
+    lines += ["- %s" % reason for reason in result["skipped"]]
+    lines += ["", "Install what is missing and run `minifaas bench %s` again." % sc.get("file", ""), ""]
+    path = os.path.join(directory, report.REPORT_FILE)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
