@@ -322,36 +322,17 @@ class Group:
         leaving it to be re-parented to the worker. Those do not count for "empty"."""
         if not self.made or not self._any_member():
             return 0            # the usual end of a call: nothing left, nothing to freeze
-        if spare:
-            return self._kill_but(set(spare))
-        if self.hierarchy.version == 2 and os.path.exists(self._file("", "cgroup.kill")):
+        if not spare and self.hierarchy.version == 2 and os.path.exists(self._file("", "cgroup.kill")):
             count = len(self.members())
             if count:
                 self._write("", "cgroup.kill", 1)
             self._wait_empty()
             return count
-        frozen = self._freeze("FROZEN")
-        killed = 0
-        deadline = time.monotonic() + KILL_DEADLINE_S
-        try:
-            while True:
-                pids = self.members()
-                if not pids:
-                    return killed
-                for pid in pids:
-                    killed += _kill_member(self, pid)
-                if frozen:
-                    self._freeze("THAWED")
-                    frozen = False
-                if time.monotonic() > deadline:
-                    log.error("cgroup %s still has members after %.0f s", self.dirs, KILL_DEADLINE_S)
-                    return killed
-                time.sleep(0.001)
-        finally:
-            if frozen:
-                self._freeze("THAWED")
+        return self._kill_but(set(spare))
 
     def _kill_but(self, spare):
+        """Freeze, SIGKILL every member but `spare` through a pidfd, thaw so they die, until
+        only `spare` is left (or the deadline passes)."""
         frozen = self._freeze("FROZEN")
         killed, deadline = 0, time.monotonic() + KILL_DEADLINE_S
         try:
