@@ -180,6 +180,18 @@ def test_one_php_fork_server_serves_consecutive_calls_each_with_its_input(tmp_pa
     assert pids[0] and len(set(pids)) == 1 and all(r["warm_pids"] == [pids[0]] for r in results), results
 
 
+def test_php_fork_servers_after_the_first_skip_the_probe_and_still_end_calls_with_their_status(tmp_path):
+    """The first PHP fork server of a worker finds where php keeps its exit status and says so;
+    the next ones (other functions) are given it."""
+    source = tmp_path / "exits.php"
+    source.write_bytes(b'<?php echo "out\\n"; exit((int) trim(stream_get_contents(STDIN)));')
+    fns = [make_function(tmp_path, "exits%d" % i, "php", source) for i in range(3)]
+    results = run_jobs(*[dict(fn_dir=fn, lang="php", input=b"%d" % (i + 3)) for i, fn in enumerate(fns)])
+    assert [(r["exit_code"], r["stdout"], r["cold"]) for r in results] == [(3, b"out\n", True), (4, b"out\n", True),
+                                                                           (5, b"out\n", True)]
+    assert len(set(_pids(results))) == 3
+
+
 def test_a_warm_php_call_leaves_nothing_for_the_next(tmp_path):
     """No file in /tmp or /dev/shm, static, constant, ini setting or process of one call is seen
     by the next, and what it left running is dead when the call ends."""

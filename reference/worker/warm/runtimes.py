@@ -42,6 +42,7 @@ SERVER_PIDS_MAX = 16        # a fork server and the call it is forking
 HELPERS_INSIDE = "/run/minifaas"    # where a sandbox sees our helper scripts
 CALLS_INSIDE = "/calls"     # a fork server's tmpfs for its calls' directories (made and removed by it)
 CALLS_TMPFS_BYTES = 256 << 20
+STATUS_OFFSET_MAX = 4096    # warm_php.php reads php's exit status within the first 4 KiB of executor_globals
 _numbers = count(1)         # names of cgroups for warm processes, unique in the worker
 
 
@@ -204,7 +205,7 @@ class ForkServer:
                 # through --die-with-parent instead of checking its parent's pid ("0").
                 argv = runtime.server_argv(job, inside) + [
                     str(theirs.fileno()), "0" if runtime.sandboxed else str(os.getpid()),
-                    "sandbox" if runtime.sandboxed else "plain"]
+                    "sandbox" if runtime.sandboxed else "plain"] + runtime.server_options()
                 # Its stderr is its own only until the first call: it says why a start failed.
                 # Its directory is the scratch root, which it may enter but not list or write:
                 # a killed worker leaves nothing of its fork servers behind.
@@ -213,7 +214,7 @@ class ForkServer:
                                           group=self.group, pids=SERVER_PIDS_MAX, sandbox=sandbox)
             process.own_children.add(self.proc.pid)
             theirs.close()
-            self.receive(START_TIMEOUT_S)
+            self.ready = self.receive(START_TIMEOUT_S)     # said before any call's code ran
         except WarmProcessLost:
             theirs.close()
             self._kill()
@@ -298,6 +299,13 @@ class ForkServerRuntime:
         """The fork server's command line, before the arguments of the helpers' protocol."""
         raise NotImplementedError
 
+    def server_options(self):
+        """Arguments after the protocol's (none but PHP's)."""
+        return []
+
+    def started(self, server):
+        """A new fork server said it is ready (what it said is server.ready)."""
+
     def run(self, job):
         if self.interpreter is None:
             return super().run(job)     # says which interpreter is missing
@@ -309,6 +317,7 @@ class ForkServerRuntime:
                 server.close()
             try:
                 server = ForkServer(self, job, self.helper)
+                self.started(server)
             except WarmProcessLost as exc:
                 return self._failed_start(job, str(exc))
         keep = False
@@ -411,10 +420,23 @@ class WarmPhpRuntime(ForkServerRuntime, process.PhpRuntime):
     sandbox that reaches nothing a binary from /usr could not)."""
 
     helper_name = "warm_php.php"
+    status_offset = None    # where php keeps its exit status, as the first fork server found it
 
     def server_argv(self, job, helper):
         return [self.interpreter, "-n", "-d", "extension=ffi", "-d", "memory_limit=%dM" % job.memory_mb,
                 "-d", "display_errors=stderr", helper]
+
+    def server_options(self):
+        # Found once per worker (two probe forks, about 15 ms of a first call), then handed to
+        # the next fork servers of every function: the same php binary keeps it at the same place.
+        return [] if self.status_offset is None else [str(self.status_offset)]
+
+    def started(self, server):
+        # Learnt from a fork server before any function's code ran in it, and checked to be a
+        # place inside executor_globals, so another function cannot steer what a server reads.
+        offset = server.ready.get("status_offset")
+        if self.status_offset is None and type(offset) is int and 0 <= offset < STATUS_OFFSET_MAX and offset % 4 == 0:
+            self.status_offset = offset
 
 
 # --- node: an interpreter started one call ahead -----------------------------------------------

@@ -10,7 +10,8 @@
 // fd is argv[1]; the descriptors travel by SCM_RIGHTS, received and put in place through FFI on
 // libc (php has no recvmsg with fds nor dup2). argv[2]: the worker's pid to check as parent
 // ("0": none, in a sandbox); argv[3]: "sandbox" when /tmp and /dev/shm are the sandbox's own,
-// emptied after every call. The function's source arrives on stdin at start-up.
+// emptied after every call; argv[4], optional: where php keeps its exit status (below). The
+// ready message also says it ("status_offset"). The function's source arrives on stdin at start-up.
 //
 // Everything of ours is local to functions named minifaas_*: the call's code sees only the
 // usual globals ($argv, $argc, $_SERVER...).
@@ -151,7 +152,7 @@ function minifaas_output($buffer, $phase)
         }
     }
     $libc->fflush(null);
-    $eg = FFI::cdef("extern int executor_globals[1024];");
+    $eg = FFI::cdef("extern int executor_globals[1024];");   // 4 KiB: runtimes.STATUS_OFFSET_MAX
     $libc->_exit($eg->executor_globals[intdiv($offset, 4)] & 0xFF);
 }
 
@@ -221,8 +222,12 @@ function minifaas_serve()
     $source = stream_get_contents($in);
     fclose($in);
     $private = ($argv[3] ?? "") === "sandbox";
-    $offset = minifaas_status_offset();
-    minifaas_send($sock, ["ready" => true]);
+    // argv[4]: the offset a previous fork server of this worker found, else we probe.
+    $offset = isset($argv[4]) ? (int) $argv[4] : minifaas_status_offset();
+    if ($offset !== null && ($offset < 0 || $offset >= 4096 || $offset % 4 !== 0)) {
+        $offset = null;
+    }
+    minifaas_send($sock, ["ready" => true, "status_offset" => $offset]);
     while (true) {
         $got = minifaas_recv($sock);
         if ($got === null) {
