@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from support import http, invoke, started
+from support import EXAMPLES, deploy, http, invoke, started
 
 from reference.executors.nats import executor as nats_executor
 
@@ -102,3 +102,22 @@ def assert_all_answered(results, expected, limit_s):
         assert status == 200, (data, answer)
         assert answer["output"] == expected(data), (data, answer)
         assert seconds < limit_s, (data, seconds)
+
+
+def two_hosts_behind_rr(**cluster_options):
+    """A generator for a module fixture: a LocalCluster of two hosts of one worker each behind
+    one RR stack, greet and slow deployed, both hosts up; stopped when the generator closes."""
+    need_nats()
+    cluster = nats_executor.LocalCluster(hosts=2, workers=1, **cluster_options)
+    try:
+        cluster.start()
+        stack = start_stack(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
+    deploy(stack.url, "slow", "python", SLOW_PY)
+    hosts_up(stack.url, ["host1", "host2"])
+    yield cluster, stack
+    stack.close()
+    cluster.close()

@@ -20,6 +20,7 @@ from nats_support import (
     stats_when,
     stream_state,
     timed_load,
+    two_hosts_behind_rr,
 )
 from support import EXAMPLES, TEST_FUNCTIONS, deploy, invoke
 
@@ -74,20 +75,7 @@ def _load_with(stack, fault, n=16, threads=4):
 def rr_stack():
     """Two hosts of one worker each behind one RR stack; NATS's max_payload is 1 MiB, so a
     function's full 1 MiB of output cannot come back."""
-    need_nats()
-    cluster = LocalCluster(hosts=2, workers=1, max_payload=1 << 20)
-    try:
-        cluster.start()
-        stack = start_stack(cluster)
-    except BaseException:
-        cluster.close()
-        raise
-    deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
-    deploy(stack.url, "slow", "python", SLOW_PY)
-    hosts_up(stack.url, ["host1", "host2"])
-    yield cluster, stack
-    stack.close()
-    cluster.close()
+    yield from two_hosts_behind_rr(max_payload=1 << 20)
 
 
 def test_a_host_frozen_4s_is_resumed_not_a_black_hole(rr_stack):

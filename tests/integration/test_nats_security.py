@@ -12,7 +12,15 @@ import sys
 import time
 
 import pytest
-from nats_support import SLOW_PY, client, hosts_up, need_nats, run, start_stack, timed_load
+from nats_support import (
+    client,
+    hosts_up,
+    need_nats,
+    run,
+    start_stack,
+    timed_load,
+    two_hosts_behind_rr,
+)
 from support import EXAMPLES, deploy, invoke
 
 from reference.executors.nats import executor as nats_executor
@@ -24,20 +32,7 @@ from reference.wire.errors import FaasError
 @pytest.fixture(scope="module")
 def secured():
     """Two hosts of one worker each behind one RR stack."""
-    need_nats()
-    cluster = LocalCluster(hosts=2, workers=1)
-    try:
-        cluster.start()
-        stack = start_stack(cluster)
-    except BaseException:
-        cluster.close()
-        raise
-    deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
-    deploy(stack.url, "slow", "python", SLOW_PY)
-    hosts_up(stack.url, ["host1", "host2"])
-    yield cluster, stack
-    stack.close()
-    cluster.close()
+    yield from two_hosts_behind_rr()
 
 
 def _greets(stack, n, limit_s=10.0):
