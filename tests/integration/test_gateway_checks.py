@@ -3,7 +3,6 @@ sandbox CSP of /run pages, nosniff on every answer, the API and invoke keys, the
 answers (429), and names that would shadow an id (409). In-process through WSGI for the HTTP
 shapes; against a real `minifaas up` for what a browser or curl would really send."""
 
-import json
 import os
 import socket
 import threading

@@ -2,7 +2,6 @@
 to WASI modules, and failures come back as CompileError or ToolchainMissing."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
