@@ -538,3 +538,27 @@ def test_through_the_platform_a_function_reaches_neither_the_gateway_nor_another
         status, body, _ = invoke(stack.url, victim, name)
         assert status == 200 and body["output"] == "Hello, %s!\n" % name, body
     assert http("GET", stack.url + "/health")[0] == 200
+
+
+def test_a_toolchain_that_lives_under_tmp_is_seen_inside_the_sandbox(tmp_path):
+    """A checkout under /tmp (CI clones there) keeps go and node in its .tox: the sandbox's own
+    /tmp must not hide the tree bound for the toolchain."""
+    _need_isolation()
+    from reference.worker.sandbox import bwrap
+
+    tree = tmp_path / "toolchain"
+    (tree / "bin").mkdir(parents=True)
+    tool = tree / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho from-the-tree\n")
+    tool.chmod(0o755)
+    assert str(tool).startswith("/tmp/")
+    argv = bwrap.argv([str(tool)], uid=isolation.uid_for("toolchain-probe"), trees=[str(tree)], privileged=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from-the-tree\n"
+    # And the rest of /tmp stays private: the test's other files are not there.
+    (tmp_path / "secret").write_text("x")
+    peek = bwrap.argv(["/bin/ls", str(tmp_path)], uid=isolation.uid_for("toolchain-probe"), trees=[str(tree)],
+                      privileged=True)
+    listed = subprocess.run(peek, capture_output=True, text=True, timeout=30)
+    assert "secret" not in listed.stdout and "toolchain" in listed.stdout

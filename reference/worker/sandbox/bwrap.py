@@ -91,12 +91,14 @@ def argv(command, uid, binds=(), ro_binds=(), chdir="/", trees=(), hostname="fun
         path = os.path.join("/etc", name)
         if os.path.exists(path):
             out += _parents(path, privileged) + ["--ro-bind", path, path]
-    for tree in trees:
-        if tree and os.path.isdir(tree) and not tree.startswith("/usr/"):
-            out += _parents(tree, privileged) + ["--ro-bind", tree, tree]
+    # The private /tmp before the trees and binds: a later mount covers an earlier one, and a
+    # toolchain may live under /tmp (a checkout there, whose .tox holds go or node).
     out += ["--proc", "/proc", "--dev", "/dev",
             "--perms", "01777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
             "--perms", "01777", "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm"]
+    for tree in trees:
+        if tree and os.path.isdir(tree) and not tree.startswith("/usr/"):
+            out += _parents(tree, privileged) + ["--ro-bind", tree, tree]
     for host, inside in ro_binds:
         out += _parents(inside, privileged) + ["--ro-bind", host, inside]
     for host, inside in binds:
