@@ -10,6 +10,9 @@ import re
 import tomllib
 
 from harness.load import traces
+from reference.scheduling.strategies import STRATEGIES
+
+STRATEGY_NAMES = list(STRATEGIES)   # a scenario's strategies are checked before any stack starts
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 KINDS = ("closed", "open", "trace", "sweep")
@@ -201,6 +204,9 @@ def parse(raw, path):
         v.fail("strategies", "must be a non-empty list of strategy names")
     if len(set(strategies)) != len(strategies):
         v.fail("strategies", "names a strategy twice")
+    for i, name in enumerate(strategies):
+        if name.upper() not in STRATEGY_NAMES:
+            v.fail("strategies[%d]" % i, "unknown strategy %r: choose one of %s" % (name, ", ".join(STRATEGY_NAMES)))
 
     functions = [_function(v, f, i) for i, f in enumerate(v.table_list(raw, "functions"))]
     names = [f.name for f in functions]

@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -9,10 +10,9 @@ import time
 import urllib.parse
 
 import pytest
+from support import ROOT  # noqa: E402
 
 from harness.load import injector
-
-from support import ROOT  # noqa: E402
 
 
 class FakeGateway(http.server.ThreadingHTTPServer):
@@ -131,11 +131,14 @@ def test_inject_command_prints_the_seed_block_and_writes_json(gateway, tmp_path)
 
 
 def test_inject_command_fails_when_requests_fail(gateway):
-    proc = subprocess.run([sys.executable, "-m", "reference", "inject", "missing", "1", "2",
-                           "--url", gateway.url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # The gateway from FAAS_URL, as the other client commands take it.
+    proc = subprocess.run([sys.executable, "-m", "reference", "inject", "missing", "1", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "FAAS_URL": gateway.url})
     assert proc.returncode == 1
     assert "Errors: 2 (100.0%)" in proc.stdout
     assert "not_found=2" in proc.stdout
+    # Every request failed: no success per second, however fast the failures came back.
+    assert "(successful: 0.00)" in next(l for l in proc.stdout.splitlines() if l.startswith("Requests/sec:"))
 
 
 def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway):

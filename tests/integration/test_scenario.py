@@ -121,6 +121,8 @@ def test_defaults(tmp_path):
     (('functions = ["greet", "spin"]', 'functions = []'), "phases[2].functions must be a non-empty list"),
     (('name = "open"', 'name = "closed"'), "phases[1].name 'closed' is used by two phases"),
     (('strategies = ["RR", "FIFO"]', 'strategies = []'), "strategies must be a non-empty list"),
+    (('strategies = ["RR", "FIFO"]', 'strategies = ["RR", "FIFOO"]'),
+     "strategies[1] unknown strategy 'FIFOO': choose one of RR, FIFO"),
     (('repeat = 2', 'repeat = 1.5'), "repeat must be a positive integer"),
     (('name = "spin"', 'name = "greet"'), "functions[1].name 'greet' is deployed twice"),
     (('name = "spin"', 'name = "bad name"'), "functions[1].name 'bad name' is not a valid function name"),
