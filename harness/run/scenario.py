@@ -204,9 +204,9 @@ def parse(raw, path):
         v.fail("strategies", "must be a non-empty list of strategy names")
     if len(set(strategies)) != len(strategies):
         v.fail("strategies", "names a strategy twice")
-    for i, name in enumerate(strategies):
-        if name.upper() not in STRATEGY_NAMES:
-            v.fail("strategies[%d]" % i, "unknown strategy %r: choose one of %s" % (name, ", ".join(STRATEGY_NAMES)))
+    for i, strategy in enumerate(strategies):
+        if strategy.upper() not in STRATEGY_NAMES:
+            v.fail("strategies[%d]" % i, "unknown strategy %r: choose one of %s" % (strategy, ", ".join(STRATEGY_NAMES)))
 
     functions = [_function(v, f, i) for i, f in enumerate(v.table_list(raw, "functions"))]
     names = [f.name for f in functions]
