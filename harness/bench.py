@@ -15,6 +15,7 @@ from harness import simulate
 from harness.analysis import results
 from harness.render.redraw import redraw
 from harness.run import runner, scenario
+from reference.wire.errors import FaasError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,14 @@ def add_arguments(parser):
 def missing(sc):
     """What this machine lacks to run `sc`, one sentence each with how to install it: the
     toolchain of a function's language, nats-server for a NATS stack. Empty when it can run."""
-    from reference.functions import toolchains
+    from reference.functions import languages, toolchains
 
     found = []
     for lang in sorted({f.lang for f in sc.functions}):
+        try:
+            lang = languages.resolve(lang).name
+        except FaasError:
+            continue        # an unknown language is the deploy's to refuse, and the run records it
         if toolchains.find(lang) is None:
             found.append("no %s toolchain: %s" % (lang, toolchains.install_hint(lang)))
     if any(spec.executor == "nats" for spec in sc.stacks):

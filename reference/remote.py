@@ -66,7 +66,7 @@ class Gateway:
 def lang_of(path, lang):
     """The language given, or the one the file's extension names (hello.rs -> rust)."""
     if lang:
-        return languages.resolve(lang)
+        return languages.resolve(lang).name
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     for name, spec in languages.LANGUAGES.items():
         if spec.ext == ext:

@@ -40,7 +40,7 @@ def test_deploy_invoke_get_list_delete_like_the_readme(mf, tmp_path):
 
 
 def test_failures_say_why_with_exit_codes(mf, tmp_path):
-    failing = mf("deploy", str(TEST_FUNCTIONS / "fail.py"), "--name", "failing")
+    failing = mf("deploy", str(TEST_FUNCTIONS / "fail.py"), "--name", "failing", "--lang", "py")   # an alias
     assert json.loads(failing.stdout)["ok"]
     ran = mf("invoke", "failing", check=False)
     # A function that ran and failed: its output and stderr are shown, and the platform's sentence.
