@@ -3,7 +3,7 @@ together, and at its end the whole group is frozen and killed, by the members th
 
 v2 where the unified hierarchy has the memory and pids controllers, else v1 (memory, pids,
 freezer mounted separately). Groups are made under the cgroup the worker itself runs in
-(`<own>/minifaas-<worker pid>/<name>`), so the platform stays inside whatever limits its own
+(`<own>/minifaas-<worker pid>-<its start time>/<name>`), so the platform stays inside whatever limits its own
 supervisor set, and a killed worker's groups are swept by the next one.
 
 Nothing here acts on a pid that sandboxed code reported: members are read from the group's
@@ -39,6 +39,35 @@ def _writable_dir(path):
     return os.path.isdir(path) and os.access(path, os.W_OK)
 
 
+
+def _start_time(pid):
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None
+    when it is gone: with the pid it names one process, whatever pid reuse does."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[19]
+
+
+def worker_dir(pid=None):
+    """`minifaas-<pid>-<start time>`: a pid alone is reused in a long run (a test suite forks
+    thousands of workers), and a sweep that took a new worker's groups for a dead one's would
+    remove them under it (its next write: ENODEV)."""
+    pid = pid or os.getpid()
+    return "minifaas-%d-%s" % (pid, _start_time(pid))
+
+
+def _gone(entry):
+    """True when `entry` is the directory of a worker that no longer exists."""
+    parts = entry.split("-")
+    if parts[0] != "minifaas" or len(parts) not in (2, 3) or not parts[1].isdigit():
+        return False
+    if len(parts) == 2:     # left by an older version, named by the pid alone
+        return not os.path.exists("/proc/" + parts[1])
+    return _start_time(int(parts[1])) != parts[2]
+
 class Hierarchy:
     """Where this worker makes its groups: one directory per controller (v1) or one (v2)."""
 
@@ -62,10 +91,8 @@ class Hierarchy:
             except OSError:
                 continue
             for entry in entries:
-                parts = entry.split("-")
-                if len(parts) == 2 and parts[0] == "minifaas" and parts[1].isdigit() \
-                        and not os.path.exists("/proc/" + parts[1]):
-                    dead.add(int(parts[1]))
+                if _gone(entry):
+                    dead.add(entry)
         for worker in dead:
             self.remove_worker(worker)
 
@@ -73,7 +100,7 @@ class Hierarchy:
         """Kill and remove every group of one worker, then the worker's own directory."""
         names = set()
         for base in self.bases.values():
-            top = os.path.join(base, "minifaas-%d" % worker)
+            top = os.path.join(base, worker)
             try:
                 names.update(d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d)))
             except OSError:
@@ -89,7 +116,7 @@ class Hierarchy:
         of a worker to close does it)."""
         for base in self.bases.values():
             try:
-                os.rmdir(os.path.join(base, "minifaas-%d" % (worker or os.getpid())))
+                os.rmdir(os.path.join(base, worker or worker_dir()))
             except OSError:
                 pass    # still holds another runtime's group, or already gone
 
@@ -172,13 +199,13 @@ def missing():
 
 
 class Group:
-    """One cgroup of this worker: `<own>/minifaas-<worker pid>/<name>` in every controller.
+    """One cgroup of this worker: `<own>/minifaas-<worker pid>-<start time>/<name>` in every controller.
     Made lazily at `limit()`; `join_fds()` are what a process writes "0" into to enter it."""
 
     def __init__(self, hierarchy, name, worker=None):
         self.hierarchy = hierarchy
-        worker_dir = "minifaas-%d" % (worker or os.getpid())
-        self.dirs = {c: os.path.join(base, worker_dir, name) for c, base in hierarchy.bases.items()}
+        top = worker or worker_dir()
+        self.dirs = {c: os.path.join(base, top, name) for c, base in hierarchy.bases.items()}
         # How /proc/PID/cgroup names this group (our cgroup namespace is the host's).
         c = "" if hierarchy.version == 2 else "pids"
         self.proc_path = "/" + os.path.relpath(self.dirs[c], hierarchy.mounts[c])
