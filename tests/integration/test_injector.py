@@ -82,7 +82,13 @@ def test_closed_loop_counts_every_request_on_kept_alive_connections(gateway):
     assert sum(figures["workers"].values()) == 100
     lat = figures["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert sum(b["ok"] for b in figures["timeline"]) == 100
+    # The timeline keeps whole buckets only (test_stats): what completed in the last partial
+    # bucket is in the totals above but not in it, so it may hold fewer, never more.
+    timeline = figures["timeline"]
+    width = timeline[0]["dt"]
+    assert len(timeline) * width <= figures["duration_s"] + 1e-6 < (len(timeline) + 1) * width
+    assert sum(b["ok"] for b in timeline) <= 100
+    assert all(b["errors"] == 0 for b in timeline)
 
 
 def test_errors_are_counted_by_kind(gateway):
