@@ -54,6 +54,8 @@ class ServerClient:
         timeout_ms = int(meta.get("timeout_ms") or limits.timeout_ms)
         header = ops.invoke(meta["id"], meta["dir"], meta["lang"], timeout_ms,
                             int(meta.get("memory_mb") or limits.memory_mb), limits.output_bytes)
+        if meta.get("reuse"):
+            header["reuse"] = True      # only when asked: the frame of an ordinary call stays as it was
         answer, body = self.call(header, payload, timeout_ms / 1000.0 + QUEUE_ALLOWANCE_S)
         return Outcome.from_wire(answer, body)
 

@@ -13,7 +13,9 @@ from reference.gateway import parse
 from reference.gateway.catalog import public
 from reference.wire.errors import BadRequest, FaasError, NotFound, PayloadTooLarge
 
-LIMIT_FIELDS = ("timeout_ms", "memory_mb")
+LIMIT_FIELDS = ("timeout_ms", "memory_mb", "reuse")
+# The languages whose calls can run in a long-lived interpreter of their function (reuse=true).
+REUSE_LANGS = ("js", "python", "php")
 
 
 class Deployer:
@@ -54,6 +56,7 @@ class Deployer:
             raise PayloadTooLarge("code too large: %d bytes, the limit is %d bytes"
                                   % (len(code), self.limits.code_bytes), limit=self.limits.code_bytes)
         meta = self._limits(asked, current or {})
+        meta["reuse"] = self._reuse(lang, asked, current or {})
         if op == "deploy":
             # Answered before compiling: a conflict should not cost a compilation.
             self.storage.check_available(name)
@@ -85,6 +88,17 @@ class Deployer:
             "memory_mb": parse.limit(asked.get("memory_mb"), "memory_mb", limits.max_memory_mb)
             or base.get("memory_mb") or limits.memory_mb,
         }
+
+    def _reuse(self, lang, asked, base):
+        """reuse=true: the function's calls share a long-lived interpreter (its globals survive
+        between calls in a worker); as asked, else the current version's, else false."""
+        reuse = parse.flag(asked.get("reuse"), "reuse")
+        if reuse is None:
+            reuse = bool(base.get("reuse")) and lang.name in REUSE_LANGS
+        if reuse and lang.name not in REUSE_LANGS:
+            raise BadRequest("reuse=true means nothing for a %s function: only js, python and php calls "
+                             "can share a long-lived interpreter" % lang.name)
+        return reuse
 
     def _check_syntax(self, lang, source):
         """A syntax error is refused now (422), not at every call. Never in this process: a

@@ -59,6 +59,17 @@ def limit(value, name, ceiling):
     return value
 
 
+def flag(value, name):
+    """A yes/no setting from the query ("true"/"false", "1"/"0") or JSON (a boolean); None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise BadRequest("%s must be true or false, got %r" % (name, value))
+    return value
+
+
 def decode_input(data):
     """The function's stdin from an invoke body, per the contract: a JSON object with "input"
     gives that string's UTF-8 bytes or any other value's JSON text; any other body goes as is."""
@@ -98,4 +109,4 @@ def code_form(data, need_name):
     except UnicodeEncodeError:
         raise BadRequest("code holds a lone UTF-16 surrogate: not valid text") from None
     return {"name": doc.get("name"), "lang": doc.get("lang"), "code": code,
-            "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb")}
+            "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb"), "reuse": doc.get("reuse")}

@@ -36,6 +36,9 @@ class Job:
     timeout_ms: int = 5000
     memory_mb: int = 128
     output_limit: int = 1 << 20
+    # The function runs in a long-lived interpreter of its own, its globals kept between calls
+    # (deploy's reuse=true); by default every call gets a fresh one.
+    reuse: bool = False
     # When the executor handed the job to a worker (the server's time.monotonic()): where the
     # queue time the server reports ends. The server's own clock, so not on the wire.
     started: float = field(default=None, compare=False, metadata=LOCAL)
