@@ -81,6 +81,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
         ("GET",    "/metrics",                     status.metrics_page,  OPEN),
         ("GET",    "/",                            dashboard.index,      OPEN),
         ("GET",    "/static/<path:path>",          dashboard.static,     OPEN),
+        ("GET",    "/favicon.ico",                 dashboard.favicon,    OPEN),
     ]
     guard = Guard(api_key, invoke_key)
     for method, path, handler, access in routes:

@@ -22,3 +22,8 @@ def index():
 
 def static(path):
     return send(path)
+
+
+def favicon():
+    """Browsers ask for /favicon.ico on their own; an icon, not a 404 in every page's console."""
+    return send("favicon.ico")
