@@ -27,6 +27,7 @@ from reference.server.balancer_link import BalancerLink
 from reference.wire import framing, ops
 from reference.wire.errors import FaasError, Overloaded, ProtocolError, Unavailable
 from reference.wire.jobs import Job
+from reference.worker.sandbox import scratch
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,13 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        await self.pool.start()  # fork before any other task runs: the children start from a quiet process
+        # The stack's own scratch root, inherited by the workers forked next (FAAS_SCRATCH_ROOT).
+        scratch_root = scratch.make_stack_root()
+        try:
+            await self.pool.start()  # fork before any other task runs: the children start from a quiet process
+        except BaseException:
+            scratch.remove_stack_root(scratch_root)
+            raise
         remove_stale_socket(self.server_sock)
         old_umask = os.umask(0o177)  # the socket is born 0600
         try:
@@ -280,6 +287,7 @@ class Server:
             for task in list(self.tasks):
                 task.cancel()
             await self.pool.stop()
+            scratch.remove_stack_root(scratch_root)
             for job_id in list(self.in_flight):
                 self.answer(job_id, Unavailable("server unavailable: it is shutting down").to_wire())
             unlink_quietly(self.server_sock)
