@@ -13,24 +13,39 @@ the largest answer it may give. To make room, calls past `keep_for_s` go first, 
 oldest whose answer a client already has (a sync answer, or a finished call read back with
 GET /call/ID). An answer nobody has fetched yet is never dropped for room: a new kept call
 gets 429 instead, until one is fetched or expires.
+
+With a Store (reference/gateway/store.py), async calls are durable: an async call's row, with
+its input, is committed before its 202; its start and its answer are written as they happen,
+and GET /call/ID answers from the store what memory no longer holds (after a restart, or once
+forgotten to make room). A gateway that starts takes over the calls of a dead one (`recover`):
+those not started run, those it was running end failed ("interrupted": the function may have
+run in part or to its end, so it is not run twice), and callbacks not yet delivered are sent.
+With an X-Callback-Url (reference/gateway/callbacks.py), the finished call's view is POSTed
+to it.
 """
 
 import collections
 import concurrent.futures
 import hashlib
+import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
 
 from reference import config
+from reference.gateway import store as store_mod
 from reference.wire.errors import (
+    BadRequest,
     Conflict,
     FaasError,
     FunctionFailed,
     MemoryLimit,
+    NotFound,
     Overloaded,
     Timeout,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +58,13 @@ KEEP_FOR_S = 3600.0      # ... each for at most this long
 ANSWER_FIELDS_SIZE = 4 * config.KIB   # an answer's fields besides output and stderr, generously
 NOT_RUN = (429, 503)     # answers a retry should not get back: the function never ran
 RETRY_AFTER_S = 1
+RECOVERED_RETRY_S = 60.0  # a recovered call answered 429/503 (the server not back yet) is retried this long
+
+
+class Interrupted(FaasError):
+    """The gateway stopped while it was running an async call: its answer is lost."""
+
+    status, kind = 500, "interrupted"
 
 
 def outcome_fields(outcome, duration_ms):
@@ -97,18 +119,19 @@ class TrackedCall:
     """One invocation through the gateway: its state, and once done its status and answer body.
     (Not reference.worker.wasm.wasi's Call, which is one WASI host call.)"""
 
-    def __init__(self, meta, key=None, fingerprint=None):
-        self.call_id = uuid.uuid4().hex
+    def __init__(self, meta, key=None, fingerprint=None, call_id=None, submitted=None):
+        self.call_id = call_id or uuid.uuid4().hex
         self.name, self.fn_id = meta["name"], meta["id"]
         self.key, self.fingerprint = key, fingerprint
         self.state = "queued"
-        self.submitted = time.time()
+        self.submitted = time.time() if submitted is None else submitted
         self.finished = None
         self.status, self.body = None, None
         self.done = threading.Event()
         self.kept = False       # registered for GET /call/ID (async or keyed)
         self.size = 0           # what it counts against the kept-answers bound
         self.delivered = False  # a client has its answer: it may be dropped to make room
+        self.callback = None    # {"url", "state": pending|delivered|failed, "attempts", ...}
 
     def view(self):
         """What GET /call/ID answers: the state and, once done, the sync answer's fields with
@@ -120,7 +143,25 @@ class TrackedCall:
             answer.update(self.body)
             answer.update(ok=self.status == 200 and self.body.get("ok", True) is True,
                           status=self.status, finished=round(self.finished, 3))
+        if self.callback is not None:
+            answer["callback"] = dict(self.callback)
         return answer
+
+    @classmethod
+    def from_row(cls, row):
+        """A call as the store holds it (a row of CALL_COLUMNS)."""
+        (call_id, name, fn_id, state, submitted, finished, status, body, callback) = row
+        call = cls({"name": name, "id": fn_id}, call_id=call_id, submitted=submitted)
+        call.state, call.finished, call.status = state, finished, status
+        call.body = json.loads(body) if body else None
+        call.callback = json.loads(callback) if callback else None
+        if state == "done":
+            call.done.set()
+        return call
+
+
+CALL_COLUMNS = "call_id, name, fn_id, state, submitted, finished, status, body, callback"
+PENDING = "(state != 'done' OR callback_state = 'pending')"   # what a dead gateway left to do
 
 
 class Calls:
@@ -128,8 +169,10 @@ class Calls:
     (InvocationRecords) and `metrics` (Metrics). Thread-safe."""
 
     def __init__(self, client, records, metrics, threads=ASYNC_THREADS, max_pending=ASYNC_PENDING,
-                 keep=KEEP_CALLS, keep_for_s=KEEP_FOR_S, keep_bytes=KEEP_BYTES, limits=config.LIMITS):
+                 keep=KEEP_CALLS, keep_for_s=KEEP_FOR_S, keep_bytes=KEEP_BYTES, limits=config.LIMITS,
+                 store=None, callbacks=None):
         self.client, self.records, self.metrics = client, records, metrics
+        self.store, self.callbacks = store, callbacks   # a Store: async calls are durable
         self.max_pending, self.keep, self.keep_for_s = max_pending, keep, keep_for_s
         self.keep_bytes = keep_bytes
         # Room held by a kept call still running: the largest output and stderr it may give.
@@ -160,10 +203,30 @@ class Calls:
         call.delivered = True  # the caller answers it now
         return call, not fresh
 
-    def submit(self, meta, payload, key=None):
-        """Queue a call on the pool and return at once; (TrackedCall, replayed). Overloaded
-        (429) past the bound on async calls or on kept answers."""
-        call, fresh = self._claim(meta, payload, key, is_async=True)
+    def submit(self, meta, payload, key=None, callback_url=None):
+        """Queue a call on the pool and return at once, once it is in the store (if any);
+        (TrackedCall, replayed). Overloaded (429) past the bound on async calls, on kept
+        answers or on callbacks waiting; Unavailable (503) when the store cannot take it. A
+        replay keeps the first call's callback."""
+        if callback_url is not None:
+            if self.callbacks is None:
+                raise BadRequest("this gateway sends no callbacks: drop X-Callback-Url")
+            self.callbacks.reserve()
+        call, fresh = None, False
+        try:
+            call, fresh = self._claim(meta, payload, key, is_async=True)
+            if fresh:
+                if callback_url is not None:
+                    call.callback = {"url": callback_url, "state": "pending", "attempts": 0}
+                self._accepted(call, payload)
+        except BaseException:
+            if fresh:
+                self._unclaim(call)
+            if callback_url is not None:
+                self.callbacks.release()
+            raise
+        if callback_url is not None and not fresh:
+            self.callbacks.release()
         if fresh:
             self._pool.submit(self._run_async, call, meta, payload)
         return call, not fresh
@@ -174,9 +237,11 @@ class Calls:
             return self._calls.get(call_id)
 
     def fetch(self, call_id):
-        """GET /call/ID: a kept call's view, or None; a finished call read back counts as
-        delivered (it may then make room for others)."""
+        """GET /call/ID: a kept call's view (from memory, else from the store), or None; a
+        finished call read back counts as delivered (it may then make room for others)."""
         call = self.get(call_id)
+        if call is None:
+            call = self.stored(call_id)
         if call is None:
             return None
         view = call.view()
@@ -190,8 +255,121 @@ class Calls:
             return len(self._calls), self._kept_size
 
     def close(self):
-        """Stop taking async calls; those not started are dropped (the gateway is stopping)."""
+        """Stop taking async calls; those not started are dropped (the gateway is stopping:
+        with a store, the next gateway runs them), callbacks are no longer sent."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.callbacks is not None:
+            self.callbacks.close()
+        if self.store is not None:
+            self.store.close()   # the records still queued are written
+
+    # -- durable async calls ---------------------------------------------------------------
+
+    def stored(self, call_id):
+        """The call `call_id` as the store has it (a TrackedCall), or None."""
+        if self.store is None:
+            return None
+        rows = self.store.read("SELECT %s FROM calls WHERE call_id = ?" % CALL_COLUMNS, (call_id,), flush=False)
+        return TrackedCall.from_row(rows[0]) if rows else None
+
+    def recover(self, lookup):
+        """At start, before taking calls: take over what gateways that died left in the store
+        (queued calls run, running calls end Interrupted, undelivered callbacks are sent);
+        `lookup(fn_id)` gives a function version's metadata (Storage.get). {what: how many}."""
+        found = {"run": 0, "interrupted": 0, "callbacks": 0}
+        if self.store is None:
+            return found
+        me = self.store.owner
+        owners = [owner for (owner,) in self.store.read("SELECT DISTINCT owner FROM calls WHERE " + PENDING,
+                                                       flush=False)
+                  if owner != me and not store_mod.owner_alive(owner)]
+        if not owners:
+            return found
+        self.store.write([("UPDATE calls SET owner = ? WHERE owner = ? AND " + PENDING, (me, owner))
+                          for owner in owners])
+        rows = self.store.read("SELECT %s, payload FROM calls WHERE owner = ? AND %s ORDER BY seq"
+                               % (CALL_COLUMNS, PENDING), (me,), flush=False)
+        for row in rows:
+            call, payload = TrackedCall.from_row(row[:-1]), row[-1] or b""
+            if call.callback is not None and self.callbacks is not None:
+                self.callbacks.reserve(force=True)
+            if call.state == "done":   # only its callback is left
+                found["callbacks"] += 1
+                self._deliver(call)
+                continue
+            meta = lookup(call.fn_id) if call.state == "queued" else None
+            if meta is not None:
+                found["run"] += 1
+                with self._lock:
+                    call.kept, call.size = True, self.room_per_call
+                    self._calls[call.call_id] = call
+                    self._kept_size += call.size
+                    self._async_in_flight += 1
+                self._pool.submit(self._run_async, call, meta, payload, RECOVERED_RETRY_S)
+                continue
+            found["interrupted"] += 1
+            if call.state == "queued":
+                failure = NotFound("function not found: version %s was deleted before this async call ran"
+                                   % call.fn_id, fn=call.fn_id)
+            else:
+                failure = Interrupted("the gateway stopped while this async call was running: the function "
+                                      "may have run in part or to its end, and its answer is lost (it is not "
+                                      "run again; call it again if that is safe)")
+            call.status, call.body = failure.status, failure.to_dict()
+            call.finished, call.state = time.time(), "done"
+            call.done.set()
+            self._finished(call)
+            self._deliver(call)
+        log.info("took over the async calls of a stopped gateway: %d to run, %d interrupted, %d callbacks "
+                 "to send", found["run"], found["interrupted"], found["callbacks"])
+        return found
+
+    def _accepted(self, call, payload):
+        """The async call's row, committed before the caller answers 202."""
+        if self.store is None:
+            return
+        callback = call.callback
+        try:
+            self.store.write([(
+                "INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, payload, callback_url, "
+                "callback_state, callback) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (call.call_id, call.name, call.fn_id, self.store.owner, call.submitted, payload,
+                 callback and callback["url"], callback and callback["state"],
+                 callback and store_mod.encode(callback)))])
+        except sqlite3.Error as exc:
+            log.error("cannot write async call %s to %s: %s", call.call_id, self.store.path, exc)
+            raise Unavailable("the gateway cannot record the async call in its store (%s), so it does not "
+                              "accept it; retry later" % exc, retry_after=RETRY_AFTER_S) from None
+
+    def _durably(self, sql, params):
+        if self.store is None:
+            return
+        try:
+            self.store.write([(sql, params)])
+        except sqlite3.Error as exc:
+            log.error("cannot write to %s: %s", self.store.path, exc)
+
+    def _finished(self, call):
+        self._durably("UPDATE calls SET state = 'done', finished = ?, status = ?, body = ?, size = ?, "
+                      "payload = NULL WHERE call_id = ?",
+                      (call.finished, call.status, store_mod.encode(call.body), answer_size(call.body),
+                       call.call_id))
+
+    def _deliver(self, call):
+        if call.callback is not None and self.callbacks is not None:
+            self.callbacks.deliver(call, self.callback_done)
+
+    def callback_done(self, call):
+        """Callbacks' report: the call's callback was delivered or given up on."""
+        self._durably("UPDATE calls SET callback_state = ?, callback = ? WHERE call_id = ?",
+                      (call.callback["state"], store_mod.encode(call.callback), call.call_id))
+
+    def _unclaim(self, call):
+        """Undo a fresh async claim whose call could not be accepted."""
+        with self._lock:
+            if self._calls.get(call.call_id) is call:
+                self._forget(call)
+            self._async_in_flight -= 1
 
     # -- inside -----------------------------------------------------------------------------
 
@@ -223,28 +401,37 @@ class Calls:
                 self._async_in_flight += 1
             return call, True
 
-    def _run_async(self, call, meta, payload):
+    def _run_async(self, call, meta, payload, retry_not_run_s=0.0):
         try:
-            self._execute(call, meta, payload)
+            self._durably("UPDATE calls SET state = 'running', payload = NULL, started = ? WHERE call_id = ?",
+                          (time.time(), call.call_id))
+            self._execute(call, meta, payload, retry_not_run_s)
+            self._finished(call)
         finally:
             with self._lock:
                 self._async_in_flight -= 1
+        self._deliver(call)
 
-    def _execute(self, call, meta, payload):
+    def _execute(self, call, meta, payload, retry_not_run_s=0.0):
         call.state = "running"
-        started = time.perf_counter()
-        try:
-            outcome = self.client.invoke(meta, payload)
-            status, body = answer_for(meta, outcome, round((time.perf_counter() - started) * 1000.0, 3))
-        except FaasError as exc:   # the platform failed (server down, overloaded, worker lost)
-            status, body = exc.status, exc.to_dict()
-        except Exception:
-            log.exception("internal error running %s", meta["id"])
-            status, body = 500, {"ok": False, "kind": "internal",
-                                 "error": "internal error in the gateway; its log has the details"}
+        deadline = time.monotonic() + retry_not_run_s
+        while True:
+            started = time.perf_counter()
+            try:
+                outcome = self.client.invoke(meta, payload)
+                status, body = answer_for(meta, outcome, round((time.perf_counter() - started) * 1000.0, 3))
+            except FaasError as exc:   # the platform failed (server down, overloaded, worker lost)
+                status, body = exc.status, exc.to_dict()
+            except Exception:
+                log.exception("internal error running %s", meta["id"])
+                status, body = 500, {"ok": False, "kind": "internal",
+                                     "error": "internal error in the gateway; its log has the details"}
+            if status not in NOT_RUN or time.monotonic() + RETRY_AFTER_S > deadline:
+                break
+            time.sleep(RETRY_AFTER_S)   # a recovered call: the server may not be back yet
         measured = dict(body)
         measured.setdefault("duration_ms", round((time.perf_counter() - started) * 1000.0, 3))
-        self.records.add(meta, status, measured, call.call_id if call.kept else None)
+        self.records.add(meta, status, measured, call.call_id)
         self.metrics.invoked(meta["name"], status, measured)
         call.status, call.body = status, body
         if call.kept:

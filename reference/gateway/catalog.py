@@ -1,7 +1,10 @@
-"""Reading what is deployed: GET /function/NAME (with its code and versions), GET /functions
-and GET /function/NAME/invocations, from the storage and the invocation records."""
+"""Reading what is deployed: GET /function/NAME (with its code and versions), GET /functions,
+GET /function/NAME/invocations and GET /function/NAME/logs, from the storage and the
+invocation records (reference/gateway/records.py)."""
 
-from reference.wire.errors import NotFound
+from reference.gateway import parse
+from reference.gateway.records import PAGE_MAX, PER_FUNCTION
+from reference.wire.errors import BadRequest, NotFound
 
 # Fields of a function's metadata that are the server's business, not the user's.
 PRIVATE_FIELDS = ("dir",)
@@ -39,7 +42,39 @@ class CatalogRoutes:
         return {"ok": True, "count": len(found), "functions": found}
 
     def invocations(self, name):
+        """The function's last invocation records, newest first (?limit=N, default 100, at most
+        1000)."""
         meta = lookup(self.storage, name)
-        found = self.records.recent(meta["name"])
+        found = self.records.recent(meta["name"], whole_query("limit", PER_FUNCTION))
         return {"ok": True, "name": meta["name"], "kept": self.records.kept, "count": len(found),
                 "invocations": found}
+
+    def logs(self, name):
+        """The function's log: one entry per call, oldest first, with its time (Unix seconds),
+        call_id, status, kind, worker, exit_code and stderr (its last 4 KiB; stderr_bytes is
+        its whole size, stderr_truncated says it was cut). ?since=SEQ gives the entries after
+        the cursor SEQ (each entry's "seq"; the answer's "next" is the one to ask with next
+        time: polling with it gives every entry once); without it, the last ?limit=N (default
+        100, at most 1000)."""
+        meta = lookup(self.storage, name)
+        since = whole_query("since", None, floor=0)
+        entries = self.records.logs(meta["name"], since, whole_query("limit", PER_FUNCTION))
+        last = entries[-1]["seq"] if entries else since
+        return {"ok": True, "name": meta["name"], "kept": self.records.kept, "count": len(entries),
+                "next": last if last is not None else 0, "logs": entries}
+
+
+def whole_query(name, default, floor=1, ceiling=None):
+    """A whole-number query parameter, default when absent; BadRequest when not one."""
+    value = parse.query(name)
+    if value is None or value == "":
+        return default
+    ceiling = PAGE_MAX if ceiling is None and name == "limit" else ceiling
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < floor or (ceiling is not None and number > ceiling):
+        raise BadRequest("%s must be a whole number%s, got %r"
+                         % (name, " from %d to %d" % (floor, ceiling) if ceiling else " >= %d" % floor, value))
+    return number
