@@ -109,7 +109,7 @@ COMMANDS = {
     "inject": ("harness.load.injector", "cli"),
     "bench": ("harness.bench", "cli"),
     "simulate": ("harness.simulate", "cli"),
-    **{name: ("reference.remote", "cli") for name in ("deploy", "invoke", "list", "get", "delete", "versions", "rollback")},
+    **{name: ("reference.remote", "cli") for name in remote.COMMANDS},
 }
 
 
@@ -170,7 +170,7 @@ def build_parser(argv=()):
         from harness.load import injector
         injector.add_arguments(p)
 
-    remote.add_arguments(sub)   # deploy, invoke, list, get, delete, versions, rollback: the HTTP API's client
+    remote.add_arguments(sub)   # deploy, invoke, list, get, logs, delete, versions, rollback: the HTTP API's client
 
     p = sub.add_parser("bench", help="run scenarios against fresh stacks and write reports")
     if "bench" in argv:

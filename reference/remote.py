@@ -1,4 +1,4 @@
-"""`minifaas deploy | invoke | list | get | delete | versions | rollback`: a client of the
+"""`minifaas deploy | invoke | list | get | logs | delete | versions | rollback`: a client of the
 gateway's HTTP API, as `faas-cli` or `wsk` are. Every command is one or two of the requests the
 README shows with curl; what it prints is the answer's JSON (or, for `invoke`, the function's
 output), and its exit code says whether it worked (0), the platform refused (1) or the
@@ -12,6 +12,7 @@ invoke key FAAS_INVOKE_KEY instead when it is set (a gateway started with --invo
 import json
 import os
 import sys
+import time
 import urllib.parse
 
 from reference import config
@@ -135,6 +136,44 @@ def cmd_get(gw, args):
     return answer
 
 
+def cmd_logs(gw, args):
+    """The function's log entries (GET /function/NAME/logs), one header line per call and its
+    stderr under it; --follow asks again every --interval seconds for the entries after the
+    last one seen (the answer's "next" cursor) until Ctrl-C. --json: the answers as they are."""
+    path = "/function/" + urllib.parse.quote(args.name, safe="") + "/logs"
+    query = {"limit": args.limit}
+    try:
+        while True:
+            answer = gw.request("GET", path, query=query)
+            if args.json:
+                print(json.dumps(answer), flush=True)
+            else:
+                for entry in answer.get("logs", ()):
+                    _print_log_entry(entry)
+            if not args.follow:
+                return None
+            query = {"since": answer.get("next", 0), "limit": 1000}
+            time.sleep(args.interval)
+    except KeyboardInterrupt:   # --follow's end
+        return None
+
+
+def _print_log_entry(entry):
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry.get("time", 0)))
+    head = "%s.%03d call=%s status=%s worker=%s" % (when, int(entry.get("time", 0) * 1000) % 1000,
+                                                  entry.get("call_id", "-"), entry.get("status"),
+                                                  entry.get("worker"))
+    if entry.get("exit_code") not in (None, 0):
+        head += " exit=%s" % entry["exit_code"]
+    if entry.get("status") != 200 and entry.get("error"):
+        head += " error=%s" % json.dumps(entry["error"])
+    if entry.get("stderr_truncated"):
+        head += " (stderr: last %d of %d bytes)" % (len(entry.get("stderr", "").encode()), entry["stderr_bytes"])
+    lines = [head] + ["  " + line for line in entry.get("stderr", "").splitlines()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
 def cmd_delete(gw, args):
     return gw.request("DELETE", "/function/" + urllib.parse.quote(args.name, safe=""))
 
@@ -162,7 +201,7 @@ def cmd_rollback(gw, args):
 
 
 COMMANDS = {"deploy": cmd_deploy, "invoke": cmd_invoke, "list": cmd_list, "get": cmd_get,
-            "delete": cmd_delete, "versions": cmd_versions, "rollback": cmd_rollback}
+            "logs": cmd_logs, "delete": cmd_delete, "versions": cmd_versions, "rollback": cmd_rollback}
 
 
 def add_arguments(sub):
@@ -191,6 +230,12 @@ def add_arguments(sub):
     p = client("get", "one function's metadata (or --code: its source)")
     p.add_argument("name")
     p.add_argument("--code", action="store_true", help="print only the source")
+    p = client("logs", "each call of a function: its time, call id, status, worker and stderr")
+    p.add_argument("name")
+    p.add_argument("--follow", "-f", action="store_true", help="print new calls as they come, until Ctrl-C")
+    p.add_argument("--limit", type=int, default=100, help="how many of the last calls to show first (default 100)")
+    p.add_argument("--interval", type=float, default=1.0, help="--follow: seconds between polls (default 1)")
+    p.add_argument("--json", action="store_true", help="print the answers' JSON, one per line")
     p = client("delete", "remove a function and its versions")
     p.add_argument("name")
     p = client("versions", "the kept versions of a function")
