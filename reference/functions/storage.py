@@ -3,7 +3,9 @@
     functions/<id>/code.<ext>        the source as deployed
     functions/<id>/code.wasm         compiled languages: the WASI module ...
     functions/<id>/code.cwasm        ... and wasmtime's precompiled artifact of it
-    functions/<id>/metadata.json     id, name, lang, size, created, wasm, limits, sha256, ...
+    functions/<id>/metadata.json     id, name, lang, size, created, wasm, limits, sha256, env, ...
+    functions/<id>/secrets.json      the version's secrets, {NAME: value}: 0600, the platform's user
+                                     only; metadata.json lists their names ("secrets"), never values
     functions/.names/<name> -> <id>  the claim on a name (a symlink): its current version
     functions/.names/.lock           serializes updates and deletes (flock), never deploys
 
@@ -21,6 +23,12 @@ over the old one (rename is atomic: a reader sees the old id or the new one, nev
 Old versions are kept until the function is deleted, so an invocation that already holds the
 old directory finishes on it, and an old id stays invocable. A directory belongs to a function
 when its id is on the chain of `previous` links from the name's current version.
+
+Configuration: each version keeps its own `env` (in metadata.json) and secrets (secrets.json,
+written 0600 before the directory is renamed into place, so no moment exists where another
+user could read it). `environment(meta)` is both together, what the function's process gets.
+secrets.json is not one of the files a worker host fetches (reference/executors/nats/codecache.py
+ships code.* and metadata.json only): the secrets reach a worker in its Job (reference/wire/jobs.py).
 """
 
 import contextlib
@@ -48,6 +56,7 @@ NAMES_DIR = ".names"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"  # inside .names: a name never starts with a dot
 METADATA = "metadata.json"
+SECRETS = "secrets.json"
 # Leftovers younger than this may belong to a deploy still running in another process.
 STALE_AFTER_S = 60.0
 
@@ -88,6 +97,16 @@ def _write_file(path, data):
         os.fsync(f.fileno())
 
 
+def _write_private(path, data):
+    """A new file only its owner may read or write (0600 whatever the umask), fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(data)
+        f.flush()
+        os.fsync(fd)
+
+
 class Storage:
     """The functions tree under `root`. Safe to share between threads and between processes.
 
@@ -100,6 +119,7 @@ class Storage:
         self.names = os.path.join(self.root, NAMES_DIR)
         self.limits = limits
         self._cache = {}  # id -> metadata (with "dir") of complete version directories
+        self._secrets = {}  # id -> the secrets of that version, once read
         try:
             os.makedirs(self.names, exist_ok=True)
         except OSError as exc:
@@ -108,20 +128,22 @@ class Storage:
 
     # -- deploy ---------------------------------------------------------------------------
 
-    def deploy(self, name, lang, files, meta=None):
+    def deploy(self, name, lang, files, meta=None, secrets=None):
         """Store a new function and return its metadata (as written to metadata.json).
 
         `files` maps file names (`code.<ext>`, `code.wasm`, `code.cwasm`) to their bytes and
         must hold the source `code.<ext>`; `meta` adds fields (compile_ms, toolchain, wasm_size,
-        timeout_ms, memory_mb, ...). Raises BadRequest for a bad name or file set, Conflict when
-        the name is taken (even by a deploy that won a race a moment ago).
+        timeout_ms, memory_mb, env, ...); `secrets` ({NAME: value}, checked by the caller) go
+        into secrets.json, their names into the metadata's "secrets". Raises BadRequest for a
+        bad name or file set, Conflict when the name is taken (even by a deploy that won a race
+        a moment ago).
         """
         language = self._check_files(name, lang, files)
         self.check_available(name)
         created = int(time.time())
         fn_id = self._fresh_id(name, created)
-        metadata = self._metadata(fn_id, name, language, files, meta, created, version=1)
-        self._store_version(fn_id, files, metadata)
+        metadata = self._metadata(fn_id, name, language, files, meta, created, version=1, secrets=secrets)
+        self._store_version(fn_id, files, metadata, secrets)
         try:
             os.symlink(fn_id, os.path.join(self.names, name))
         except OSError as exc:
@@ -134,9 +156,10 @@ class Storage:
         log.info("deployed %s (%s, %d bytes)", fn_id, language.name, metadata["size"])
         return dict(metadata)
 
-    def replace(self, name, lang, files, meta=None):
+    def replace(self, name, lang, files, meta=None, secrets=None):
         """Store a new version of an existing function and point its name at it; the new
-        metadata (with `version` and `previous`). Same `files` and `meta` as deploy; raises
+        metadata (with `version` and `previous`). Same `files`, `meta` and `secrets` as deploy
+        (the caller decides what carries over from the current version); raises
         NotFound when no function holds the name. Concurrent updates are serialized, each
         getting its own version number."""
         language = self._check_files(name, lang, files)
@@ -148,9 +171,9 @@ class Storage:
             created = int(time.time())
             fn_id = self._fresh_id(name, created)
             metadata = self._metadata(fn_id, name, language, files, meta, created,
-                                      version=current.get("version", 1) + 1)
+                                      version=current.get("version", 1) + 1, secrets=secrets)
             metadata["previous"] = current["id"]
-            self._store_version(fn_id, files, metadata)
+            self._store_version(fn_id, files, metadata, secrets)
             link = os.path.join(self.names, name)
             tmp_link = os.path.join(self.names, "%s%s-%d" % (TMP_PREFIX, name, os.getpid()))
             try:
@@ -176,6 +199,7 @@ class Storage:
             _fsync_dir(self.names)
             for fn_id in ids:
                 self._cache.pop(fn_id, None)
+                self._secrets.pop(fn_id, None)
                 # A crash in this loop leaves directories no name points at: the sweep's business.
                 shutil.rmtree(os.path.join(self.root, fn_id), ignore_errors=True)
         log.info("deleted %s (%d version%s)", name, len(ids), "" if len(ids) == 1 else "s")
@@ -212,13 +236,13 @@ class Storage:
                 raise BadRequest("invalid file name %r for a function" % (filename,))
         return language
 
-    def _metadata(self, fn_id, name, language, files, meta, created, version):
+    def _metadata(self, fn_id, name, language, files, meta, created, version, secrets=None):
         source = files["code.%s" % language.ext]
         metadata = {
             "timeout_ms": self.limits.timeout_ms,
             "memory_mb": self.limits.memory_mb,
         }
-        metadata.update({k: v for k, v in (meta or {}).items() if k not in ("dir", "previous")})
+        metadata.update({k: v for k, v in (meta or {}).items() if k not in ("dir", "previous", "secrets")})
         metadata.update({
             "id": fn_id,
             "name": name,
@@ -229,12 +253,14 @@ class Storage:
             "sha256": hashlib.sha256(source).hexdigest(),
             "version": version,
         })
+        if secrets:
+            metadata["secrets"] = sorted(secrets)   # the names only: metadata.json is public
         return metadata
 
-    def _store_version(self, fn_id, files, metadata):
+    def _store_version(self, fn_id, files, metadata, secrets=None):
         """Write a complete directory under a temporary name and rename it to `fn_id`."""
         final = os.path.join(self.root, fn_id)
-        tmp = self._write_tmp(files, metadata)
+        tmp = self._write_tmp(files, metadata, secrets)
         try:
             os.rename(tmp, final)
         except OSError as exc:
@@ -256,8 +282,9 @@ class Storage:
         finally:
             os.close(fd)
 
-    def _write_tmp(self, files, metadata):
-        """A complete, fsynced function directory under a temporary name; its path."""
+    def _write_tmp(self, files, metadata, secrets=None):
+        """A complete, fsynced function directory under a temporary name; its path. The
+        secrets file is made 0600 from the start (never a moment with a wider mode)."""
         try:
             tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root)
         except OSError as exc:
@@ -267,6 +294,8 @@ class Storage:
                 _write_file(os.path.join(tmp, filename), data)
             text = json.dumps(metadata, indent=2, sort_keys=True).encode()
             _write_file(os.path.join(tmp, METADATA), text)
+            if secrets:
+                _write_private(os.path.join(tmp, SECRETS), json.dumps(secrets, sort_keys=True).encode())
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; workers may run as another user
             _fsync_dir(tmp)
         except BaseException as exc:
@@ -320,6 +349,39 @@ class Storage:
         ext = languages.resolve(meta["lang"]).ext
         with open(os.path.join(self.root, meta["id"], "code.%s" % ext), "rb") as f:
             return f.read()
+
+    def files(self, meta):
+        """Every code file of a version ({name: bytes}: the source, and code.wasm and code.cwasm
+        for a compiled language), as deploy was given them: what a rollback stores again."""
+        directory = os.path.join(self.root, meta["id"])
+        found = {}
+        for name in sorted(os.listdir(directory)):
+            if FILE_RE.fullmatch(name):
+                with open(os.path.join(directory, name), "rb") as f:
+                    found[name] = f.read()
+        return found
+
+    def secrets(self, meta):
+        """A version's secrets, {NAME: value} ({} when it has none). Cached: versions never change."""
+        if not meta.get("secrets"):
+            return {}
+        cached = self._secrets.get(meta["id"])
+        if cached is None:
+            try:
+                with open(os.path.join(self.root, meta["id"], SECRETS), "rb") as f:
+                    cached = json.loads(f.read())
+            except (OSError, ValueError) as exc:
+                raise FaasError("cannot read the secrets of %s: %s" % (meta["id"], exc)) from None
+            if not isinstance(cached, dict):
+                raise FaasError("cannot read the secrets of %s: not a JSON object" % meta["id"])
+            self._secrets[meta["id"]] = cached
+        return dict(cached)
+
+    def environment(self, meta):
+        """What a version's process gets in its environment: its env, then its secrets."""
+        env = dict(meta.get("env") or {})
+        env.update(self.secrets(meta))
+        return env
 
     def list(self):
         """The metadata (with "dir") of every function, sorted by name."""

@@ -17,6 +17,7 @@ from bottle import request, response
 from reference import config
 from reference.gateway import calls as calls_mod
 from reference.gateway import checks, dashboard
+from reference.gateway.admission import Admission
 from reference.gateway.calls import Calls
 from reference.gateway.catalog import CatalogRoutes
 from reference.gateway.deploy import Deployer, DeployRoutes
@@ -57,11 +58,12 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     app = GatewayApp()
     records = InvocationRecords()
     metrics = Metrics(client)
-    calls = app.calls = Calls(client, records, metrics, keep_bytes=keep_answers_bytes, limits=limits)
+    admission = Admission(client, storage)   # per-function max_concurrency, and each call's env
+    calls = app.calls = Calls(admission, records, metrics, keep_bytes=keep_answers_bytes, limits=limits)
     deploys = DeployRoutes(Deployer(storage, limits, metrics, records, compile_to_wasm, precompile,
                                     check_syntax))
     catalog = CatalogRoutes(storage, records)
-    invokes = InvokeRoutes(storage, calls, limits)
+    invokes = InvokeRoutes(storage, calls, limits, admission)
     status = StatusRoutes(client, metrics)
 
     routes = [
@@ -69,9 +71,11 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
         ("POST",   "/deploy",                      deploys.deploy,       CHANGE),
         ("PUT",    "/function/<name>",             deploys.update,       CHANGE),
         ("DELETE", "/function/<name>",             deploys.delete,       CHANGE),
+        ("POST",   "/function/<name>/rollback",    deploys.rollback,     CHANGE),
         ("GET",    "/function/<name>",             catalog.function,     CODE),
         ("GET",    "/functions",                   catalog.functions,    CODE),
         ("GET",    "/function/<name>/invocations", catalog.invocations,  CODE),
+        ("GET",    "/function/<name>/concurrency", invokes.concurrency,  CODE),
         ("POST",   "/invoke",                      invokes.invoke,       INVOKE),
         ("GET",    "/call/<call_id>",              invokes.call_state,   INVOKE),
         ("GET",    "/run/<name>",                  invokes.run,          INVOKE),

@@ -44,9 +44,10 @@ class ServerClient:
         self._awaited = {}              # request id -> (socket, _Slot) of a call waiting for its answer
         self._ids = itertools.count(1)
 
-    def invoke(self, meta, payload, limits=None):
+    def invoke(self, meta, payload, limits=None, env=None):
         """Run the function described by `meta` (storage metadata) on `payload`; an Outcome.
-        `limits` overrides the client's own for this call.
+        `limits` overrides the client's own for this call; `env` is the function's environment
+        (its env and secrets: Storage.environment).
 
         Platform failures (server or balancer down, overload, a worker lost) raise FaasError.
         """
@@ -56,6 +57,8 @@ class ServerClient:
                             int(meta.get("memory_mb") or limits.memory_mb), limits.output_bytes)
         if meta.get("reuse"):
             header["reuse"] = True      # only when asked: the frame of an ordinary call stays as it was
+        if env:
+            header["env"] = env         # the function's env and secrets (reference/wire/jobs.py)
         answer, body = self.call(header, payload, timeout_ms / 1000.0 + QUEUE_ALLOWANCE_S)
         return Outcome.from_wire(answer, body)
 

@@ -1,7 +1,16 @@
-"""Deploying: POST /deploy, PUT and DELETE /function/NAME, compiling C, Rust and Go to
-WebAssembly and checking the syntax of Python, PHP and JavaScript on the way. `Deployer` is
-the core (check, compile, store, count in the metrics); `DeployRoutes` only reads the request,
-calls it and shapes the answer."""
+"""Deploying: POST /deploy, PUT and DELETE /function/NAME, POST /function/NAME/rollback,
+compiling C, Rust and Go to WebAssembly and checking the syntax of Python, PHP and JavaScript
+on the way. `Deployer` is the core (check, compile, store, count in the metrics); `DeployRoutes`
+only reads the request, calls it and shapes the answer.
+
+What a version holds besides its code, each set at deploy and defaulting at an update to the
+current version's: timeout_ms and memory_mb, max_concurrency and max_queue (the gateway's
+admission, reference/gateway/admission.py), env and secrets (reference/functions/storage.py).
+An update that gives env (or secrets) replaces the whole set; {} empties it.
+
+A rollback stores a new version (the next number, `rolled_back_from` naming the old one) with
+the old version's files (code.wasm and code.cwasm too: nothing is compiled again) and settings,
+env and secrets: history only grows, as a revert commit keeps it, and the old id stays as it was."""
 
 import time
 
@@ -13,7 +22,9 @@ from reference.gateway import parse
 from reference.gateway.catalog import public
 from reference.wire.errors import BadRequest, FaasError, NotFound, PayloadTooLarge
 
-LIMIT_FIELDS = ("timeout_ms", "memory_mb", "reuse")
+LIMIT_FIELDS = ("timeout_ms", "memory_mb", "reuse", "max_concurrency", "max_queue")
+# What a version's metadata holds of the user's settings, and a rollback copies.
+SETTINGS = ("timeout_ms", "memory_mb", "reuse", "max_concurrency", "max_queue", "env")
 # The languages whose calls can run in a long-lived interpreter of their function (reuse=true).
 REUSE_LANGS = ("js", "python", "php")
 
@@ -57,6 +68,17 @@ class Deployer:
                                   % (len(code), self.limits.code_bytes), limit=self.limits.code_bytes)
         meta = self._limits(asked, current or {})
         meta["reuse"] = self._reuse(lang, asked, current or {})
+        env, secrets = parse.check_variables(asked.get("env"), asked.get("secrets"))
+        if current is not None and (env is None or secrets is None):
+            # What is not given carries over; a name moving between env and secrets: the given wins.
+            given_env, given_secrets = env, secrets
+            if given_env is None:
+                env = {k: v for k, v in (current.get("env") or {}).items() if k not in (given_secrets or {})}
+            if given_secrets is None:
+                secrets = {k: v for k, v in self.storage.secrets(current).items() if k not in (given_env or {})}
+            parse.check_variables(env, secrets)
+        if env:
+            meta["env"] = env
         if op == "deploy":
             # Answered before compiling: a conflict should not cost a compilation.
             self.storage.check_available(name)
@@ -69,25 +91,59 @@ class Deployer:
             else:
                 self._check_syntax(lang, code)
             if op == "deploy":
-                stored = self.storage.deploy(name, lang.name, files, meta)
+                stored = self.storage.deploy(name, lang.name, files, meta, secrets)
             else:
-                stored = self.storage.replace(name, lang.name, files, meta)
+                stored = self.storage.replace(name, lang.name, files, meta, secrets)
         except FaasError as exc:
             self.metrics.deployed(lang.name, op, exc.kind)
             raise
         self.metrics.deployed(lang.name, op, "ok", meta.get("compile_ms"))
         return stored
 
+    def rollback(self, name, version):
+        """A new version of `name` with the files, settings, env and secrets of its kept
+        version `version` (a number, or a version's id); its metadata."""
+        versions = self.storage.versions(check_name(name))
+        if not versions:
+            raise NotFound("function not found", fn=name)
+        if version is None or version == "":
+            raise BadRequest("say which version to make current again: POST /function/%s/rollback?version=N" % name)
+        wanted = [v for v in versions if str(version) in (str(v.get("version", 1)), v["id"])]
+        if not wanted:
+            raise NotFound("%s has no version %s (kept: %s)" % (name, version, ", ".join(
+                str(v.get("version", 1)) for v in reversed(versions))), fn=name, version=version)
+        old = wanted[0]
+        meta = {k: old[k] for k in SETTINGS + ("compile_ms", "compiler_ms", "precompile_ms", "toolchain", "wasm_size")
+                if old.get(k) is not None}
+        meta["rolled_back_from"] = old.get("version", 1)
+        try:
+            stored = self.storage.replace(name, old["lang"], self.storage.files(old), meta, self.storage.secrets(old))
+        except FaasError as exc:
+            self.metrics.deployed(old["lang"], "rollback", exc.kind)
+            raise
+        self.metrics.deployed(old["lang"], "rollback", "ok")
+        return stored
+
     def _limits(self, asked, base):
         """timeout_ms and memory_mb: as asked (within the operator's ceilings), else the current
-        version's, else the contract's defaults."""
+        version's, else the contract's defaults. max_concurrency and max_queue: as asked (0:
+        none), else the current version's, else none (no limit; the admission's default queue)."""
         limits = self.limits
-        return {
+        meta = {
             "timeout_ms": parse.limit(asked.get("timeout_ms"), "timeout_ms", limits.max_timeout_ms)
             or base.get("timeout_ms") or limits.timeout_ms,
             "memory_mb": parse.limit(asked.get("memory_mb"), "memory_mb", limits.max_memory_mb)
             or base.get("memory_mb") or limits.memory_mb,
         }
+        for key, ceiling in (("max_concurrency", parse.MAX_CONCURRENCY), ("max_queue", parse.MAX_QUEUE)):
+            value = parse.count(asked.get(key), key, ceiling)
+            if value is None:
+                value = base.get(key)
+            elif key == "max_concurrency" and value == 0:
+                value = None    # 0 lifts the limit
+            if value is not None:
+                meta[key] = value
+        return meta
 
     def _reuse(self, lang, asked, base):
         """reuse=true: the function's calls share a long-lived interpreter (its globals survive
@@ -144,6 +200,7 @@ class DeployRoutes:
         """Source as the body with ?name=N&lang=L, or a JSON object {name, lang, code, ...}."""
         if "name" in request.query:
             form = {key: parse.query(key) for key in ("name", "lang") + LIMIT_FIELDS}
+            form["env"] = parse.query_env()
             form["code"] = parse.body(self.limits.code_bytes, "code")
         else:
             # JSON escapes make the body longer than the code; the code's own size is checked later.
@@ -158,14 +215,22 @@ class DeployRoutes:
 
     def update(self, name):
         """A new version: the source as the body (?lang= optional, default the current one),
-        or JSON {"code", "lang", "timeout_ms", "memory_mb"}; limits default to the current ones."""
+        or JSON {"code", "lang", "timeout_ms", "memory_mb", "env", "secrets", ...}; what is not
+        given defaults to the current version's."""
         check_name(name)
         if parse.is_json():
             form = parse.code_form(parse.body(self.limits.payload_bytes, "update body"), need_name=False)
         else:
             form = {key: parse.query(key) for key in ("lang",) + LIMIT_FIELDS}
+            form["env"] = parse.query_env()
             form["code"] = parse.body(self.limits.code_bytes, "code")
         stored = self.deployer.update(name, form.get("lang"), form["code"], form)
+        return dict(public(stored), ok=True)
+
+    def rollback(self, name):
+        """POST /function/NAME/rollback?version=N: version N (or a version's id) current again,
+        as a new version; the answer is the new version's metadata, as an update's."""
+        stored = self.deployer.rollback(name, parse.query("version"))
         return dict(public(stored), ok=True)
 
     def delete(self, name):

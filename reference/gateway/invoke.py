@@ -1,6 +1,8 @@
-"""Invoking: POST /invoke (sync, async, with an Idempotency-Key), GET /call/ID and GET /run/NAME.
-The core is `Calls` (reference/gateway/calls.py); these routes read the request, call it and
-turn the finished call into the HTTP answer."""
+"""Invoking: POST /invoke (sync, async, with an Idempotency-Key), GET /call/ID and GET /run/NAME,
+and GET /function/NAME/concurrency. The core is `Calls` (reference/gateway/calls.py), whose
+calls pass the function's admission (reference/gateway/admission.py: max_concurrency) on their
+way to the server; these routes read the request, call it and turn the finished call into the
+HTTP answer (a call refused by the admission: 429 with Retry-After)."""
 
 from bottle import request, response
 
@@ -30,8 +32,15 @@ def answer(call, replayed=False):
 
 
 class InvokeRoutes:
-    def __init__(self, storage, calls, limits):
-        self.storage, self.calls, self.limits = storage, calls, limits
+    def __init__(self, storage, calls, limits, admission=None):
+        self.storage, self.calls, self.limits, self.admission = storage, calls, limits, admission
+
+    def concurrency(self, name):
+        """A function's admission (reference/gateway/admission.py): its max_concurrency and
+        max_queue, and its calls in flight and waiting now, those refused since the start."""
+        meta = lookup(self.storage, name)
+        view = self.admission.view(meta["name"], meta) if self.admission is not None else {}
+        return dict(view, ok=True, name=meta["name"])
 
     def invoke(self):
         """Run a function (?fn=ID, or its name) on the body; its output, or why it failed.

@@ -1,8 +1,10 @@
 """Reading a request's parts within the contract's limits: the body, query parameters,
-per-function limits, an invocation's input and the JSON forms of deploy and update.
-Every refusal is a FaasError (400 or 413) with a sentence saying what to send instead."""
+per-function limits, an invocation's input, a function's env and secrets, and the JSON forms
+of deploy and update. Every refusal is a FaasError (400 or 413) with a sentence saying what to
+send instead."""
 
 import json
+import re
 
 from bottle import request
 
@@ -15,6 +17,21 @@ NAME_MISSING = ("the function's name is missing: POST /deploy?name=N&lang=L with
                 "{\"name\", \"lang\", \"code\"} with Content-Type: application/json")
 UPDATE_USAGE = ("send the source as the body of PUT /function/NAME[?lang=L], "
                 "or a JSON object {\"code\", \"lang\"}")
+
+# A function's configuration: env (shown by the API) and secrets (never shown), together.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")     # a POSIX name, at most 128 characters
+MAX_VARIABLES = 64              # env and secrets together
+MAX_VALUE_BYTES = 16 * 1024     # one value
+MAX_CONFIG_BYTES = 64 * 1024    # every name and value together
+# Names the platform sets or that change how a process starts before the function's own code
+# runs: the worker's PATH, the dynamic loader's and libc's, the interpreters' own, ours.
+RESERVED_NAMES = frozenset(("PATH", "PHPRC", "PHP_INI_SCAN_DIR", "GCONV_PATH", "GLIBC_TUNABLES", "HOSTALIASES"))
+RESERVED_PREFIXES = ("LD_", "MALLOC_", "PYTHON", "NODE_", "FAAS_", "MINIFAAS_")
+MAX_CONCURRENCY = 10_000
+MAX_QUEUE = 100_000
+SECRETS_IN_QUERY = ("secrets are not taken in the query string, which ends up in logs and shell histories: "
+                    "send them in the JSON form of the request, {\"secrets\": {\"NAME\": \"value\"}} with "
+                    "Content-Type: application/json (`minifaas deploy --secret NAME=VALUE` does)")
 
 
 def body(limit, what):
@@ -70,6 +87,84 @@ def flag(value, name):
     return value
 
 
+def count(value, name, ceiling, zero_means=None):
+    """A count from the query or JSON: an int in 0..ceiling (0 meaning `zero_means`)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= ceiling:
+        raise BadRequest("%s must be a whole number from 0 to %d, got %r" % (name, ceiling, value))
+    return zero_means if value == 0 and zero_means is not None else value
+
+
+def check_variables(env, secrets):
+    """env and secrets ({NAME: value} each, or None for "not given") checked together: POSIX
+    names, none the platform reserves, none in both, strings without NUL, bounded in count and
+    bytes. BadRequest (400) or PayloadTooLarge (413) naming the variable, never a secret's value."""
+    total, seen = 0, set()
+    for what, variables in (("env", env), ("secrets", secrets)):
+        if variables is None:
+            continue
+        if not isinstance(variables, dict):
+            raise BadRequest("%r must be a JSON object of NAME: value strings" % what)
+        for name, value in variables.items():
+            if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+                raise BadRequest("invalid %s name %r: use a letter or '_', then letters, digits or '_' "
+                                 "(at most 128 characters)" % (what, name))
+            if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+                raise BadRequest("%s name %r is reserved: the platform sets it or it changes how the "
+                                 "interpreter starts (reserved: %s and names starting with %s)"
+                                 % (what, name, ", ".join(sorted(RESERVED_NAMES)), ", ".join(RESERVED_PREFIXES)))
+            if name in seen:
+                raise BadRequest("%r is both in env and in secrets: give it once" % name)
+            seen.add(name)
+            if not isinstance(value, str):
+                raise BadRequest("the value of %s %r must be a JSON string" % (what, name))
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise BadRequest("the value of %s %r holds a lone UTF-16 surrogate" % (what, name)) from None
+            if "\0" in value:
+                raise BadRequest("the value of %s %r holds a NUL character, which no environment can" % (what, name))
+            if size > MAX_VALUE_BYTES:
+                raise PayloadTooLarge("the value of %s %r is %d bytes, the limit is %d"
+                                      % (what, name, size, MAX_VALUE_BYTES), limit=MAX_VALUE_BYTES)
+            total += len(name) + 1 + size
+    if len(seen) > MAX_VARIABLES:
+        raise BadRequest("%d variables in env and secrets together, the limit is %d" % (len(seen), MAX_VARIABLES))
+    if total > MAX_CONFIG_BYTES:
+        raise PayloadTooLarge("env and secrets together are %d bytes, the limit is %d"
+                              % (total, MAX_CONFIG_BYTES), limit=MAX_CONFIG_BYTES)
+    return env, secrets
+
+
+def query_env():
+    """The query form's env, from repeated env=NAME=VALUE parameters: {NAME: value}, or None
+    when there is none. Secrets are refused in the query (SECRETS_IN_QUERY)."""
+    for key in request.query.keys():
+        if key.lower() in ("secret", "secrets") or key.lower().startswith("secret"):
+            raise BadRequest(SECRETS_IN_QUERY)
+    if "env" not in request.query:
+        return None
+    env = {}
+    for item in request.query.getall("env"):
+        try:
+            item = item.encode("latin1").decode("utf-8")   # bottle hands query values as latin-1
+        except UnicodeError:
+            raise BadRequest("query parameter 'env' is not valid UTF-8") from None
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise BadRequest("env=%r: give env=NAME=VALUE" % name)
+        if name in env:
+            raise BadRequest("env %r is given twice" % name)
+        env[name] = value
+    return env
+
+
 def decode_input(data):
     """The function's stdin from an invoke body, per the contract: a JSON object with "input"
     gives that string's UTF-8 bytes or any other value's JSON text; any other body goes as is."""
@@ -89,8 +184,9 @@ def decode_input(data):
 
 
 def code_form(data, need_name):
-    """name, lang, code (bytes), timeout_ms, memory_mb from a JSON deploy body (need_name) or
-    update body (name ignored, lang optional); BadRequest if malformed."""
+    """name, lang, code (bytes), timeout_ms, memory_mb, max_concurrency, max_queue, env and
+    secrets from a JSON deploy body (need_name) or update body (name ignored, lang optional);
+    BadRequest if malformed. env and secrets are checked by check_variables."""
     usage = DEPLOY_USAGE if need_name else UPDATE_USAGE
     try:
         doc = json.loads(data)
@@ -109,4 +205,6 @@ def code_form(data, need_name):
     except UnicodeEncodeError:
         raise BadRequest("code holds a lone UTF-16 surrogate: not valid text") from None
     return {"name": doc.get("name"), "lang": doc.get("lang"), "code": code,
-            "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb"), "reuse": doc.get("reuse")}
+            "timeout_ms": doc.get("timeout_ms"), "memory_mb": doc.get("memory_mb"), "reuse": doc.get("reuse"),
+            "max_concurrency": doc.get("max_concurrency"), "max_queue": doc.get("max_queue"),
+            "env": doc.get("env"), "secrets": doc.get("secrets")}

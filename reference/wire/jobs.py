@@ -39,6 +39,13 @@ class Job:
     # The function runs in a long-lived interpreter of its own, its globals kept between calls
     # (deploy's reuse=true); by default every call gets a fresh one.
     reuse: bool = False
+    # The function's environment: its env and its secrets (reference/functions/storage.py),
+    # {NAME: value}, set by the gateway; {} for most functions (then the frame does not carry it).
+    # Secrets travel with the job as everything else of it does: over the local sockets and
+    # pipes, and with the NATS executor through the NATS servers and the JetStream stream that
+    # holds jobs until a host takes them, in the clear unless NATS runs with TLS (docs/NATS.md).
+    # Never in a repr (a log line that prints a Job shows no secret).
+    env: dict = field(default_factory=dict, repr=False)
     # When the executor handed the job to a worker (the server's time.monotonic()): where the
     # queue time the server reports ends. The server's own clock, so not on the wire.
     started: float = field(default=None, compare=False, metadata=LOCAL)
@@ -46,11 +53,15 @@ class Job:
     def to_wire(self):
         header = _shallow(self)
         body = header.pop("input")
+        if not header["env"]:
+            del header["env"]
         return header, body
 
     @classmethod
     def from_wire(cls, header, body):
         fields = {k: header[k] for k in cls.WIRE_FIELDS if k in header and k != "input"}
+        if not isinstance(fields.get("env", {}), dict):
+            fields["env"] = {}
         return cls(input=body, **fields)
 
 

@@ -320,3 +320,43 @@ def test_a_new_id_never_equals_an_existing_name(tmp_path, monkeypatch):
     updated = store.replace("f_1000", "python", {"code.py": b"print('again')\n"})
     assert updated["id"] == "f_1000_1000"       # no name holds it: no suffix
     assert store.get("f_1000_2")["name"] == "f" and store.get("f_1000")["id"] == updated["id"]
+
+
+def test_secrets_are_kept_apart_readable_by_the_owner_only(tmp_path):
+    store = Storage(tmp_path)
+    old_umask = os.umask(0)     # even with a permissive umask the file is 0600
+    try:
+        meta = store.deploy("conf", "python", {"code.py": HELLO_PY}, {"env": {"MODE": "a"}},
+                            secrets={"TOKEN": "t-1", "DB": "d-1"})
+    finally:
+        os.umask(old_umask)
+    fn_dir = tmp_path / meta["id"]
+    assert sorted(os.listdir(fn_dir)) == ["code.py", "metadata.json", "secrets.json"]
+    assert oct(os.stat(fn_dir / "secrets.json").st_mode & 0o777) == "0o600"
+    on_disk = (fn_dir / "metadata.json").read_text()
+    assert "t-1" not in on_disk and json.loads(on_disk)["secrets"] == ["DB", "TOKEN"]
+    assert meta["secrets"] == ["DB", "TOKEN"] and meta["env"] == {"MODE": "a"}
+    found = store.get("conf")
+    assert store.secrets(found) == {"TOKEN": "t-1", "DB": "d-1"}
+    assert store.environment(found) == {"MODE": "a", "TOKEN": "t-1", "DB": "d-1"}
+    # A fresh Storage (a restarted gateway) reads them back from the file.
+    assert Storage(tmp_path).environment(Storage(tmp_path).get(meta["id"]))["TOKEN"] == "t-1"
+
+
+def test_each_version_keeps_its_own_secrets_and_a_meta_cannot_smuggle_values(tmp_path):
+    store = Storage(tmp_path)
+    first = store.deploy("conf", "python", {"code.py": HELLO_PY}, secrets={"TOKEN": "one"})
+    second = store.replace("conf", "python", {"code.py": HELLO_PY},
+                           {"secrets": {"TOKEN": "leaked"}, "env": {"E": "2"}})
+    assert "secrets" not in second and store.secrets(store.get(second["id"])) == {}
+    assert store.environment(store.get(second["id"])) == {"E": "2"}
+    assert store.secrets(store.get(first["id"])) == {"TOKEN": "one"}
+    assert "leaked" not in (tmp_path / second["id"] / "metadata.json").read_text()
+    assert not (tmp_path / second["id"] / "secrets.json").exists()
+
+
+def test_files_gives_back_every_code_file_of_a_version(tmp_path):
+    store = Storage(tmp_path)
+    files = {"code.c": b"int main(){}", "code.wasm": b"\0asm", "code.cwasm": b"ELF"}
+    meta = store.deploy("comp", "c", files, secrets={"S": "x"})
+    assert store.files(meta) == files     # neither metadata.json nor secrets.json

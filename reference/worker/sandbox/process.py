@@ -163,7 +163,8 @@ class ProcessRuntime:
 
     def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=(),
               group=None, pids=CALL_PIDS_MAX, sandbox=None):
-        """Start the interpreter locked down: empty environment, its own session (so its process
+        """Start the interpreter locked down: an environment of PATH and the function's own env
+        and secrets (job.env), its own session (so its process
         group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
         where it can be (`sandbox`: the keywords of sandbox_argv), else in `cwd` as the shared
         sandbox user when we are root. With `group`, its processes are in that cgroup (limited
@@ -181,8 +182,9 @@ class ProcessRuntime:
                 argv, cwd = self.sandbox_argv(argv, job, filter_fd, **(sandbox or {})), "/"
             elif self.user:
                 user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
-            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
-                                    env={"PATH": bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin"},
+            # The function's own env and secrets (job.env: never on a command line), and our PATH.
+            env = dict(job.env or {}, PATH=bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin")
+            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
                                     start_new_session=True, preexec_fn=self._preexec(job, cpu, join),
                                     pass_fds=pass_fds, **user)
         finally:

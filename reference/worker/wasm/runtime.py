@@ -61,7 +61,7 @@ class WasmRuntime:
         if isinstance(pre, str):
             return Outcome(exit_code=1, error="runtime", message=pre)
         stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
-        call = wasi.Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000)
+        call = wasi.Call(job.input, stdout, stderr, deadline=time.monotonic() + job.timeout_ms / 1000, env=job.env)
         self.host.begin(call)
         store = wasmtime.Store(self.engine)
         limit = job.memory_mb << 20

@@ -5,7 +5,8 @@ Why not `Linker.define_wasi()`: through wasmtime-py, its host calls and the per-
 context cost about 0.7 ms for hello.c; these cost about 0.1 ms (docs/PERFORMANCE.md). What a
 function sees is what the worker gave it before, through wasmtime's WASI:
 
-- argv is ["function"]; the environment is empty;
+- argv is ["function"]; the environment is the function's env and secrets (the Job's `env`),
+  empty for most functions;
 - fd 0 reads the invocation's input, fds 1 and 2 write into the worker's captures;
 - clocks, random bytes, sched_yield, and poll_oneoff (sleeps end by the call's deadline);
 - no files and no sockets: there is no preopened directory, so every path call and every other
@@ -69,8 +70,10 @@ class Call:
     """What one invocation's WASI reads and writes: its input and two sinks with a `write`
     (and, for the output limit, a `limit` and `size`, as reference.worker.capture.Capture)."""
 
-    def __init__(self, stdin, stdout, stderr, deadline):
+    def __init__(self, stdin, stdout, stderr, deadline, env=None):
         self.stdin, self.pos = stdin, 0
+        # environ_get's strings, "NAME=value\0" each (checked at deploy: no NUL in a value).
+        self.environ = [("%s=%s" % item).encode("utf-8") + b"\0" for item in (env or {}).items()]
         self.sinks = {1: stdout, 2: stderr}
         self.closed = set()
         self.deadline = deadline       # time.monotonic() past which sleeps stop early
@@ -207,11 +210,25 @@ class Wasi:
 
     def environ_sizes_get(self, caller, count, size):
         memory = Memory(caller)
-        memory.put(count, "<I", 0)
-        memory.put(size, "<I", 0)
+        memory.put(count, "<I", len(self.call.environ))
+        memory.put(size, "<I", sum(len(entry) for entry in self.call.environ))
         return ESUCCESS
 
     def environ_get(self, caller, environ, buf):
+        """The pointers at `environ`, the strings they point at from `buf`: the sizes the
+        module was told (every range checked before anything is written)."""
+        entries = self.call.environ
+        if not entries:
+            return ESUCCESS
+        memory = Memory(caller)
+        memory.check(environ, 4 * len(entries))
+        memory.check(buf, sum(len(entry) for entry in entries))
+        pointers, at = [], buf & U32
+        for entry in entries:
+            pointers.append(at)
+            memory.write(at, entry)
+            at += len(entry)
+        memory.put(environ, "<%dI" % len(pointers), *pointers)
         return ESUCCESS
 
     # --- descriptors: 0 is the input, 1 and 2 the captures ---------------------------------------
