@@ -11,6 +11,7 @@ from reference.worker.capture import Capture
 from reference.worker.capture import ms as _ms
 from reference.worker.sandbox import scratch as scratch_dirs
 from reference.worker.sandbox.process import NodeRuntime, PhpRuntime, PythonRuntime
+from reference.worker.warm.reuse import RESIDENT_RUNTIMES
 from reference.worker.warm.runtimes import WARM_RUNTIMES
 from reference.worker.wasm.runtime import WasmRuntime
 
@@ -74,11 +75,21 @@ class WorkerRuntimes:
             self.runtimes[name] = self.classes[name](self.scratch)
         return self.runtimes[name]
 
+    def resident_runtime(self, lang):
+        """The runtime of functions deployed with reuse=true (whatever FAAS_WARM says: a
+        function's own choice), or None for a language where it means nothing."""
+        if lang not in RESIDENT_RUNTIMES:
+            return None
+        key = "reuse-" + lang
+        if key not in self.runtimes:
+            self.runtimes[key] = RESIDENT_RUNTIMES[lang](self.scratch)
+        return self.runtimes[key]
+
     def run(self, job):
         cold = job.fn_id not in self.seen
         started = time.perf_counter()
         try:
-            runtime = self.runtime(job.lang)
+            runtime = (job.reuse and self.resident_runtime(job.lang)) or self.runtime(job.lang)
             # A language's first call in this worker also starts its runtime (importing wasmtime
             # and building its engine: about 50 ms): that is part of this call's cold start.
             setup_ms = _ms(started)
