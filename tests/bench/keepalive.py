@@ -157,9 +157,11 @@ def _ms(seconds):
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def deploy(url, name, lang, source):
-    """Deploy through the HTTP API and return the answer (raises on anything but 201)."""
-    req = urllib.request.Request("%s/deploy?name=%s&lang=%s" % (url, name, lang), data=source, method="POST")
+def deploy(url, name, lang, source, **params):
+    """Deploy through the HTTP API and return the answer (raises on anything but 201);
+    `params` are more query parameters (reuse="true")."""
+    query = "".join("&%s=%s" % kv for kv in params.items())
+    req = urllib.request.Request("%s/deploy?name=%s&lang=%s%s" % (url, name, lang, query), data=source, method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:
         if r.status != 201:
             raise RuntimeError("deploy %s answered %d" % (name, r.status))

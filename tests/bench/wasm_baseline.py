@@ -1,7 +1,10 @@
 """Issue 6's yardstick, run as its own process: one thread calling a WASI module with wasmtime's
 ordinary API (fresh Store and instance per call, stdin from a file, stdout to a file).
 
-    python wasm_baseline.py MODULE.wasm SECONDS   ->  prints {"calls", "seconds", "calls_per_s"}
+    python wasm_baseline.py MODULE.wasm SECONDS [pre]  ->  prints {"calls", "seconds", "calls_per_s"}
+
+With "pre", the module is linked once (an InstancePre, as the worker caches it) and each call
+only instantiates it in a fresh Store: issue 20's in-process ceiling.
 
 A process of its own because wasmtime must not run WASI code in a process that forks later.
 """
@@ -15,11 +18,12 @@ import time
 import wasmtime
 
 
-def main(wasm_path, seconds):
+def main(wasm_path, seconds, pre=False):
     engine = wasmtime.Engine()
     module = wasmtime.Module.from_file(engine, wasm_path)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
+    linked = linker.instantiate_pre(module) if pre else None
     scratch = tempfile.mkdtemp(prefix="wasm-baseline-")
     stdin_path, stdout_path = os.path.join(scratch, "stdin"), os.path.join(scratch, "stdout")
     with open(stdin_path, "wb") as f:
@@ -32,7 +36,7 @@ def main(wasm_path, seconds):
         config.stdin_file = stdin_path
         config.stdout_file = stdout_path
         store.set_wasi(config)
-        instance = linker.instantiate(store, module)
+        instance = linked.instantiate(store) if linked is not None else linker.instantiate(store, module)
         try:
             instance.exports(store)["_start"](store)
         except wasmtime.ExitTrap as exc:
@@ -55,4 +59,4 @@ def main(wasm_path, seconds):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]))
+    main(sys.argv[1], float(sys.argv[2]), pre=sys.argv[3:4] == ["pre"])
