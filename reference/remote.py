@@ -76,14 +76,45 @@ def lang_of(path, lang):
 
 
 def cmd_deploy(gw, args):
+    """The query form (the seed's curl command), or the JSON form when there are env or secrets:
+    secrets never go in a URL, which ends up in logs."""
     with open(args.file, "rb") as f:
         code = f.read()
     name = args.name or os.path.splitext(os.path.basename(args.file))[0]
     query = {"name": name, "lang": lang_of(args.file, args.lang)}
-    for key in ("timeout_ms", "memory_mb"):
-        if getattr(args, key) is not None:
+    for key in ("timeout_ms", "memory_mb", "max_concurrency", "max_queue"):
+        if getattr(args, key, None) is not None:
             query[key] = getattr(args, key)
-    return gw.request("POST", "/deploy", code, query)
+    env, secrets = variables(args.env or (), "--env"), variables(args.secret or (), "--secret")
+    if not env and not secrets:
+        return gw.request("POST", "/deploy", code, query)
+    try:
+        body = dict(query, code=code.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("%s is not UTF-8 text, which the JSON form that carries --env and --secret "
+                         "needs" % args.file) from None
+    if env:
+        body["env"] = env
+    if secrets:
+        body["secrets"] = secrets
+    return gw.request("POST", "/deploy", json.dumps(body).encode(), content_type="application/json")
+
+
+def variables(items, flag):
+    """{NAME: value} from NAME=VALUE items; a bare NAME takes its value from this process's
+    environment, NAME=@FILE from a file: neither puts the value on the command line (`ps`)."""
+    found = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise ValueError("%s %s: no value given and no %s in the environment" % (flag, name, name))
+            value = os.environ[name]
+        elif value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as f:
+                value = f.read().rstrip("\n")
+        found[name] = value
+    return found
 
 
 def invoke_body(args):
@@ -184,20 +215,10 @@ def cmd_versions(gw, args):
 
 
 def cmd_rollback(gw, args):
-    """A new version whose code, language and limits are those of VERSION (a version number or
-    an id): history is kept, as a revert commit keeps it."""
-    current = gw.request("GET", "/function/" + urllib.parse.quote(args.name, safe=""))
-    wanted = [v for v in current.get("versions", []) if args.version in (str(v["version"]), v["id"])]
-    if not wanted:
-        raise Refused(404, {"error": "%s has no version %s (see `minifaas versions %s`)"
-                                     % (args.name, args.version, args.name)})
-    old = gw.request("GET", "/function/" + urllib.parse.quote(wanted[0]["id"], safe=""))
-    body = {"code": old["code"], "lang": old["lang"]}
-    for key in ("timeout_ms", "memory_mb"):
-        if old.get(key) is not None:
-            body[key] = old[key]
-    return gw.request("PUT", "/function/" + urllib.parse.quote(args.name, safe=""),
-                      json.dumps(body).encode(), content_type="application/json")
+    """POST /function/NAME/rollback?version=V: a new version with the code, settings, env and
+    secrets of VERSION (a version number or an id): history is kept, as a revert commit keeps it."""
+    return gw.request("POST", "/function/" + urllib.parse.quote(args.name, safe="") + "/rollback",
+                      query={"version": args.version})
 
 
 COMMANDS = {"deploy": cmd_deploy, "invoke": cmd_invoke, "list": cmd_list, "get": cmd_get,
@@ -218,6 +239,15 @@ def add_arguments(sub):
     p.add_argument("--lang", default=None, help="c, rust, go, js, python, php or html")
     p.add_argument("--timeout-ms", dest="timeout_ms", type=int, default=None)
     p.add_argument("--memory-mb", dest="memory_mb", type=int, default=None)
+    p.add_argument("--max-concurrency", dest="max_concurrency", type=int, default=None,
+                   help="calls of it running at once; more wait in its queue in the gateway (0: no limit)")
+    p.add_argument("--max-queue", dest="max_queue", type=int, default=None,
+                   help="calls waiting for their turn before 429 (default 100)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE",
+                   help="an environment variable of the function (repeat for more)")
+    p.add_argument("--secret", action="append", metavar="NAME[=VALUE|=@FILE]",
+                   help="a secret: in its environment too, never shown by the API; NAME alone takes "
+                        "the value from your environment, =@FILE from a file (=VALUE is seen by `ps`)")
 
     p = client("invoke", "run a function and print its output (its stderr on stderr)")
     p.add_argument("name", help="the function's name or id")

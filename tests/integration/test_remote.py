@@ -90,3 +90,31 @@ def test_invoke_sends_the_invoke_key_and_the_rest_the_api_key(start_stack, tmp_p
     refused = run("invoke", "greet", extra={"FAAS_INVOKE_KEY": "wrong", "FAAS_API_KEY": "wrong"})
     assert refused.returncode == 1
     assert run("list", extra={"FAAS_API_KEY": "wrong"}).returncode == 1
+
+
+def test_deploy_with_env_and_secrets_and_roll_back_through_the_endpoint(mf, tmp_path):
+    code = tmp_path / "conf.py"
+    code.write_text("import os\nprint(os.environ['STAGE'], os.environ['TOKEN'], os.environ['PASSWORD'])\n")
+    secret_file = tmp_path / "password"
+    secret_file.write_text("from-a-file\n")
+    # TOKEN alone: its value from the client's environment, so no command line shows it.
+    deployed = json.loads(mf("deploy", str(code), "--env", "STAGE=one", "--secret", "TOKEN",
+                             "--secret", "PASSWORD=@%s" % secret_file, "--max-concurrency", "2",
+                             env={"TOKEN": "token-from-env"}).stdout)
+    assert deployed["env"] == {"STAGE": "one"} and deployed["secrets"] == ["PASSWORD", "TOKEN"]
+    assert deployed["max_concurrency"] == 2
+    assert mf("invoke", "conf").stdout == "one token-from-env from-a-file\n"
+    shown = mf("get", "conf").stdout
+    assert "token-from-env" not in shown and "from-a-file" not in shown and '"TOKEN"' in shown
+    subprocess.run(["curl", "-s", "-X", "PUT", "%s/function/conf" % mf.stack.url, "-H", "Content-Type: application/json",
+                    "--data-binary", json.dumps({"code": code.read_text(), "env": {"STAGE": "two"},
+                                                 "secrets": {"TOKEN": "t2", "PASSWORD": "p2"}})],
+                   check=True, capture_output=True, timeout=60)
+    assert mf("invoke", "conf").stdout == "two t2 p2\n"
+    rolled = json.loads(mf("rollback", "conf", "1").stdout)
+    assert rolled["version"] == 3 and rolled["rolled_back_from"] == 1
+    assert mf("invoke", "conf").stdout == "one token-from-env from-a-file\n"
+    missing = mf("deploy", str(code), "--name", "conf2", "--secret", "NOT_SET_ANYWHERE", check=False)
+    assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr
+    refused = mf("deploy", str(code), "--name", "conf3", "--env", "LD_PRELOAD=/x.so", check=False)
+    assert refused.returncode == 1 and "reserved" in refused.stderr
