@@ -1,13 +1,16 @@
 """The web dashboard in a real headless Chromium (Selenium, Debian's chromium and chromedriver)
-against a real stack: deploy from the form, invoke from the panel, see the output and workers."""
+against a real stack: deploy from the form, invoke from the panel, see the output and workers;
+a function's panel (versions, update, delete, its invocations and errors), the live charts'
+time axis and p99, the loading state in screenshots, the name check and the favicon."""
 
 import os
 import re
 import shutil
 import signal
+import urllib.request
 
 import pytest
-from support import EXAMPLES, http, invoke
+from support import EXAMPLES, deploy, http, invoke
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -175,6 +178,13 @@ def test_deploy_from_the_form_then_invoke_and_see_output_and_workers(page, share
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10000
 
 
+def largest(driver, key):
+    """The largest value of one of the page's live series (rps, p99, latency), or None."""
+    return driver.execute_script(
+        "const v = series[arguments[0]].map((p) => p.value).filter((v) => v !== null);"
+        "return v.length ? Math.max(...v) : null;", key) or None
+
+
 def test_upload_a_file_and_the_live_chart_sees_the_load(page, shared_stack):
     result = deploy_from_form(page, None, upload=EXAMPLES / "greet.py")
     assert "Deployed greet" in result.text, result.text
@@ -184,13 +194,10 @@ def test_upload_a_file_and_the_live_chart_sees_the_load(page, shared_stack):
     for _ in range(20):
         assert invoke(shared_stack.url, "greet", "load")[0] == 200
 
-    def live(d):  # both figures of one poll, once a poll has seen the load
-        figures = d.execute_script("return [document.getElementById('live-rps').textContent,"
-                                   " document.getElementById('live-latency').textContent]")
-        return figures if figures[0] not in ("–", "0.0") else None
-
-    rps, latency = wait_for(page, live)
-    assert float(rps) > 0 and float(latency) > 0
+    # A poll's figures are shown until the next poll; its points stay in the charts' series.
+    rps, latency = wait_for(page, lambda d: largest(d, "rps") and largest(d, "latency")
+                            and (largest(d, "rps"), largest(d, "latency")))
+    assert rps > 0 and latency > 0
     assert "/metrics" in text(page, "#live-source")
 
 
@@ -248,3 +255,203 @@ def test_the_page_itself_passes_the_origin_check_and_a_run_page_cannot_deploy(pa
     wait_for(page, lambda d: d.find_elements("css selector", "#deploy-lang option[value=python]"))
     result = deploy_from_form(page, "same-origin", code=ECHO)
     assert "Deployed same-origin" in result.text, result.text
+
+
+# -- issue 19: favicon, loading state, name checking, the function panel, the live charts ----
+
+NAME_SAMPLES = ["a", "hello", "a-b_c", "9lives", "A" * 64, "A" * 65, "-x", "_x", "x y", "a.b", "a/b",
+                "é", "x\u00e9", "", "x-", "x_", "[x]", "a|b", "a\\b"]
+
+
+def test_favicon_is_an_icon(shared_stack):
+    status, body, headers = http("GET", shared_stack.url + "/favicon.ico")
+    assert status == 200 and headers["Content-Type"].startswith("image/"), (status, headers)
+    with urllib.request.urlopen(shared_stack.url + "/favicon.ico", timeout=30) as r:
+        assert r.read(4) == b"\0\0\1\0"   # an ICO file's header
+    status, html, _ = http("GET", shared_stack.url + "/")
+    assert 'rel="icon" href="/favicon.ico"' in html
+
+
+def test_the_page_starts_as_loading_not_as_an_answer(shared_stack):
+    """Before its first answers the page says "loading", never "no function" nor "checking"."""
+    status, html, _ = http("GET", shared_stack.url + "/")
+    assert status == 200
+    tbody = re.search(r'<table id="functions">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    assert "loading" in tbody and "no function" not in tbody
+    assert "checking" not in html
+
+
+def test_the_name_pattern_is_valid_in_chromium_and_agrees_with_the_server(page, shared_stack):
+    from reference.functions.storage import NAME_RE
+    pattern = page.find_element("id", "deploy-name").get_attribute("pattern")
+    # The pattern attribute is compiled with the v flag; an invalid one disables the check.
+    error = page.execute_script(
+        "try { new RegExp('^(?:' + arguments[0] + ')$', 'v'); return null; } catch (e) { return String(e); }", pattern)
+    assert error is None, error
+    verdicts = page.execute_script("""
+        const input = document.getElementById('deploy-name');
+        const before = input.value;
+        const out = arguments[0].map((name) => { input.value = name; return input.checkValidity(); });
+        input.value = before;
+        return out;""", NAME_SAMPLES)
+    expected = [bool(NAME_RE.fullmatch(name)) for name in NAME_SAMPLES]
+    assert dict(zip(NAME_SAMPLES, verdicts)) == dict(zip(NAME_SAMPLES, expected))
+    # An invalid name is stopped in the page: no deploy is sent.
+    page.find_element("id", "deploy-name").clear()
+    page.find_element("id", "deploy-name").send_keys("bad name!")
+    page.find_element("id", "deploy-code").clear()
+    page.find_element("id", "deploy-code").send_keys("print(1)")
+    before = text(page, "#deploy-result")
+    page.find_element("id", "deploy-button").click()
+    assert page.execute_script("return document.getElementById('deploy-name').validity.patternMismatch") is True
+    assert text(page, "#deploy-result") == before
+    assert "bad name!" not in [f["name"] for f in http("GET", shared_stack.url + "/functions")[1]["functions"]]
+    page.find_element("id", "deploy-name").clear()
+
+
+def table_state(driver):
+    """What the functions table shows right now: "loading", "none", or the names listed."""
+    return driver.execute_script("""
+        const body = document.querySelector('#functions tbody');
+        if (body.querySelector('tr.loading')) return 'loading';
+        if (body.querySelector('tr.empty')) return 'none: ' + body.innerText.trim();
+        return [...body.querySelectorAll('tr[data-name]')].map((r) => r.dataset.name);""")
+
+
+def test_screenshots_show_loading_then_the_functions_never_none(browser, start_stack, tmp_path):
+    stack = start_stack(workers=1)
+    browser.get(stack.url + "/")
+    wait_for(browser, lambda d: table_state(d) == "none: no function deployed yet")
+    names = sorted("page-%02d" % i for i in range(22))
+    for name in names:
+        deploy(stack.url, name, "html", b"<p>%s</p>" % name.encode())
+    assert sorted(f["name"] for f in http("GET", stack.url + "/functions")[1]["functions"]) == names
+
+    browser.get(stack.url + "/")
+    seen = [table_state(browser)]
+    first = tmp_path / "first.png"
+    browser.save_screenshot(str(first))
+    seen.append(table_state(browser))
+    badge = text(browser, "#health")
+    assert first.read_bytes().startswith(PNG_MAGIC)
+    # Around the first screenshot: loading, or the functions; never "none", never "checking".
+    for state in seen:
+        assert state == "loading" or sorted(state) == names, seen
+    assert badge in ("loading…", "healthy"), badge
+
+    wait_for(browser, lambda d: table_state(d) == names)
+    shot = tmp_path / "functions.png"
+    browser.save_screenshot(str(shot))
+    assert table_state(browser) == names, "the screenshot was taken without the functions"
+    assert text(browser, "#health") == "healthy"
+    rows = browser.find_element("id", "functions").size["height"]
+    assert rows > 22 * 15, "22 rows should make the table tall: %s px" % rows
+    assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10000
+
+
+PANEL_V1 = 'print("v1")\n'
+PANEL_V2 = """import sys
+data = sys.stdin.read()
+print("v2", data)
+if data == "fail":
+    print("asked to fail", file=sys.stderr)
+    sys.exit(4)
+"""
+PANEL_V3 = 'print("v3")\n'
+
+
+def panel_rows(driver, table):
+    """The rows of a table of the function panel, as lists of cell texts."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0] + ' tbody tr:not(.empty)')]"
+        ".map((r) => [...r.cells].map((c) => c.innerText.trim()))", table)
+
+
+def test_the_function_panel_versions_invocations_errors_update_delete(page, shared_stack):
+    from selenium.webdriver.common.keys import Keys
+    url = shared_stack.url
+    deploy(url, "panel", "python", PANEL_V1.encode())
+    status, answer, _ = http("PUT", url + "/function/panel", PANEL_V2)
+    assert status == 200 and answer["version"] == 2, answer
+    assert invoke(url, "panel", "fine")[0] == 200
+    status, failed, _ = invoke(url, "panel", "fail")
+    assert status == 500 and failed["exit_code"] == 4, failed
+
+    # The functions table links to the panel.
+    page.get(url + "/")
+    wait_for(page, lambda d: d.find_elements("css selector", "#functions tr[data-name=panel] a.fn-link"))
+    page.find_element("css selector", "#functions tr[data-name=panel] a.fn-link").click()
+    wait_for(page, lambda d: len(panel_rows(d, "#fn-versions")) == 2)
+    assert page.find_element("id", "function-panel").is_displayed()
+    assert text(page, "#fn-name") == "panel" and "version 2" in text(page, "#fn-summary")
+    versions = panel_rows(page, "#fn-versions")
+    assert [v[0] for v in versions] == ["2", "1"] and versions[0][3] == "current", versions
+    assert page.find_element("id", "fn-code").get_attribute("value") == PANEL_V2
+
+    # Its last invocations, newest first, and the failed one among its errors.
+    wait_for(page, lambda d: len(panel_rows(d, "#fn-invocations")) == 2)
+    calls = panel_rows(page, "#fn-invocations")
+    assert [(c[1], c[2], c[7]) for c in calls] == [("2", "500", "4"), ("2", "200", "0")], calls
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", calls[0][0]), calls[0]
+    errors = panel_rows(page, "#fn-errors")
+    assert len(errors) == 1 and errors[0][1:3] == ["2", "500"] and errors[0][4] == "4", errors
+    assert errors[0][3] == failed["kind"]
+
+    # Update from the panel: a new version on the server, listed in the panel.
+    box = page.find_element("id", "fn-code")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(PANEL_V3)
+    page.find_element("id", "fn-update").click()
+    wait_for(page, lambda d: "Updated panel to version 3" in d.find_element("id", "fn-result").text)
+    status, meta, _ = http("GET", url + "/function/panel")
+    assert status == 200 and meta["version"] == 3 and meta["code"] == PANEL_V3, meta
+    assert [v["version"] for v in meta["versions"]] == [3, 2, 1]
+    wait_for(page, lambda d: [v[0] for v in panel_rows(d, "#fn-versions")] == ["3", "2", "1"])
+    status, answer, _ = invoke(url, "panel", "")
+    assert status == 200 and answer["output"] == "v3\n", answer
+    wait_for(page, lambda d: [c[1:3] for c in panel_rows(d, "#fn-invocations")][:1] == [["3", "200"]])
+
+    # Delete, after a confirmation: gone from the server and from the functions table.
+    page.find_element("id", "fn-delete").click()
+    wait_for(page, lambda d: d.find_element("id", "fn-delete-yes").is_displayed())
+    assert http("GET", url + "/function/panel")[0] == 200   # nothing happens before the confirmation
+    page.find_element("id", "fn-delete-yes").click()
+    wait_for(page, lambda d: "Deleted panel" in d.find_element("id", "fn-result").text)
+    assert http("GET", url + "/function/panel")[0] == 404
+    wait_for(page, lambda d: not d.find_elements("css selector", "#functions tr[data-name=panel]"))
+    assert "deleted" in text(page, "#fn-state")
+    page.find_element("id", "fn-close").click()
+    wait_for(page, lambda d: not d.find_element("id", "function-panel").is_displayed())
+
+
+def test_the_live_charts_have_a_time_axis_and_a_p99(page, shared_stack):
+    url = shared_stack.url
+    if http("GET", url + "/function/greet")[0] == 404:
+        deploy(url, "greet", "python", EXAMPLES / "greet.py")
+    page.get(url + "/")
+    wait_for(page, lambda d: d.find_element("id", "live-source").text != "loading…")
+    for _ in range(10):
+        assert invoke(url, "greet", "chart")[0] == 200
+
+    p99 = wait_for(page, lambda d: largest(d, "p99"))
+    mean = largest(page, "latency")
+    assert p99 > 0 and mean > 0
+    assert re.fullmatch(r"–|\d+\.\d", text(page, "#live-p99"))
+    # The page's own p99 arithmetic, on a histogram whose answer is known.
+    assert page.execute_script("return histogramQuantile([[0.01, 0], [0.1, 100], [Infinity, 100]], 0.5)") == \
+        pytest.approx(0.055)
+    assert page.execute_script("return histogramQuantile([[0.01, 0], [Infinity, 5]], 0.99)") == 0.01
+    assert page.execute_script("return histogramQuantile([[0.01, 0], [Infinity, 0]], 0.99)") is None
+    # Both charts are drawn with their time axis (ticks labelled in seconds ago, up to "now").
+    assert "minutes" in text(page, "#live-source")
+    for canvas, unit in (("chart-rps", "req/s"), ("chart-latency", "ms")):
+        axis = page.execute_script("return document.getElementById(arguments[0]).dataset.axis", canvas)
+        assert axis == "now, -30 s, -60 s, -90 s, -120 s (seconds ago); " + unit, axis
+    for canvas in ("chart-rps", "chart-latency"):
+        drawn = page.execute_script(
+            "const c = document.getElementById(arguments[0]);"
+            "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let inked = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) inked++; return inked;", canvas)
+        assert drawn > 500, canvas

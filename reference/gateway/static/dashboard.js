@@ -1,9 +1,11 @@
 // Mini FaaS dashboard: plain JavaScript over the gateway's JSON API (no framework, no build step).
 "use strict";
 
-const POLL_MS = 2000;          // workers and live chart
+const POLL_MS = 2000;          // workers, live charts, the open function's invocations
 const FUNCTIONS_EVERY = 3;     // the functions table every 3rd poll: it costs one request per function
-const CHART_POINTS = 60;       // two minutes of history at one point per poll
+const WINDOW_S = 120;          // the live charts show the last two minutes
+const SHOWN_INVOCATIONS = 20;  // rows of the function panel's invocations table
+const SHOWN_ERRORS = 10;       // and of its errors table
 
 const $ = (id) => document.getElementById(id);
 
@@ -62,6 +64,19 @@ function fmt(value, digits = 1) {
   return value === null || value === undefined || Number.isNaN(value) ? "–" : Number(value).toFixed(digits);
 }
 
+function enc(name) {
+  return encodeURIComponent(name);
+}
+
+// A record's or version's time (Unix seconds) as the clock shows it.
+function clock(seconds) {
+  return seconds == null ? "–" : new Date(seconds * 1000).toLocaleTimeString([], {hour12: false});
+}
+
+function dateTime(seconds) {
+  return seconds == null ? "–" : new Date(seconds * 1000).toLocaleString([], {hour12: false});
+}
+
 function bytes(n) {
   if (n === undefined || n === null) return "–";
   return n < 1024 ? n + " B" : (n / 1024).toFixed(1) + " KiB";
@@ -109,31 +124,41 @@ async function functionFigures(name, metricCounts) {
   return figures;
 }
 
+let functionsLoaded = false;   // until the first answer the table says "loading", never "none"
+
+function tableMessage(body, text, cls, columns) {
+  const row = el("tr", null, cls);
+  const cell = el("td", text);
+  cell.colSpan = columns;
+  row.append(cell);
+  body.replaceChildren(row);
+}
+
 async function refreshFunctions() {
   let list;
   try {
     list = (await api("GET", "/functions")).functions;
   } catch (err) {
+    if (!functionsLoaded) tableMessage($("functions").tBodies[0], "could not load the functions: " + err.message, "empty", 8);
     $("functions-note").textContent = err.message;
     return;
   }
+  functionsLoaded = true;
   list.sort((a, b) => a.name.localeCompare(b.name));
   const metricCounts = lastMetrics ? countsByFunction(lastMetrics) : null;
   const figures = await Promise.all(list.map((f) => functionFigures(f.name, metricCounts)));
 
   const body = $("functions").tBodies[0];
   body.replaceChildren();
-  if (!list.length) {
-    const row = el("tr", null, "empty");
-    const cell = el("td", "no function deployed yet");
-    cell.colSpan = 8;
-    row.append(cell);
-    body.append(row);
-  }
+  if (!list.length) tableMessage(body, "no function deployed yet", "empty", 8);
   list.forEach((f, i) => {
-    const row = el("tr");
+    const row = el("tr", null, f.name === openName ? "selected" : null);
     row.dataset.name = f.name;
-    row.append(el("td", f.name), el("td", f.lang), el("td", bytes(f.size), "num"),
+    const name = el("td");
+    const link = el("a", f.name, "fn-link");
+    link.href = "#fn=" + enc(f.name);
+    name.append(link);
+    row.append(name, el("td", f.lang), el("td", bytes(f.size), "num"),
       el("td", f.version || 1, "num"), el("td", f.id, "muted"),
       el("td", figures[i].count === null ? "–" : figures[i].count, "num"),
       el("td", fmt(figures[i].p50), "num"), el("td", fmt(figures[i].p99), "num"));
@@ -141,7 +166,8 @@ async function refreshFunctions() {
   });
   $("functions-note").textContent = invocationsMissing
     ? "This gateway keeps no invocation records: latencies are not shown."
-    : "p50 and p99: total time of the last successful invocations the gateway keeps (up to 100 per function).";
+    : "Click a function's name for its versions, invocations and errors, to update or delete it. " +
+      "p50 and p99: total time of the last successful invocations the gateway keeps (up to 100 per function).";
   fillInvokeChoices(list);
 }
 
@@ -194,6 +220,7 @@ async function deploySubmit(event) {
     showResult(box, true, [el("span", "Deployed " + answer.name + " (id " + answer.id + extra + ").")]);
     await refreshFunctions();
     $("invoke-fn").value = answer.name;
+    if (answer.name === openName) await refreshFunctionPanel(true);
   } catch (err) {
     const nodes = [el("p", err.message, "error")];
     if (err.body.details) nodes.push(el("pre", err.body.details));
@@ -264,6 +291,7 @@ async function invokeSubmit(event) {
   } finally {
     button.disabled = false;
   }
+  if (fn === openName) await refreshInvocations();
 }
 
 // -- workers --------------------------------------------------------------------------------
@@ -283,6 +311,7 @@ async function refreshWorkers() {
       return row;
     }));
   } catch (err) {
+    if (body.querySelector("tr.loading")) body.replaceChildren();
     $("workers-error").hidden = false;
     $("workers-error").textContent = err.message;
   }
@@ -302,12 +331,168 @@ async function refreshHealth() {
   }
 }
 
+// -- one function's panel: versions, update, delete, its last invocations and errors --------
+
+let openName = null;      // the function whose panel is open (from the address: #fn=NAME)
+
+function nameFromHash() {
+  const m = location.hash.match(/^#fn=(.+)$/);
+  if (!m) return null;
+  try { return decodeURIComponent(m[1]); } catch (_) { return null; }
+}
+
+async function routeFromHash() {
+  const name = nameFromHash();
+  if (name === openName) return;
+  openName = name;
+  for (const row of $("functions").tBodies[0].rows) row.classList.toggle("selected", row.dataset.name === name);
+  $("function-panel").hidden = !name;
+  if (!name) return;
+  $("fn-name").textContent = name;
+  $("fn-summary").textContent = "";
+  $("fn-state").textContent = "loading…";
+  $("fn-body").hidden = true;
+  $("fn-result").hidden = true;
+  $("fn-confirm").hidden = true;
+  $("fn-code").value = "";
+  $("fn-code").dataset.edited = "";
+  if ([...$("invoke-fn").options].some((o) => o.value === name)) $("invoke-fn").value = name;
+  $("function-panel").scrollIntoView({block: "start"});
+  await refreshFunctionPanel(true);
+}
+
+// The function's metadata, versions and code (GET /function/NAME), then its invocations.
+// fillCode: put the current code in the update box (not while the user is editing it).
+async function refreshFunctionPanel(fillCode) {
+  const name = openName;
+  if (!name) return;
+  let meta;
+  try {
+    meta = await api("GET", "/function/" + enc(name));
+  } catch (err) {
+    if (name !== openName) return;
+    $("fn-body").hidden = true;
+    $("fn-summary").textContent = "";
+    $("fn-state").textContent = err.status === 404 ? name + " is not deployed (deleted, or never deployed)." : err.message;
+    return;
+  }
+  if (name !== openName) return;
+  $("fn-state").textContent = "";
+  $("fn-body").hidden = false;
+  $("fn-summary").textContent = [meta.lang, "version " + meta.version, bytes(meta.size),
+    meta.timeout_ms != null ? "timeout " + meta.timeout_ms + " ms" : null,
+    meta.memory_mb != null ? meta.memory_mb + " MiB" : null].filter(Boolean).join(" · ");
+  $("fn-versions").tBodies[0].replaceChildren(...meta.versions.map((v) => {
+    const row = el("tr", null, v.id === meta.id ? "current" : null);
+    row.dataset.version = v.version;
+    row.append(el("td", v.version), el("td", v.id, "muted"), el("td", dateTime(v.created)),
+      el("td", v.id === meta.id ? "current" : "", "muted"));
+    return row;
+  }));
+  if (fillCode || !$("fn-code").dataset.edited) {
+    $("fn-code").value = meta.code;
+    $("fn-code").dataset.edited = "";
+  }
+  await refreshInvocations();
+}
+
+function statusCell(status) {
+  return el("td", status, status === 200 ? "status-ok" : "status-bad");
+}
+
+async function refreshInvocations() {
+  const name = openName;
+  if (!name) return;
+  let answer;
+  try {
+    answer = await api("GET", "/function/" + enc(name) + "/invocations");
+  } catch (err) {
+    if (name === openName) $("fn-kept").textContent = err.status === 404 && invocationsMissing
+      ? "This gateway keeps no invocation records." : err.message;
+    return;
+  }
+  if (name !== openName) return;
+  const records = answer.invocations;   // newest first
+  const shown = records.slice(0, SHOWN_INVOCATIONS);
+  const errors = records.filter((r) => r.status !== 200);
+  $("fn-invocations-count").textContent = records.length > shown.length
+    ? "(the last " + shown.length + " of " + records.length + ")" : "(" + records.length + ")";
+  $("fn-errors-count").textContent = errors.length > SHOWN_ERRORS
+    ? "(the last " + SHOWN_ERRORS + " of " + errors.length + ")" : "(" + errors.length + ")";
+  const invBody = $("fn-invocations").tBodies[0];
+  if (!records.length) tableMessage(invBody, "no invocation yet", "empty", 8);
+  else invBody.replaceChildren(...shown.map((r) => {
+    const row = el("tr");
+    row.append(el("td", clock(r.time)), el("td", r.version), statusCell(r.status), el("td", r.kind),
+      el("td", fmt(r.total_ms, 2), "num"), el("td", r.worker == null ? "–" : r.worker),
+      el("td", r.cold == null ? "–" : r.cold ? "cold" : "warm"), el("td", r.exit_code == null ? "–" : r.exit_code));
+    return row;
+  }));
+  const errBody = $("fn-errors").tBodies[0];
+  if (!errors.length) tableMessage(errBody, "no error among the kept invocations", "empty", 5);
+  else errBody.replaceChildren(...errors.slice(0, SHOWN_ERRORS).map((r) => {
+    const row = el("tr");
+    row.append(el("td", clock(r.time)), el("td", r.version), statusCell(r.status), el("td", r.kind),
+      el("td", r.exit_code == null ? "–" : r.exit_code));
+    return row;
+  }));
+  $("fn-kept").textContent = "Kept by the gateway: " + answer.kept + ".";
+}
+
+function panelResult(ok, nodes) {
+  showResult($("fn-result"), ok, nodes);
+}
+
+function errorNodes(err) {
+  const nodes = [el("p", err.message, "error")];
+  if (err.body.details) nodes.push(el("pre", err.body.details));
+  if (err.body.install) nodes.push(el("p", err.body.install));
+  return nodes;
+}
+
+async function updateSubmit(event) {
+  event.preventDefault();
+  const name = openName;
+  const button = $("fn-update");
+  button.disabled = true;
+  try {
+    const answer = await api("PUT", "/function/" + enc(name), JSON.stringify({code: $("fn-code").value}),
+      {"Content-Type": "application/json"});
+    const extra = answer.compile_ms != null ? ", compiled in " + answer.compile_ms + " ms" : "";
+    panelResult(true, [el("span", "Updated " + name + " to version " + answer.version + " (id " + answer.id + extra + ").")]);
+    await refreshFunctionPanel(true);
+    await refreshFunctions();
+  } catch (err) {
+    panelResult(false, errorNodes(err));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function deleteConfirmed() {
+  const name = openName;
+  $("fn-confirm").hidden = true;
+  try {
+    const answer = await api("DELETE", "/function/" + enc(name));
+    const versions = Array.isArray(answer.deleted) ? " (" + answer.deleted.length + " versions)" : "";
+    panelResult(true, [el("span", "Deleted " + name + versions + ".")]);
+    $("fn-body").hidden = true;
+    $("fn-result").hidden = false;
+    $("fn-summary").textContent = "";
+    $("fn-state").textContent = name + " is deleted; its name is free again.";
+    await refreshFunctions();
+  } catch (err) {
+    panelResult(false, errorNodes(err));
+  }
+}
+
 // -- live throughput and latency ------------------------------------------------------------
 
-// Throughput and mean latency between two polls, from /metrics counters when the gateway has
-// them (exact, one request), else from the invocation records of each function.
+// Throughput, p99 and mean latency between two polls, from /metrics when the gateway has it
+// (its counters and duration histogram: one request), else from the invocation records of
+// each function. Each point carries its time: the charts' x axis is seconds ago.
 let lastMetrics = null, lastTotals = null, lastRecordTime = Date.now() / 1000;
-const series = {rps: [], latency: []};
+const series = {rps: [], p99: [], latency: []};
 
 function countsByFunction(samples) {
   const counts = {};
@@ -318,12 +503,34 @@ function countsByFunction(samples) {
 }
 
 function totals(samples) {
-  const t = {count: 0, seconds: 0};
+  const t = {count: 0, seconds: 0, buckets: new Map()};
   for (const s of samples) {
     if (s.name === "faas_invocation_duration_seconds_count") t.count += s.value;
     if (s.name === "faas_invocation_duration_seconds_sum") t.seconds += s.value;
+    if (s.name === "faas_invocation_duration_seconds_bucket") {
+      const le = s.labels.le === "+Inf" ? Infinity : parseFloat(s.labels.le);
+      t.buckets.set(le, (t.buckets.get(le) || 0) + s.value);
+    }
   }
   return t;
+}
+
+// The q-quantile (0..1) of a histogram's cumulative buckets [[upper bound, count], ...] sorted by
+// bound, interpolated linearly inside its bucket as Prometheus's histogram_quantile does.
+function histogramQuantile(buckets, q) {
+  const total = buckets.length ? buckets[buckets.length - 1][1] : 0;
+  if (total <= 0) return null;
+  const rank = q * total;
+  let lower = 0, below = 0;
+  for (const [bound, count] of buckets) {
+    if (count >= rank) {
+      if (bound === Infinity) return lower;   // past the largest bound: that bound, at least
+      return lower + (bound - lower) * (count > below ? (rank - below) / (count - below) : 1);
+    }
+    lower = bound;
+    below = count;
+  }
+  return lower;
 }
 
 async function sampleFromMetrics() {
@@ -333,9 +540,13 @@ async function sampleFromMetrics() {
   const now = {time: Date.now() / 1000, ...totals(lastMetrics)};
   const before = lastTotals;
   lastTotals = now;
-  if (!before) return {rps: 0, latency: null};
+  if (!before) return {time: now.time, rps: 0, latency: null, p99: null};
   const calls = now.count - before.count;
-  return {rps: calls / (now.time - before.time), latency: calls > 0 ? (now.seconds - before.seconds) / calls * 1000 : null};
+  const delta = [...now.buckets].map(([bound, count]) => [bound, count - (before.buckets.get(bound) || 0)])
+    .sort((a, b) => a[0] - b[0]);
+  const p99 = calls > 0 ? histogramQuantile(delta, 0.99) : null;
+  return {time: now.time, rps: calls / (now.time - before.time),
+    latency: calls > 0 ? (now.seconds - before.seconds) / calls * 1000 : null, p99: p99 === null ? null : p99 * 1000};
 }
 
 async function sampleFromRecords() {
@@ -344,32 +555,45 @@ async function sampleFromRecords() {
   const names = [...$("invoke-fn").options].map((o) => o.value);
   const fresh = [];
   for (const name of names) {
-    const res = await optional("/function/" + encodeURIComponent(name) + "/invocations");
+    const res = await optional("/function/" + enc(name) + "/invocations");
     if (res) fresh.push(...(await res.json()).invocations.filter((r) => r.time > since && r.total_ms != null));
   }
-  const mean = fresh.length ? fresh.reduce((sum, r) => sum + r.total_ms, 0) / fresh.length : null;
-  return {rps: fresh.length / (now - since), latency: mean};
+  const times = fresh.map((r) => r.total_ms);
+  const mean = times.length ? times.reduce((sum, t) => sum + t, 0) / times.length : null;
+  return {time: now, rps: fresh.length / (now - since), latency: mean, p99: percentile(times, 99)};
 }
+
+let liveSource = null;
 
 async function refreshLive() {
   let sample = await sampleFromMetrics();
-  $("live-source").textContent = "polling every 2 s, from " + (sample ? "/metrics" : "the invocation records");
+  const source = sample ? "the gateway's /metrics (p99 interpolated in its histogram buckets)" : "the invocation records";
   if (!sample) sample = await sampleFromRecords();
-  push(series.rps, sample.rps);
-  push(series.latency, sample.latency);
+  if (source !== liveSource) {
+    liveSource = source;
+    $("live-source").textContent = "the last " + WINDOW_S / 60 + " minutes, a point every " + POLL_MS / 1000 + " s, from " + source;
+  }
+  for (const key of ["rps", "p99", "latency"]) push(series[key], sample.time, sample[key]);
   $("live-rps").textContent = fmt(sample.rps);
+  $("live-p99").textContent = fmt(sample.p99);
   $("live-latency").textContent = fmt(sample.latency);
-  drawChart($("chart-rps"), series.rps, "#2563eb");
-  drawChart($("chart-latency"), series.latency, "#b45309");
+  drawCharts();
 }
 
-function push(list, value) {
-  list.push(value);
-  if (list.length > CHART_POINTS) list.shift();
+function drawCharts() {
+  const now = Date.now() / 1000;
+  drawChart($("chart-rps"), now, [{points: series.rps, color: "#2563eb"}], "req/s");
+  drawChart($("chart-latency"), now, [{points: series.latency, color: "#9ca3af"}, {points: series.p99, color: "#b45309"}], "ms");
 }
 
-// A line over the last CHART_POINTS samples, y from 0 to the largest; null values leave a gap.
-function drawChart(canvas, values, color) {
+function push(list, time, value) {
+  list.push({time, value});
+  while (list.length && list[0].time < time - WINDOW_S - 5) list.shift();
+}
+
+// Lines over the last WINDOW_S seconds (x: seconds ago, now on the right; y: from 0 to the
+// largest value, in `unit`); a null value leaves a gap.
+function drawChart(canvas, now, lines, unit) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || canvas.width, height = canvas.clientHeight || canvas.height;
   canvas.width = width * ratio;
@@ -377,9 +601,10 @@ function drawChart(canvas, values, color) {
   const ctx = canvas.getContext("2d");
   ctx.scale(ratio, ratio);
   ctx.clearRect(0, 0, width, height);
-  const pad = {left: 40, right: 8, top: 8, bottom: 8};
-  const max = Math.max(1, ...values.filter((v) => v !== null)) * 1.1;
-  const x = (i) => pad.left + (width - pad.left - pad.right) * i / (CHART_POINTS - 1);
+  const pad = {left: 44, right: 10, top: 10, bottom: 30};
+  const values = lines.flatMap((l) => l.points.map((p) => p.value)).filter((v) => v !== null);
+  const max = Math.max(1, ...values) * 1.1;
+  const x = (t) => pad.left + (width - pad.left - pad.right) * (1 - (now - t) / WINDOW_S);
   const y = (v) => height - pad.bottom - (height - pad.top - pad.bottom) * v / max;
 
   ctx.strokeStyle = "#e2e5ea";
@@ -393,17 +618,46 @@ function drawChart(canvas, values, color) {
     ctx.stroke();
     ctx.fillText(fmt(v, v < 10 ? 1 : 0), pad.left - 4, y(v) + 4);
   }
-  ctx.strokeStyle = color;
-  ctx.lineWidth = 2;
+  ctx.save();
+  ctx.translate(10, pad.top + (height - pad.top - pad.bottom) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = "center";
+  ctx.fillText(unit, 0, 0);
+  ctx.restore();
+  // The time axis: a tick every 30 s, labelled in seconds ago.
+  ctx.textAlign = "center";
+  const ticks = [];
+  for (let ago = 0; ago <= WINDOW_S; ago += 30) {
+    const tx = x(now - ago);
+    ctx.beginPath();
+    ctx.moveTo(tx, height - pad.bottom);
+    ctx.lineTo(tx, height - pad.bottom + 4);
+    ctx.stroke();
+    ticks.push(ago === 0 ? "now" : "-" + ago + " s");
+    ctx.textAlign = ago === 0 ? "right" : "center";   // "now" ends at the right edge, not past it
+    ctx.fillText(ticks[ticks.length - 1], ago === 0 ? tx + pad.right : tx, height - pad.bottom + 15);
+  }
+  ctx.textAlign = "center";
+  ctx.fillText("seconds ago", pad.left + (width - pad.left - pad.right) / 2, height - 2);
+  canvas.dataset.axis = ticks.join(", ") + " (seconds ago); " + unit;   // what was drawn, for a reader
+
+  ctx.save();
   ctx.beginPath();
-  const offset = CHART_POINTS - values.length;   // newest sample on the right edge
-  let drawing = false;
-  values.forEach((v, i) => {
-    if (v === null) { drawing = false; return; }
-    if (drawing) ctx.lineTo(x(offset + i), y(v)); else ctx.moveTo(x(offset + i), y(v));
-    drawing = true;
-  });
-  ctx.stroke();
+  ctx.rect(pad.left, 0, width - pad.left - pad.right, height);
+  ctx.clip();
+  for (const line of lines) {
+    ctx.strokeStyle = line.color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    let drawing = false;
+    for (const p of line.points) {
+      if (p.value === null) { drawing = false; continue; }
+      if (drawing) ctx.lineTo(x(p.time), y(p.value)); else ctx.moveTo(x(p.time), y(p.value));
+      drawing = true;
+    }
+    ctx.stroke();
+  }
+  ctx.restore();
 }
 
 // -- start ----------------------------------------------------------------------------------
@@ -411,13 +665,29 @@ function drawChart(canvas, values, color) {
 let tick = 0;
 
 async function poll() {
-  await Promise.all([refreshWorkers(), refreshHealth(), refreshLive()]);
-  if (tick++ % FUNCTIONS_EVERY === 0) await refreshFunctions();
+  const jobs = [refreshWorkers(), refreshHealth(), refreshLive()];
+  if (tick % FUNCTIONS_EVERY === 0) jobs.push(refreshFunctions().then(() => refreshFunctionPanel(false)));
+  else jobs.push(refreshInvocations());
+  tick++;
+  await Promise.all(jobs);
   setTimeout(poll, POLL_MS);
 }
 
 $("deploy-form").addEventListener("submit", deploySubmit);
 $("deploy-file").addEventListener("change", fileChosen);
 $("invoke-form").addEventListener("submit", invokeSubmit);
+$("fn-update-form").addEventListener("submit", updateSubmit);
+// Typing (or just entering the box) keeps the polls from putting the current code back.
+for (const type of ["input", "focus"]) $("fn-code").addEventListener(type, () => { $("fn-code").dataset.edited = "1"; });
+$("fn-delete").addEventListener("click", () => { $("fn-confirm").hidden = false; });
+$("fn-delete-no").addEventListener("click", () => { $("fn-confirm").hidden = true; });
+$("fn-delete-yes").addEventListener("click", deleteConfirmed);
+$("fn-close").addEventListener("click", (event) => {
+  event.preventDefault();
+  history.replaceState(null, "", location.pathname + location.search);
+  routeFromHash();
+});
+window.addEventListener("hashchange", routeFromHash);
 loadLanguages();
+routeFromHash();
 poll();
