@@ -41,7 +41,8 @@ def test_reuse_off_is_fresh_every_call_and_reuse_on_keeps_the_state(tmp_path, la
     fn = make_function(tmp_path, "counter", lang, FUNCTIONS / ("counter." + EXT[lang]))
     fresh_expected, reused_expected = COUNTERS[lang]
     fresh = run_jobs(*[dict(c, reuse=False) for c in _calls(fn, lang, [b""] * 3)])
-    reused = run_jobs(*_calls(fn, lang, [b""] * 3))
+    leftovers = []
+    reused = run_jobs(*_calls(fn, lang, [b""] * 3), leftovers=leftovers)
     assert [r["stdout"] for r in fresh] == fresh_expected, fresh
     assert [r["stdout"] for r in reused] == reused_expected, reused
     assert all("reuse" not in r["extra"] for r in fresh)
@@ -49,6 +50,7 @@ def test_reuse_off_is_fresh_every_call_and_reuse_on_keeps_the_state(tmp_path, la
     assert [r["cold"] for r in reused] == [True, False, False]
     assert _pid(reused[0]) and len({_pid(r) for r in reused}) == 1
     assert all(r["warm_pids"] == [_pid(reused[0])] and r["children_after"] == [] for r in reused)
+    assert leftovers == []      # the worker's close stopped it
 
 
 @pytest.mark.parametrize("lang,file,inputs,expected", [
