@@ -10,6 +10,7 @@ before the handler runs (reference/gateway/checks.py); every request's Host is c
 import functools
 import json
 import logging
+import os
 
 import bottle
 from bottle import request, response
@@ -17,7 +18,9 @@ from bottle import request, response
 from reference import config
 from reference.gateway import calls as calls_mod
 from reference.gateway import checks, dashboard
+from reference.gateway import store as store_mod
 from reference.gateway.admission import Admission
+from reference.gateway.callbacks import Callbacks
 from reference.gateway.calls import Calls
 from reference.gateway.catalog import CatalogRoutes
 from reference.gateway.deploy import Deployer, DeployRoutes
@@ -44,7 +47,7 @@ RUN_PREFIX = "/run/"
 
 def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=None, host=config.DEFAULT_HOST,
              public_names=(), keep_answers_bytes=calls_mod.KEEP_BYTES, compile_to_wasm=None, precompile=None,
-             check_syntax=None):
+             check_syntax=None, durable=True):
     """The gateway's WSGI app.
 
     storage: a Storage; client: anything with invoke(meta, payload) -> Outcome, stats(), health()
@@ -53,13 +56,17 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     host and public_names: the names the gateway answers to (checks.HostNames).
     keep_answers_bytes: the bound on answers kept for async and keyed calls (calls.Calls).
     compile_to_wasm / precompile / check_syntax: the compile and syntax-check seams
-    (deploy.Deployer), for tests.
+    (deploy.Deployer), for tests. durable: records, logs and async calls in the SQLite store
+    under the functions directory (reference/gateway/store.py), else in memory only.
     """
     app = GatewayApp()
-    records = InvocationRecords()
+    store = store_mod.Store(os.path.join(storage.root, store_mod.FILE_NAME)) if durable else None
+    records = InvocationRecords(store)
     metrics = Metrics(client)
     admission = Admission(client, storage)   # per-function max_concurrency, and each call's env
-    calls = app.calls = Calls(admission, records, metrics, keep_bytes=keep_answers_bytes, limits=limits)
+    calls = app.calls = Calls(admission, records, metrics, keep_bytes=keep_answers_bytes, limits=limits,
+                              store=store, callbacks=Callbacks())
+    calls.recover(storage.get)   # what a gateway that died left: run it, or say it failed
     deploys = DeployRoutes(Deployer(storage, limits, metrics, records, compile_to_wasm, precompile,
                                     check_syntax))
     catalog = CatalogRoutes(storage, records)
@@ -75,6 +82,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
         ("GET",    "/function/<name>",             catalog.function,     CODE),
         ("GET",    "/functions",                   catalog.functions,    CODE),
         ("GET",    "/function/<name>/invocations", catalog.invocations,  CODE),
+        ("GET",    "/function/<name>/logs",        catalog.logs,         CODE),
         ("GET",    "/function/<name>/concurrency", invokes.concurrency,  CODE),
         ("POST",   "/invoke",                      invokes.invoke,       INVOKE),
         ("GET",    "/call/<call_id>",              invokes.call_state,   INVOKE),

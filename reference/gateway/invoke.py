@@ -44,28 +44,35 @@ class InvokeRoutes:
 
     def invoke(self):
         """Run a function (?fn=ID, or its name) on the body; its output, or why it failed.
-        With ?async=1, 202 and a call id at once."""
+        With ?async=1, 202 and a call id at once (and X-Callback-Url: the result POSTed there,
+        reference/gateway/callbacks.py)."""
         fn = parse.query("fn")
         if not fn:
             raise BadRequest("say which function to run: POST /invoke?fn=ID")
         meta = lookup(self.storage, fn)
         payload = parse.decode_input(parse.body(self.limits.payload_bytes, "payload"))
         key = idempotency_key()
+        callback = request.get_header("X-Callback-Url") or None
         if parse.query("async") in ASYNC_VALUES:
-            call, replayed = self.calls.submit(meta, payload, key)
+            if callback is not None and self.calls.callbacks is not None:
+                callback = self.calls.callbacks.check_url(callback)
+            call, replayed = self.calls.submit(meta, payload, key, callback)
             response.status = 202
             if replayed:
                 response.set_header("Idempotent-Replayed", "true")
             return {"ok": True, "call_id": call.call_id, "state": call.state,
                     "status_url": "/call/%s" % call.call_id}
+        if callback is not None:
+            raise BadRequest("X-Callback-Url is for async calls: add ?async=1")
         return answer(*self.calls.invoke(meta, payload, key))
 
     def call_state(self, call_id):
         """An async (or keyed) call: its state and, once done, its answer with its status."""
         view = self.calls.fetch(call_id)
         if view is None:
-            raise NotFound("call not found: calls are kept for %d s, the last %d"
-                           % (self.calls.keep_for_s, self.calls.keep), call_id=call_id)
+            raise NotFound("call not found: calls are kept for %d s, the last %d (async calls: "
+                           "for a day in the gateway's store)" % (self.calls.keep_for_s, self.calls.keep),
+                           call_id=call_id)
         return view
 
     def run(self, name):

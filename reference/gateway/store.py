@@ -23,6 +23,7 @@ pages, so the file stays near its high-water mark instead of growing.
 """
 
 import _thread
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = ".gateway.sqlite"
 QUEUE_MAX = 50_000          # records waiting for the writer; past this, dropped (and counted)
 BATCH_MAX = 2_000           # rows per transaction
+BATCH_WAIT_S = 0.01         # the writer, woken, waits this long for more rows before writing
 MAX_AGE_S = 7 * 24 * 3600.0     # invocation records (and logs): at most a week ...
 PER_FUNCTION = 1_000            # ... the last 1,000 of each function ...
 MAX_RECORDS = 50_000            # ... and 50,000 in all (each with at most 4 KiB of stderr)
@@ -214,7 +216,8 @@ class Store:
         except sqlite3.Error as exc:
             sys.stderr.write("gateway store: pruning failed: %s\n" % exc)
         while True:
-            self._wake.acquire(timeout=PRUNE_EVERY_S)
+            if self._wake.acquire(timeout=PRUNE_EVERY_S) and not self._stopping:
+                self._real_sleep(BATCH_WAIT_S)   # let a batch gather: one transaction, not one per call
             with self._queue_lock:
                 batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
                 more = bool(self._queue)
@@ -295,13 +298,17 @@ class _Connection:
     def transaction(self, statements):
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in statements:
-                self.db.execute(sql, params)
+            # Runs of the same statement (a batch of records) go in one executemany.
+            for sql, group in itertools.groupby(statements, key=lambda s: s[0]):
+                self.db.executemany(sql, [params for _, params in group])
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))   # made once: json.dumps with options makes one per call
+
+
 def encode(value):
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)

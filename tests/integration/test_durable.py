@@ -1,0 +1,228 @@
+"""Logs and durable records: each call's stderr by function (GET /function/NAME/logs, `minifaas
+logs`), invocation records and async calls in the gateway's SQLite store, which outlives a
+gateway killed with SIGKILL (the supervisor of `minifaas up` starts a new one on the same
+functions directory)."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from support import ROOT, deploy, http, invoke
+from test_faults import component_pid, wait_for
+
+from reference.gateway import store as store_mod
+from reference.gateway.calls import Calls
+from reference.gateway.metrics import Metrics
+from reference.gateway.records import STDERR_KEPT, InvocationRecords
+from reference.wire.jobs import Outcome
+
+NOISY = b"import sys\ndata = sys.stdin.read()\nsys.stderr.write('said ' + data + '\\n')\nprint(data)\n"
+LOUD = b"import sys\nsys.stderr.write('x' * 10000 + 'END')\n"
+SLEEPY = b"import sys, time\ntime.sleep(float(sys.stdin.read() or 0))\nprint('slept')\n"
+
+
+def logs(url, name, query=""):
+    status, body, _ = http("GET", "%s/function/%s/logs%s" % (url, name, query))
+    assert status == 200, body
+    return body
+
+
+def test_logs_keep_each_calls_stderr_and_follow_a_cursor(shared_stack):
+    url = shared_stack.url
+    deploy(url, "noisy", "python", NOISY)
+    answers = [invoke(url, "noisy", "call %d" % i)[1] for i in range(3)]
+    first = logs(url, "noisy")
+    assert [e["stderr"] for e in first["logs"]] == ["said call %d\n" % i for i in range(3)]
+    assert [e["worker"] for e in first["logs"]] == [a["worker"] for a in answers]
+    assert all(e["status"] == 200 and e["call_id"] and e["time"] > 0 for e in first["logs"])
+    assert first["next"] == first["logs"][-1]["seq"]
+    # Polling with the cursor gives only what came since, then nothing.
+    invoke(url, "noisy", "later")
+    newer = logs(url, "noisy", "?since=%d" % first["next"])
+    assert [e["stderr"] for e in newer["logs"]] == ["said later\n"]
+    assert logs(url, "noisy", "?since=%d" % newer["next"])["logs"] == []
+    # A failing call is logged with its status; a long stderr keeps its last 4 KiB.
+    deploy(url, "loud", "python", LOUD + b"\nsys.exit(2)\n")
+    assert invoke(url, "loud", "")[0] == 500
+    entry = logs(url, "loud")["logs"][-1]
+    assert entry["status"] == 500 and entry["exit_code"] == 2 and entry["stderr_truncated"] is True
+    assert entry["stderr"].endswith("END") and len(entry["stderr"].encode()) == STDERR_KEPT
+    assert entry["stderr_bytes"] == 10003
+    assert http("GET", url + "/function/noisy/logs?since=x")[0] == 400
+    assert http("GET", url + "/function/nothing/logs")[0] == 404
+
+
+def test_minifaas_logs_prints_and_follows(shared_stack):
+    url = shared_stack.url
+    deploy(url, "chatty", "python", NOISY)
+    invoke(url, "chatty", "one")
+    command = [sys.executable, "-m", "reference", "logs", "chatty", "--url", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "status=200" in done.stdout and "  said one" in done.stdout
+    follower = subprocess.Popen(command + ["--follow", "--interval", "0.1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
+    seen = []
+
+    def read_until(line):
+        deadline = time.monotonic() + 60
+        while line not in seen:
+            try:
+                seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError("--follow printed only %r" % seen) from None
+
+    try:
+        read_until("  said one\n")      # the first poll printed what was there ...
+        invoke(url, "chatty", "two")
+        read_until("  said two\n")      # ... and a later one what came since
+        assert seen.count("  said one\n") == 1   # each entry printed once
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(30) == 0, follower.stderr.read()
+    finally:
+        if follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)
+            follower.wait()
+
+
+def test_records_and_finished_async_calls_outlive_a_killed_gateway(start_stack):
+    stack = start_stack(workers=1)
+    url = stack.url
+    deploy(url, "noisy", "python", NOISY)
+    for i in range(3):
+        assert invoke(url, "noisy", "n%d" % i)[0] == 200
+    status, accepted, _ = http("POST", url + "/invoke?fn=noisy&async=1", json.dumps({"input": "bg"}))
+    assert status == 202
+    wait_for(lambda: http("GET", url + "/call/" + accepted["call_id"])[1]["state"] == "done")
+    before = http("GET", url + "/function/noisy/invocations")[1]
+    assert before["count"] == 4 and "sqlite" in before["kept"]
+    os.kill(component_pid(stack, "gateway"), signal.SIGKILL)
+    wait_for(lambda: stack.health()[0] == 200, timeout=60)
+    after = http("GET", url + "/function/noisy/invocations")[1]
+    assert after["invocations"] == before["invocations"]
+    assert [e["stderr"] for e in logs(url, "noisy")["logs"]] == ["said n0\n", "said n1\n", "said n2\n", "said bg\n"]
+    status, call, _ = http("GET", url + "/call/" + accepted["call_id"])
+    assert status == 200 and call["state"] == "done" and call["output"] == "bg\n" and call["ok"] is True
+    # A deleted function's records go with it.
+    assert http("DELETE", url + "/function/noisy")[0] == 200
+    deploy(url, "noisy", "python", NOISY)
+    assert http("GET", url + "/function/noisy/invocations")[1]["count"] == 0
+
+
+def test_async_calls_accepted_before_a_sigkill_all_end_done(start_stack):
+    """Eight calls that cannot end for 10 s fill the gateway's eight async runners, so the two
+    after them are still queued in the gateway when it is killed: the new gateway runs those,
+    and reports the ones it was running as interrupted (they may have run: not run twice)."""
+    stack = start_stack(workers=4)
+    url = stack.url
+    deploy(url, "stuck", "python", SLEEPY, timeout_ms=10000)
+    deploy(url, "quick", "python", NOISY)
+    ids = []
+    for _ in range(8):
+        status, body, _ = http("POST", url + "/invoke?fn=stuck&async=1", b"60")
+        assert status == 202, body
+        ids.append(body["call_id"])
+    quick = []
+    for i in range(2):
+        status, body, _ = http("POST", url + "/invoke?fn=quick&async=1", json.dumps({"input": "q%d" % i}))
+        assert status == 202, body
+        quick.append(body["call_id"])
+    os.kill(component_pid(stack, "gateway"), signal.SIGKILL)
+    wait_for(lambda: stack.health()[0] == 200, timeout=60)
+
+    def final(call_id):
+        status, body, _ = http("GET", url + "/call/" + call_id)
+        assert status == 200, body   # never unknown
+        return body if body["state"] == "done" else None
+
+    ends = {call_id: wait_for(lambda: final(call_id), timeout=120) for call_id in ids + quick}
+    for call_id in ids:
+        # Interrupted, unless the kill came so late that the call timed out before it.
+        assert ends[call_id]["kind"] in ("interrupted", "timeout"), ends[call_id]
+        assert ends[call_id]["ok"] is False
+    if all(ends[c]["kind"] == "interrupted" for c in ids):
+        # No runner ever came free, so the quick calls had not started: they ran after the restart.
+        assert [ends[c]["output"] for c in quick] == ["q0\n", "q1\n"]
+        assert all(ends[c]["ok"] is True and ends[c]["status"] == 200 for c in quick)
+    else:
+        assert all(ends[c]["status"] in (200, 500) for c in quick)
+    interrupted = [ends[c] for c in ids if ends[c]["kind"] == "interrupted"]
+    assert all("gateway stopped while this async call was running" in e["error"] for e in interrupted)
+
+
+# -- in-process: what a new gateway does with a dead one's rows ---------------------------------
+
+class Echo:
+    """A stand-in server: the function prints its input."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def invoke(self, meta, payload):
+        self.inputs.append(payload)
+        return Outcome(stdout=payload, worker=0)
+
+
+def dead_owner():
+    """The owner name of a store in a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = "%s:0" % store_mod.process_owner(child.pid)
+    child.wait()
+    assert not store_mod.owner_alive(owner)
+    return owner
+
+
+def test_recover_runs_queued_calls_and_fails_running_ones(tmp_path):
+    path = str(tmp_path / store_mod.FILE_NAME)
+    store = store_mod.Store(path)
+    owner = dead_owner()
+    insert = ("INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, payload) "
+              "VALUES (?, 'f', ?, ?, ?, 1.0, ?)")
+    store.write([(insert, ("queued1", "f_1", owner, "queued", b"again")),
+                 (insert, ("running1", "f_1", owner, "running", None)),
+                 (insert, ("gone1", "f_0", owner, "queued", b"x")),
+                 (insert, ("other", "f_1", "%s:0" % store_mod.process_owner(), "queued", b"alive"))])
+    server = Echo()
+    calls = Calls(server, InvocationRecords(store), Metrics(), store=store)
+    try:
+        metas = {"f_1": {"id": "f_1", "name": "f", "timeout_ms": 1000, "memory_mb": 64}}
+        assert calls.recover(metas.get) == {"run": 1, "interrupted": 2, "callbacks": 0}
+        assert calls.get("queued1").done.wait(30)
+        again = calls.fetch("queued1")
+        assert again["state"] == "done" and again["output"] == "again" and again["ok"] is True
+        assert server.inputs == [b"again"]   # neither the running call nor a live store's ran
+        running = calls.fetch("running1")
+        assert running["state"] == "done" and running["kind"] == "interrupted" and running["ok"] is False
+        gone = calls.fetch("gone1")
+        assert gone["status"] == 404 and "deleted" in gone["error"]
+        assert calls.fetch("other")["state"] == "queued"
+        # What the store now says, as a later gateway would read it.
+        rows = dict(store.read("SELECT call_id, state FROM calls"))
+        assert rows == {"queued1": "done", "running1": "done", "gone1": "done", "other": "queued"}
+    finally:
+        calls.close()
+
+
+def test_the_store_prunes_records_by_age_and_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "PER_FUNCTION", 3)
+    store = store_mod.Store(str(tmp_path / store_mod.FILE_NAME))
+    records = InvocationRecords(store)
+    try:
+        meta = {"id": "f_1", "name": "f"}
+        for i in range(5):
+            records.add(meta, 200, {"stderr": "e%d" % i})
+        records.add({"id": "g_1", "name": "g"}, 200, {})
+        store.enqueue("UPDATE invocations SET time = 1.0 WHERE name = 'g'", ())
+        assert store.flush()
+        store.prune()
+        assert [e["stderr"] for e in records.logs("f")] == ["e2", "e3", "e4"]
+        assert records.logs("g") == []
+    finally:
+        store.close()
