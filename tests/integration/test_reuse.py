@@ -229,3 +229,21 @@ def test_reuse_is_refused_where_it_means_nothing_or_is_not_a_yes_or_no(shared_st
     assert status == 400 and "reuse" in answer["error"], answer
     name = query.split("&")[0].split("=")[1]
     assert http("GET", shared_stack.url + "/function/" + name)[0] == 404
+
+
+THREADED = (b"import sys, threading, time\n"
+            b"n = globals().get('n', 0) + 1\n"
+            b"if sys.stdin.read() == 'thread':\n"
+            b"    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()\n"
+            b"print(n)\n")
+
+
+def test_a_python_call_that_leaves_a_thread_running_ends_its_interpreter(tmp_path):
+    """A daemon thread could write into the next call's output: the interpreter goes with it."""
+    source = tmp_path / "threaded.py"
+    source.write_bytes(THREADED)
+    fn = make_function(tmp_path, "threaded", "python", source)
+    one, two, three = run_jobs(*_calls(fn, "python", [b"", b"thread", b""]))
+    assert [r["stdout"] for r in (one, two, three)] == [b"1\n", b"2\n", b"1\n"]
+    assert two["exit_code"] == 0 and two["error"] is None and _pid(one) == _pid(two), two
+    assert three["cold"] and _pid(three) != _pid(two) and two["children_after"] == []
