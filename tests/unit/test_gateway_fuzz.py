@@ -140,7 +140,7 @@ def check_answer(answer, method, path):
     assert 200 <= answer.status < 500 or answer.status == 503, (answer.status, answer.raw[:300])
     if method == "HEAD":
         return  # no body by definition
-    browser_page = path.startswith("/run/") or path == "/" or path.startswith("/static/")
+    browser_page = path.startswith("/run/") or path == "/" or path.startswith("/static/") or path == "/favicon.ico"
     if answer.status == 200 and browser_page and answer.headers["content-type"].startswith("text/"):
         return  # the browser routes (dashboard, /run/NAME) answer pages or text on success
     assert answer.headers["content-type"].startswith("application/json"), answer.headers
