@@ -141,7 +141,7 @@ def check_answer(answer, method, path):
     if method == "HEAD":
         return  # no body by definition
     browser_page = path.startswith("/run/") or path == "/" or path.startswith("/static/") or path == "/favicon.ico"
-    if answer.status == 200 and browser_page and answer.headers["content-type"].startswith("text/"):
+    if answer.status == 200 and browser_page and answer.headers["content-type"].startswith(("text/", "image/")):
         return  # the browser routes (dashboard, /run/NAME) answer pages or text on success
     assert answer.headers["content-type"].startswith("application/json"), answer.headers
     assert isinstance(answer.json, dict), answer.raw[:300]
