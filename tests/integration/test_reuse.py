@@ -247,3 +247,11 @@ def test_a_python_call_that_leaves_a_thread_running_ends_its_interpreter(tmp_pat
     assert [r["stdout"] for r in (one, two, three)] == [b"1\n", b"2\n", b"1\n"]
     assert two["exit_code"] == 0 and two["error"] is None and _pid(one) == _pid(two), two
     assert three["cold"] and _pid(three) != _pid(two) and two["children_after"] == []
+
+
+def test_a_resident_sees_its_functions_env_and_a_new_env_gets_a_new_resident(tmp_path):
+    fn = make_function(tmp_path, "env", "js", FUNCTIONS / "env.js")
+    one, same, other = run_jobs(*[dict(c, env=env) for c, env in zip(
+        _calls(fn, "js", [b""] * 3), [{"GREETING": "a"}, {"GREETING": "a"}, {"GREETING": "b"}])])
+    assert b"a" in one["stdout"] and one["stdout"] == same["stdout"] and b"b" in other["stdout"], (one, other)
+    assert _pid(one) == _pid(same) != _pid(other) and other["cold"]

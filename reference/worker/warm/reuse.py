@@ -52,7 +52,8 @@ class Resident:
     """One long-lived interpreter of one function: its sandbox, cgroup, stdio files and pipes."""
 
     def __init__(self, runtime, job, helper):
-        self.fn_id, self.memory_mb = job.fn_id, job.memory_mb
+        # Started with the function's env and secrets (job.env): a call with others gets a new one.
+        self.fn_id, self.memory_mb, self.env = job.fn_id, job.memory_mb, dict(job.env or {})
         self.proc, self.group, self.go_w, self.done_r = None, None, None, None
         self.keep = set()
         owner = runtime.owner(job)
@@ -108,7 +109,7 @@ class Resident:
         return self.proc.pid
 
     def healthy(self, job):
-        return self.memory_mb == job.memory_mb and self.proc.poll() is None
+        return self.memory_mb == job.memory_mb and self.env == (job.env or {}) and self.proc.poll() is None
 
     def _answer(self, deadline):
         """One line from the done pipe; ResidentLost when it closed or the deadline passed."""
