@@ -37,6 +37,7 @@ from reference.executors.nats.executor import (
 )
 from reference.wire.errors import FaasError, PayloadTooLarge, WorkerLost
 from reference.wire.jobs import Job
+from reference.worker.sandbox import scratch
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ class WorkerHost:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         self.pool = LocalWorkers(self.workers, on_up=lambda wid: None, on_down=self._slot_down)
+        # The host's own scratch root, as a server's (FAAS_SCRATCH_ROOT, inherited by its workers).
+        scratch_root = scratch.make_stack_root()
+        try:
+            return await self._serve()
+        finally:
+            scratch.remove_stack_root(scratch_root)
+
+    async def _serve(self):
         await self.pool.start()  # fork before NATS: the children start from a quiet process
         try:
             self.nc = await connect(self.settings, "minifaas-host-%s" % self.id, on_refused=self._refused)
