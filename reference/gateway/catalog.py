@@ -57,7 +57,7 @@ class CatalogRoutes:
         time: polling with it gives every entry once); without it, the last ?limit=N (default
         100, at most 1000)."""
         meta = lookup(self.storage, name)
-        since = whole_query("since", None, floor=0)
+        since = whole_query("since", None, floor=0, ceiling=2 ** 62)   # SQLite's integers are 64-bit
         entries = self.records.logs(meta["name"], since, whole_query("limit", PER_FUNCTION))
         last = entries[-1]["seq"] if entries else since
         return {"ok": True, "name": meta["name"], "kept": self.records.kept, "count": len(entries),

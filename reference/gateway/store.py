@@ -225,7 +225,7 @@ class Store:
                 try:
                     with self._connection() as db:
                         db.transaction(batch)
-                except sqlite3.Error as exc:
+                except Exception as exc:   # the writer must live on (a full disk may come back)
                     sys.stderr.write("gateway store: %d records not written: %s\n" % (len(batch), exc))
                 self._committed += len(batch)
                 self._since_prune += len(batch)
@@ -237,7 +237,7 @@ class Store:
             if self._since_prune >= PRUNE_EVERY_ROWS or time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
                 try:
                     self.prune()
-                except sqlite3.Error as exc:
+                except Exception as exc:
                     sys.stderr.write("gateway store: pruning failed: %s\n" % exc)
             if self._stopping and not more:
                 self._stopped.release()

@@ -10,7 +10,7 @@ import pytest
 from support import deploy, http
 from test_faults import wait_for
 
-from reference.gateway.callbacks import Callbacks
+from reference.gateway.callbacks import Callbacks, allowed_hosts_from_env
 from reference.gateway.calls import Calls
 from reference.gateway.metrics import Metrics
 from reference.gateway.records import InvocationRecords
@@ -111,6 +111,8 @@ def test_callback_urls_are_checked(shared_stack):
     with pytest.raises(BadRequest) as info:
         only.check_url("http://127.0.0.1:22/")
     assert "FAAS_CALLBACK_HOSTS" in info.value.message
+    assert allowed_hosts_from_env({"FAAS_CALLBACK_HOSTS": " Hooks.example, [::1] ,"}) == ("hooks.example", "::1")
+    assert allowed_hosts_from_env({}) == ()
 
 
 class Quick:

@@ -52,7 +52,7 @@ def test_invocation_records_on_the_real_stack(shared_stack):
     invoke(url, "rec", "ab")
     invoke(url, "rec", "cd")
     status, body, _ = http("GET", url + "/function/rec/invocations")
-    assert status == 200 and body["count"] == 2 and "in memory" in body["kept"]
+    assert status == 200 and body["count"] == 2 and ".gateway.sqlite" in body["kept"]   # durable now
     newest = body["invocations"][0]
     assert newest["status"] == 200 and newest["kind"] == "ok" and newest["output_bytes"] == len("cdcdcd\n")
     assert newest["worker"] in (0, 1) and newest["truncated"] is False and isinstance(newest["cold"], bool)
