@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 
 import bottle
 from bottle import request, response
@@ -60,7 +61,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     under the functions directory (reference/gateway/store.py), else in memory only.
     """
     app = GatewayApp()
-    store = store_mod.Store(os.path.join(storage.root, store_mod.FILE_NAME)) if durable else None
+    store = open_store(storage) if durable else None
     records = InvocationRecords(store)
     metrics = Metrics(client)
     admission = Admission(client, storage)   # per-function max_concurrency, and each call's env
@@ -104,6 +105,18 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     app.add_hook("before_request", functools.partial(_check_host, names))
     app.add_hook("before_request", _check_path)
     return app
+
+
+def open_store(storage):
+    """The SQLite store under the functions directory, or None (records and async calls then
+    in memory only, and said loudly) when it cannot be opened: the gateway still serves."""
+    path = os.path.join(storage.root, store_mod.FILE_NAME)
+    try:
+        return store_mod.Store(path)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot open the gateway's store %s (%s): invocation records, logs and async calls "
+                  "are kept in memory only, and lost when the gateway stops", path, exc)
+        return None
 
 
 def app_options(settings):

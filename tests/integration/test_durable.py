@@ -226,3 +226,21 @@ def test_the_store_prunes_records_by_age_and_count(tmp_path, monkeypatch):
         assert records.logs("g") == []
     finally:
         store.close()
+
+
+def test_a_gateway_whose_store_cannot_open_keeps_records_in_memory(tmp_path):
+    from wsgi_app import call
+
+    from reference.functions.storage import Storage
+    from reference.gateway.app import make_app
+
+    (tmp_path / store_mod.FILE_NAME).write_bytes(b"not a database, " * 100)
+    app = make_app(Storage(tmp_path), Echo())
+    try:
+        assert app.calls.store is None
+        assert call(app, "POST", "/deploy", NOISY, query="name=f&lang=py").status == 201
+        assert call(app, "POST", "/invoke", b"hi", query="fn=f").status == 200
+        answer = call(app, "GET", "/function/f/invocations")
+        assert answer.json["count"] == 1 and "in memory" in answer.json["kept"]
+    finally:
+        app.calls.close()
