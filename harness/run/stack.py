@@ -103,9 +103,21 @@ class Stack:
         raise StackError("stack not ready after %.0fs:\n%s" % (timeout, self.output()))
 
     def stop(self, grace=10.0):
-        """TERM the whole process group, wait, then KILL what is left."""
+        """TERM `minifaas up`, which stops its components in order (gateway first); then TERM
+        the whole process group, wait, and KILL what is left.
+
+        `up` alone first: a TERM to the whole group reaches the workers before the server has
+        begun to stop, so the server starts replacements, and its shutdown then waits its full
+        grace (5 s) for those. A stack run stopped that way cost 5 s more per stack."""
         if self.proc is None:
             return
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(grace)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            log.warning("stack pid %d did not stop on SIGTERM in %.0f s", self.proc.pid, grace)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.proc.pid, sig)
