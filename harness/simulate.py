@@ -160,14 +160,18 @@ def run_figures(calls, count="all", started=0.0):
 
 def simulate_sweep(phase, sc, strategy, workers, run_index, service, weights=None):
     """A sweep's steps through the model, each on a fresh model from idle (as each measured step
-    is drained before the next), with the step and capacity rules of harness/analysis/sweep.py."""
+    is drained before the next), with the step and capacity rules of harness/analysis/sweep.py.
+
+    Warm: bench warms every worker up with each function before the first step (runner.warm_up),
+    so no measured step pays a first call's init; a fresh model with init times would pay it on
+    every worker at every step (4 x 300 ms of Python init put each predicted p99 over 600 ms)."""
     names = {n: n for n in phase.mix}
     all_calls, steps, t0 = [], [], 0.0
     for i, rate in enumerate(phase.rates):
         rng = _rng(phase, run_index, "service/%d" % i)
         jobs = [model.Job(t0 + offset, name, service.draw(name, rng))
                 for offset, name, _, _ in runner.sweep_items(phase, sc, names, run_index, i, rate)]
-        calls = model.Model(workers, strategy, weights=weights, init_s=service.init_s()).run(jobs)
+        calls = model.Model(workers, strategy, weights=weights).run(jobs)
         step = sweep.step_figures(_samples(calls), t0, phase.warmup, t0 + phase.step_duration, rate, phase.slo_p99_ms)
         step["t"] = t0
         steps.append(step)

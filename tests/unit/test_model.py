@@ -347,6 +347,22 @@ def test_a_sweep_is_simulated_step_by_step_and_finds_the_capacity_theory_gives(t
     assert outcome["phases"]["cap"]["aggregate"]["predicted"]["capacity_rps"]["mean"] == predicted["capacity_rps"]
 
 
+def test_a_predicted_sweep_starts_warm_as_bench_warms_every_worker_first(tmp_path):
+    from harness import simulate
+    # 2 workers of 20 ms: 20 calls/s meet a 100 ms SLO easily, unless every step paid a cold
+    # start of 500 ms on each worker (bench warms the workers up before the first step).
+    sweep = {"name": "cap", "kind": "sweep", "mix": {"short": 1.0}, "rates": [20, 40],
+             "step_duration": 10.0, "warmup": 0.0, "slo_p99_ms": 100.0, "model": True}
+    sc = tiny_scenario(tmp_path, [sweep], service_ms=(20.0, None))
+    outcome = {"cold": {"short": {"cold": True, "init_ms": 500.0}},
+               "phases": {"cap": {"runs": [{"repeat": 0, "per_function": {
+                   "short": {"exec_quantiles_ms": [20.0] * 5}}}], "aggregate": {}}}}
+    simulate.predict(sc, sc.stacks[0], "FIFO", outcome)
+    predicted = outcome["phases"]["cap"]["runs"][0]["predicted"]
+    assert [s["p99"] < 100.0 for s in predicted["steps"]] == [True, True]
+    assert predicted["capacity_bound"] == "at_least" and predicted["capacity_rps"] == 40.0
+
+
 def test_report_leads_with_slowdown_and_names_predictions_more_than_20_percent_off(tmp_path):
     from harness import simulate
     from harness.render import calls, report
