@@ -41,14 +41,24 @@ def compared(entries):
 
     Throughput only where it can differ: in a closed phase, or an open one where some run did
     not keep up (saturated); otherwise it is the offered rate and a "winner" is noise. A sweep
-    compares capacity at the SLO first.
+    compares capacity at the SLO only: a sweep run's latencies pool every step it reached, and
+    runs stop at different steps (the first saturated one), so they measure different loads;
+    nor do extra tests of them dilute the capacity test's Holm correction.
     """
     kinds = {e.get("kind") for e in entries}
-    saturated = any(r.get("saturated") for e in entries for r in e.get("runs", []))
-    metrics = [m for m in COMPARED if m[0] != "throughput_rps" or kinds == {"closed"} or saturated]
     if kinds == {"sweep"}:
-        metrics = [("capacity_rps", None, CAPACITY)] + [m for m in metrics if m[0] != "throughput_rps"]
-    return metrics
+        return [("capacity_rps", None, CAPACITY)]
+    saturated = any(r.get("saturated") for e in entries for r in e.get("runs", []))
+    return [m for m in COMPARED if m[0] != "throughput_rps" or kinds == {"closed"} or saturated]
+
+
+def _mix_functions(entries):
+    """The functions whose p99 is compared: those every entry ran, in a mix of several (one
+    function's tail is where strategies differ: short jobs behind long ones); none for a sweep."""
+    if {e.get("kind") for e in entries} == {"sweep"}:
+        return []
+    functions = sorted(set.intersection(*(set(e["runs"][0].get("per_function", {})) for e in entries)))
+    return functions if len(functions) > 1 else []
 
 
 CAPACITY = "capacity at the SLO (req/s)"
@@ -76,11 +86,8 @@ def compare(result):
                 continue
             metrics = [(label, run_values(pa, key, sub), run_values(pb, key, sub))
                        for key, sub, label in compared([pa, pb])]
-            functions = sorted(set(pa["runs"][0].get("per_function", {})) & set(pb["runs"][0].get("per_function", {})))
-            if len(functions) > 1:
-                # In a mix, one function's tail is where strategies differ (short jobs behind long ones).
-                for fn in functions:
-                    metrics.append(("p99 latency of %s (ms)" % fn, _fn_p99(pa, fn), _fn_p99(pb, fn)))
+            for fn in _mix_functions([pa, pb]):
+                metrics.append(("p99 latency of %s (ms)" % fn, _fn_p99(pa, fn), _fn_p99(pb, fn)))
             for label, va, vb in metrics:
                 test = stats.welch(va, vb)
                 out.append({"phase": phase, "a": a, "b": b, "metric": label,
@@ -107,9 +114,7 @@ def winners(result):
         if len(entries) < 2:
             continue
         metrics = [(label, key, sub) for key, sub, label in compared(list(entries.values()))]
-        functions = set.intersection(*(set(e["runs"][0].get("per_function", {})) for e in entries.values()))
-        if len(functions) > 1:
-            metrics += [("p99 latency of %s (ms)" % fn, "fn", fn) for fn in sorted(functions)]
+        metrics += [("p99 latency of %s (ms)" % fn, "fn", fn) for fn in _mix_functions(list(entries.values()))]
         pools = [r.get("pool", {}).get("workers_mean") for e in entries.values() for r in e["runs"]]
         if None not in pools and len(set(pools)) > 1:   # fixed pools of one size cost the same
             metrics.append(("mean workers (cost)", "pool", "workers_mean"))

@@ -255,8 +255,16 @@ def test_timelines_have_whole_sub_second_buckets(swept):
                 assert buckets[-1]["t"] + dt <= r["duration_s"] + 1e-6
 
 
+def test_a_sweep_is_compared_by_capacity_alone(swept):
+    # Its runs' latencies pool the steps each reached: not comparable, and not in Holm's family.
+    assert {w["metric"] for w in report.winners(swept) if w["phase"] == "capacity"} == {report.CAPACITY}
+    assert {c["metric"] for c in report.compare(swept) if c["phase"] == "capacity"} == {report.CAPACITY}
+
+
 def test_a_function_that_never_answered_is_not_ranked(swept):
     broken = json.loads(json.dumps(swept))
+    for s in broken["strategies"].values():      # the golden's one mix of two functions, as open
+        s["phases"]["capacity"]["kind"] = "open"
     for r in broken["strategies"]["RR"]["phases"]["capacity"]["runs"]:
         r["per_function"]["wait"]["latency_ms"] = stats.latency_summary([])
     rows = {(w["phase"], w["metric"]) for w in report.winners(broken)}
