@@ -15,8 +15,10 @@ ASYNC_VALUES = ("1", "true", "yes")
 
 
 def answer(call, replayed=False):
-    """A finished call as the HTTP answer: its status, its body, timing headers."""
+    """A finished call as the HTTP answer: its status, its body, timing headers, and its call
+    id (X-Call-Id: the call_id of its entry in GET /function/NAME/logs)."""
     response.status = call.status
+    response.set_header("X-Call-Id", call.call_id)
     body = call.body
     if "worker" in body:
         response.set_header("X-Worker", str(body["worker"]))

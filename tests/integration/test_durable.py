@@ -35,10 +35,11 @@ def logs(url, name, query=""):
 def test_logs_keep_each_calls_stderr_and_follow_a_cursor(shared_stack):
     url = shared_stack.url
     deploy(url, "noisy", "python", NOISY)
-    answers = [invoke(url, "noisy", "call %d" % i)[1] for i in range(3)]
+    answers = [invoke(url, "noisy", "call %d" % i) for i in range(3)]
     first = logs(url, "noisy")
     assert [e["stderr"] for e in first["logs"]] == ["said call %d\n" % i for i in range(3)]
-    assert [e["worker"] for e in first["logs"]] == [a["worker"] for a in answers]
+    assert [e["worker"] for e in first["logs"]] == [body["worker"] for _, body, _ in answers]
+    assert [e["call_id"] for e in first["logs"]] == [headers["X-Call-Id"] for _, _, headers in answers]
     assert all(e["status"] == 200 and e["call_id"] and e["time"] > 0 for e in first["logs"])
     assert first["next"] == first["logs"][-1]["seq"]
     # Polling with the cursor gives only what came since, then nothing.
