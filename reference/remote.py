@@ -85,6 +85,8 @@ def cmd_deploy(gw, args):
     for key in ("timeout_ms", "memory_mb", "max_concurrency", "max_queue"):
         if getattr(args, key, None) is not None:
             query[key] = getattr(args, key)
+    if getattr(args, "reuse", False):
+        query["reuse"] = "true"
     env, secrets = variables(args.env or (), "--env"), variables(args.secret or (), "--secret")
     if not env and not secrets:
         return gw.request("POST", "/deploy", code, query)
@@ -243,6 +245,9 @@ def add_arguments(sub):
                    help="calls of it running at once; more wait in its queue in the gateway (0: no limit)")
     p.add_argument("--max-queue", dest="max_queue", type=int, default=None,
                    help="calls waiting for their turn before 429 (default 100)")
+    p.add_argument("--reuse", action="store_true",
+                   help="js, python, php: calls share one long-lived interpreter per worker, so "
+                        "globals survive between calls (default: every call starts fresh)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE",
                    help="an environment variable of the function (repeat for more)")
     p.add_argument("--secret", action="append", metavar="NAME[=VALUE|=@FILE]",

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from support import EXAMPLES, TEST_FUNCTIONS
@@ -106,10 +107,11 @@ def test_deploy_with_env_and_secrets_and_roll_back_through_the_endpoint(mf, tmp_
     assert mf("invoke", "conf").stdout == "one token-from-env from-a-file\n"
     shown = mf("get", "conf").stdout
     assert "token-from-env" not in shown and "from-a-file" not in shown and '"TOKEN"' in shown
-    subprocess.run(["curl", "-s", "-X", "PUT", "%s/function/conf" % mf.stack.url, "-H", "Content-Type: application/json",
-                    "--data-binary", json.dumps({"code": code.read_text(), "env": {"STAGE": "two"},
-                                                 "secrets": {"TOKEN": "t2", "PASSWORD": "p2"}})],
-                   check=True, capture_output=True, timeout=60)
+    update = json.dumps({"code": code.read_text(), "env": {"STAGE": "two"}, "secrets": {"TOKEN": "t2", "PASSWORD": "p2"}})
+    req = urllib.request.Request("%s/function/conf" % mf.stack.url, data=update.encode(), method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as answer:
+        assert answer.status == 200
     assert mf("invoke", "conf").stdout == "two t2 p2\n"
     rolled = json.loads(mf("rollback", "conf", "1").stdout)
     assert rolled["version"] == 3 and rolled["rolled_back_from"] == 1
@@ -118,3 +120,12 @@ def test_deploy_with_env_and_secrets_and_roll_back_through_the_endpoint(mf, tmp_
     assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr
     refused = mf("deploy", str(code), "--name", "conf3", "--env", "LD_PRELOAD=/x.so", check=False)
     assert refused.returncode == 1 and "reserved" in refused.stderr
+
+
+def test_deploy_reuse_keeps_state_between_calls_and_the_default_does_not(mf):
+    # One worker, so both calls reach the same resident interpreter.
+    fresh = json.loads(mf("deploy", str(TEST_FUNCTIONS / "counter.js"), "--name", "fresh").stdout)
+    kept = json.loads(mf("deploy", str(TEST_FUNCTIONS / "counter.js"), "--name", "kept", "--reuse").stdout)
+    assert fresh["reuse"] is False and kept["reuse"] is True
+    assert [mf("invoke", "fresh").stdout for _ in range(2)] == ["1 false\n"] * 2
+    assert [mf("invoke", "kept").stdout for _ in range(2)] == ["1 false\n", "2 true\n"]
