@@ -9,6 +9,7 @@ the pool's answer to it read left to right.
 
 import logging
 import os
+import textwrap
 
 import matplotlib
 
@@ -59,13 +60,16 @@ def _grid(result, title):
     rows, cols = len(phases), max(1, len(strategies))
     width = min(3.6 * cols, 22.0)
     fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 0.6), squeeze=False)
-    fig.suptitle("%s: %s" % (result["scenario"]["name"], title))
+    # Wrapped to the figure's width: two columns are narrower than the title.
+    fig.suptitle(textwrap.fill("%s: %s" % (result["scenario"]["name"], title), int(width * 11)))
     return fig, [(p, s, axes[i][j]) for i, p in enumerate(phases) for j, s in enumerate(strategies)]
 
 
 def _save(fig, directory, name):
     path = os.path.join(directory, name)
-    fig.tight_layout()
+    # Room at the top for the figure's title (two lines at most), so the first panels' titles
+    # are not drawn under it.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -74,7 +78,11 @@ def _save(fig, directory, name):
 def _plain_log(axis):
     # Plain numbers on the major ticks only: log-scale minor labels overlap on narrow ranges.
     axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    axis.set_minor_formatter(ticker.NullFormatter())
+    # A range within one decade has no major tick: then the minor ones (2 and 5) are labelled.
+    axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    # Minor ticks at 2 and 5 of each decade, not 2..9: as readable, and laying out a grid of
+    # log-log panels took half the time with them (6 s for a 7-phase scenario's CCDFs).
+    axis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
 
 
 def throughput(result, directory):
@@ -125,6 +133,7 @@ def latency_ccdf(result, directory):
         ax.set_yscale("log")
         _plain_log(ax.xaxis)
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g%%" % (100 * v)))
+        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
         ax.set_title("%s: %s" % (phase, strategy), fontsize=9, color=_color(result, strategy))
         ax.set_xlabel("latency (ms)", fontsize=8)
         ax.set_ylabel("requests slower", fontsize=8)
