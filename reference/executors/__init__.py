@@ -35,6 +35,11 @@ class Executor(Protocol):
     def snapshot(self) -> list:
         """One dict per worker for /stats: at least id, pid, state, jobs."""
 
+    def closing(self) -> None:
+        """A stop is coming (the server got its signal): a worker that dies from now on is not
+        replaced. A TERM to the whole process group reaches the workers with the server's, and
+        a replacement started then would only hold up the stop."""
+
     async def stop(self) -> None:
         """Stop every worker; the jobs they held are failed."""
 

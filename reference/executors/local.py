@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 WATCHDOG_GRACE_S = 2.0
 # Workers that die faster than this after their birth are respawned with a back-off.
 QUICK_DEATH_S = 1.0
+RESPAWN_DELAY_S = 0.1     # a worker that died after a long life is replaced this soon
 # A worker whose result pipe closed is waited for this long before it is killed.
 EXIT_WAIT_S = 2.0
 
@@ -142,12 +143,15 @@ class LocalWorkers:
     def snapshot(self):
         return [w.snapshot() for w in sorted(self.workers.values(), key=lambda w: w.id)]
 
-    async def stop(self, grace=5.0):
-        """Close every job pipe (workers exit at EOF), then TERM and KILL the slow ones."""
+    def closing(self):
         self.stopping = True
         for timer in self._respawns.values():
             timer.cancel()
         self._respawns.clear()
+
+    async def stop(self, grace=5.0):
+        """Close every job pipe (workers exit at EOF), then TERM and KILL the slow ones."""
+        self.closing()
         for w in self.workers.values():
             if w.writer:
                 w.writer.close()
@@ -307,7 +311,9 @@ class LocalWorkers:
             return
         quick = time.monotonic() - worker.born < QUICK_DEATH_S
         self._quick_deaths = self._quick_deaths + 1 if quick else 0
-        delay = min(5.0, 0.1 * 2 ** self._quick_deaths) if quick else 0.0
+        # Never at once: a TERM sent to the whole process group kills the workers a moment
+        # before the server hears it, and must not start replacements (see `closing`).
+        delay = min(5.0, 0.1 * 2 ** self._quick_deaths) if quick else RESPAWN_DELAY_S
         log.warning("worker %d (pid %s) died; starting a replacement in %.1fs", worker.id, worker.pid, delay)
         self._respawns[worker.id] = asyncio.get_running_loop().call_later(delay, self._respawn, worker.id)
 

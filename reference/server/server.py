@@ -254,10 +254,14 @@ class Server:
 
     # -- life cycle ----------------------------------------------------------------------
 
+    def _signalled(self):
+        self.pool.closing()     # the workers may have had the same signal: none is replaced
+        self.stopping.set()
+
     async def run(self):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._signalled)
         # The stack's own scratch root, inherited by the workers forked next (FAAS_SCRATCH_ROOT).
         scratch_root = scratch.make_stack_root()
         try:

@@ -3,12 +3,15 @@ old one), delete (name and files), all persistent across a restart."""
 
 import json
 import os
+import re
+import signal
 import threading
 import time
 
 from support import deploy, http, invoke
 
 from harness.run.stack import Stack
+from reference.executors.local import QUICK_DEATH_S
 
 # Sleeps for the seconds it reads, then says which version it is: a call that outlives an update.
 SLOW_V1 = b"import sys, time\ntime.sleep(float(sys.stdin.read() or 0))\nprint('v1')\n"
@@ -120,3 +123,21 @@ def test_versions_and_deletes_survive_a_restart(tmp_path):
         assert invoke(stack.url, "keep", "")[1]["output"] == "two\n"
         assert invoke(stack.url, first["id"], "")[1]["output"] == "one\n"
         assert http("GET", stack.url + "/function/gone")[0] == 404
+
+
+def test_a_term_to_the_whole_group_starts_no_replacement_worker(tmp_path):
+    # The way a test, a service manager or `kill -- -PGID` stops a stack: every process gets the
+    # TERM at once, the workers a moment before the server hears it.
+    stack = Stack(workers=3, functions_dir=str(tmp_path / "functions")).start()
+    try:
+        # Past the age at which a death counts as "quick" (and is replaced only after a back-off,
+        # which the stop would cancel anyway): a worker that dies now would be replaced at once.
+        time.sleep(QUICK_DEATH_S + 0.5)
+        os.killpg(stack.proc.pid, signal.SIGTERM)
+        assert stack.proc.wait(60) == 0
+        log = stack.output()
+    finally:
+        stack.close()
+    started = re.findall(r"worker \d+ started \(pid \d+\)", log)
+    assert len(started) == 3, log
+    assert "server stopping" in log

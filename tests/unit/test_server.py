@@ -138,6 +138,9 @@ class FakeExecutor:
     def snapshot(self):
         return [{"id": w, "pid": 1000 + w, "state": "idle", "jobs": 0, "queue": 0} for w in self.up]
 
+    def closing(self):
+        self.closed = True
+
     async def stop(self):
         self.stopped = True
 

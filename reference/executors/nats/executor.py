@@ -291,6 +291,9 @@ class NatsWorkers:
     def waiting(self):
         return 0  # hosts queue their own jobs; the heartbeats' snapshot shows them
 
+    def closing(self):
+        """Nothing to hold: the workers are the hosts', which a signal here does not reach."""
+
     async def stop(self):
         self.stopping = True
         for task in list(self.tasks):

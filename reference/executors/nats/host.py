@@ -93,10 +93,15 @@ class WorkerHost:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker host task failed: %r", task.exception())
 
+    def _signalled(self):
+        if self.pool is not None:
+            self.pool.closing()     # its workers may have had the same signal: none is replaced
+        self.stopping.set()
+
     async def run(self):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._signalled)
         self.pool = LocalWorkers(self.workers, on_up=lambda wid: None, on_down=self._slot_down)
         # The host's own scratch root, as a server's (FAAS_SCRATCH_ROOT, inherited by its workers).
         scratch_root = scratch.make_stack_root()
