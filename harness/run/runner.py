@@ -65,9 +65,11 @@ def deploy(client, function):
     with open(function.source, "rb") as f:
         source = f.read()
     query = {"name": function.name, "lang": function.lang}
-    for key in ("timeout_ms", "memory_mb"):
+    for key in ("timeout_ms", "memory_mb", "max_concurrency", "max_queue"):
         if getattr(function, key) is not None:
             query[key] = getattr(function, key)
+    if function.reuse:
+        query["reuse"] = "true"
     started = time.monotonic()
     try:
         status, answer = client.post("/deploy?" + urllib.parse.urlencode(query), source,
@@ -78,6 +80,9 @@ def deploy(client, function):
               "deploy_ms": (time.monotonic() - started) * 1000.0}
     if record["ok"]:
         record["id"] = answer["id"]
+        for key in ("max_concurrency", "max_queue", "reuse"):
+            if answer.get(key):
+                record[key] = answer[key]
     else:
         detail = answer.get("details") or answer.get("install") or ""
         record["error"] = ("%s %s" % (answer.get("error", "deploy failed"), detail)).strip()

@@ -26,7 +26,8 @@ STACK_FIELDS = {"workers", "min_workers", "max_workers", "scale_cooldown", "weig
 TOP_FIELDS = {"name", "description", "strategies", "repeat", "functions", "phases", "stacks"} | STACK_FIELDS
 EXECUTORS = ("local", "nats")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
-FUNCTION_FIELDS = {"name", "lang", "source", "input", "timeout_ms", "memory_mb", "service_ms"}
+FUNCTION_FIELDS = {"name", "lang", "source", "input", "timeout_ms", "memory_mb", "service_ms",
+                   "max_concurrency", "max_queue", "reuse"}
 COMMON_PHASE_FIELDS = {"name", "kind", "input", "inputs", "count"}
 PHASE_FIELDS = {
     "closed": COMMON_PHASE_FIELDS | {"function", "threads", "requests"},
@@ -57,6 +58,11 @@ class Function:
     timeout_ms: int = None
     memory_mb: int = None
     service_ms: float = None   # the model's service time when no run measured one (minifaas simulate)
+    # Deploy settings, as the API takes them: to compare with and without, deploy the same source
+    # twice under two names, one with the setting, and offer both in a phase's mix.
+    max_concurrency: int = None    # calls of it running at once; more wait in the gateway, then 429
+    max_queue: int = None          # calls waiting for their turn (0: none)
+    reuse: bool = False            # js, python, php: one long-lived interpreter per worker
 
 
 @dataclasses.dataclass
@@ -282,7 +288,10 @@ def _function(v, raw, i):
     return Function(name=name, lang=lang, source=source, input=raw.get("input"),
                     timeout_ms=v.positive_int(raw, "timeout_ms", where, default=None),
                     memory_mb=v.positive_int(raw, "memory_mb", where, default=None),
-                    service_ms=(v.positive_number(raw, "service_ms", where) if "service_ms" in raw else None))
+                    service_ms=(v.positive_number(raw, "service_ms", where) if "service_ms" in raw else None),
+                    max_concurrency=v.positive_int(raw, "max_concurrency", where, default=None),
+                    max_queue=v.non_negative_int(raw, "max_queue", where, default=None),
+                    reuse=v.boolean(raw, "reuse", where, default=False))
 
 
 def _phase(v, raw, i, function_names):
@@ -458,6 +467,20 @@ class _Validator:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             self.fail(where + key, "must be a positive integer")
+        return value
+
+    def non_negative_int(self, raw, key, where, default=_MISSING):
+        value = self._get(raw, key, where, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(where + key, "must be an integer >= 0")
+        return value
+
+    def boolean(self, raw, key, where, default=_MISSING):
+        value = self._get(raw, key, where, default)
+        if not isinstance(value, bool):
+            self.fail(where + key, "must be true or false")
         return value
 
     def positive_number(self, raw, key, where, default=_MISSING):

@@ -1,5 +1,6 @@
 """The scenario parser: valid files load, and every invalid one is refused naming the file and field."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -7,10 +8,10 @@ import textwrap
 
 import pytest
 
-from harness.load import traces
-from harness.run import scenario
+from harness.load import injector, traces
+from harness.run import runner, scenario
 
-from support import ROOT  # noqa: E402
+from support import ROOT, http  # noqa: E402
 
 VALID = """
 name = "t"
@@ -289,3 +290,37 @@ def test_balanced_order_alternates_the_columns_repeat_by_repeat(tmp_path):
     for pos, key in enumerate(keys):
         positions.setdefault(key, []).append(pos % 4)
     assert len({sum(p) for p in positions.values()}) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (('lang = "python"', 'lang = "python"\nmax_concurrency = 0'), "functions[0].max_concurrency must be a positive integer"),
+    (('lang = "python"', 'lang = "python"\nmax_queue = -1'), "functions[0].max_queue must be an integer >= 0"),
+    (('lang = "python"', 'lang = "python"\nreuse = "yes"'), "functions[0].reuse must be true or false"),
+])
+def test_invalid_deploy_settings_name_the_field(tmp_path, change, message):
+    old, new = change
+    assert old in VALID
+    assert message in refuse(tmp_path, VALID.replace(old, new, 1))
+
+
+def test_deploy_settings_reach_the_gateway_so_a_scenario_can_compare_with_and_without(start_stack, tmp_path):
+    sc = scenario.load(write(tmp_path, VALID.replace('lang = "python"', 'lang = "python"\nmax_concurrency = 1\n'
+                                                                        'max_queue = 3\nreuse = true', 1)))
+    limited = sc.functions[0]
+    assert (limited.max_concurrency, limited.max_queue, limited.reuse) == (1, 3, True)
+    assert (sc.functions[1].max_concurrency, sc.functions[1].reuse) == (None, False)
+    stack = start_stack(workers=1)
+    client = injector.Client(stack.url, timeout=60)
+    try:
+        record = runner.deploy(client, limited)
+        assert record["ok"], record
+        assert (record["max_concurrency"], record["max_queue"], record["reuse"]) == (1, 3, True)
+        plain = runner.deploy(client, dataclasses.replace(limited, name="greet_plain", max_concurrency=None,
+                                                          max_queue=None, reuse=False))
+        assert plain["ok"] and "max_concurrency" not in plain and "reuse" not in plain, plain
+        status, shown, _ = http("GET", "%s/function/%s/concurrency" % (stack.url, limited.name))
+        assert status == 200 and shown["max_concurrency"] == 1 and shown["max_queue"] == 3, shown
+        status, shown, _ = http("GET", "%s/function/greet_plain" % stack.url)
+        assert status == 200 and shown["reuse"] is False and not shown.get("max_concurrency"), shown
+    finally:
+        client.close()
