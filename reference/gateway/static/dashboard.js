@@ -167,7 +167,7 @@ async function refreshFunctions() {
   $("functions-note").textContent = invocationsMissing
     ? "This gateway keeps no invocation records: latencies are not shown."
     : "Click a function's name for its versions, invocations and errors, to update or delete it. " +
-      "p50 and p99: total time of the last successful invocations the gateway keeps (up to 100 per function).";
+      "p50 and p99: total time of the successful ones among its last 100 invocations.";
   fillInvokeChoices(list);
 }
 
