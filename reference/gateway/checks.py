@@ -88,6 +88,9 @@ def public_name(name):
     return parsed[0]
 
 
+KNOWN_HOSTS_MAX = 64   # Host headers remembered as allowed (HostNames)
+
+
 class HostNames:
     """The names a request's Host header may carry: the loopback names, the --host the gateway
     listens on, every --public-name; with a wildcard --host (0.0.0.0 or ::) also the machine's
@@ -102,16 +105,26 @@ class HostNames:
             names.update(n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n)
         names.update(public_name(name) for name in public_names)
         self.names = frozenset(names)
+        # Host headers already found to carry one of `names` (fixed: the answer for them never
+        # changes): nearly every request repeats one, and parsing it is a few per cent of the
+        # gateway's CPU per call. Bounded; a header not in it is parsed as before.
+        self._known = set()
 
     def allows(self, host_header):
         """Whether a request with this Host header (None: the request had none) is for us."""
         if host_header is None:
             return True     # HTTP/1.0 without Host: not a browser, nothing to rebind
+        if host_header in self._known:
+            return True
         parsed = split_host(host_header)
         if parsed is None:
             return False
         host = parsed[0]
-        return host in self.names or (self.wildcard and is_own_address(host))
+        if host in self.names:
+            if len(self._known) < KNOWN_HOSTS_MAX:
+                self._known.add(host_header)
+            return True
+        return self.wildcard and is_own_address(host)
 
     def check(self, host_header):
         """MisdirectedRequest (421) unless the Host header names this gateway."""

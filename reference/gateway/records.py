@@ -84,7 +84,7 @@ class InvocationRecords:
         if call_id is not None:
             record["call_id"] = call_id
         if self.store is not None:
-            self.store.enqueue(INSERT, (meta["name"], now, store_mod.encode(record), stderr))
+            self.store.enqueue(INSERT, (meta["name"], now, store_mod.encode_record(record), stderr))
             return record
         with self._lock:
             kept = self._by_name.get(meta["name"])

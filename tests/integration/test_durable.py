@@ -245,3 +245,26 @@ def test_a_gateway_whose_store_cannot_open_keeps_records_in_memory(tmp_path):
         assert answer.json["count"] == 1 and "in memory" in answer.json["kept"]
     finally:
         app.calls.close()
+
+
+def test_records_encoded_with_orjson_read_back_as_the_json_module_wrote_them(tmp_path):
+    # The records are written with orjson (store.encode_record): the same values read back,
+    # as text, and what orjson refuses (an int past 64 bits) is left to the json module.
+    record = {"time": 1764640000.123, "id": "f-1", "version": 3, "status": 200, "kind": "ok",
+              "total_ms": 1.25, "queue_ms": 0.001, "init_ms": None, "exec_ms": 1e-05, "worker": 0,
+              "cold": False, "exit_code": 0, "output_bytes": 12, "truncated": False,
+              "stderr_bytes": 0, "error": "caf\u00e9 \u2603 \"quoted\"\n"}
+    for value in (record, dict(record, exit_code=1 << 70)):
+        text = store_mod.encode_record(value)
+        assert isinstance(text, str) and json.loads(text) == json.loads(store_mod.encode(value)) == value
+    store = store_mod.Store(str(tmp_path / store_mod.FILE_NAME))
+    try:
+        records = InvocationRecords(store)
+        records.add({"id": "f-1", "name": "f", "version": 3}, 200,
+                    {"output": "hi", "worker": 1, "exec_ms": 0.5, "duration_ms": 0.75}, "c1")
+        assert store.read("SELECT typeof(record) FROM invocations") == [("text",)]
+        [got] = records.recent("f")
+        assert got["worker"] == 1 and got["exec_ms"] == 0.5 and got["total_ms"] == 0.75
+        assert got["call_id"] == "c1" and got["output_bytes"] == 2 and got["seq"] == 1
+    finally:
+        store.close()

@@ -134,6 +134,42 @@ def test_wildcard_host_takes_the_machines_addresses_and_name():
     assert checks.HostNames("::").allows("[::1]:8080")
 
 
+def test_a_host_remembered_as_ours_stays_the_only_kind_remembered(store, monkeypatch):
+    # HostNames remembers Host headers it allowed (a per-call saving); what it refused, and
+    # what it would refuse, is refused every time, and past its bound it parses as before.
+    monkeypatch.setattr(checks, "KNOWN_HOSTS_MAX", 3)
+    app = build(store, host="10.1.2.3")
+    for _ in range(3):
+        assert call(app, "GET", "/health", headers={"Host": "10.1.2.3:8080"}).status == 200
+        assert call(app, "GET", "/health", headers={"Host": "evil.example"}).status == 421
+        assert call(app, "GET", "/health", headers={"Host": "10.1.2.3.evil.example"}).status == 421
+    names = checks.HostNames("127.0.0.1")
+    hosts = ["localhost:%d" % port for port in range(8080, 8090)]
+    assert all(names.allows(h) for h in hosts) and all(names.allows(h) for h in hosts)
+    assert len(names._known) == 3 and not names.allows("evil.example") and not names.allows("")
+    assert "evil.example" not in names._known and not names.allows("evil.example")
+
+
+def test_query_answers_are_those_of_their_own_query_string(store):
+    # parse.query remembers its answers by query string and name: one string's answer never
+    # leaks into another's, and a parameter that is not UTF-8 is refused each time it comes.
+    app = build(store)
+    assert deploy(app, "f").status == 201 and deploy(app, "g").status == 201
+    for _ in range(2):
+        for fn in ("f", "g"):
+            answer = call(app, "POST", "/invoke", b"{}", query="fn=" + fn, content_type="application/json")
+            assert answer.status == 200, answer.json
+        answer = call(app, "POST", "/invoke", b"{}", query="fn=nope", content_type="application/json")
+        assert answer.status == 404 and answer.json["fn"] == "nope"
+        answer = call(app, "POST", "/invoke", b"{}", query="fn=f%ff", content_type="application/json")
+        assert answer.status == 400 and "not valid UTF-8" in answer.json["error"]
+        answer = call(app, "POST", "/invoke", b"{}", query="fn=f&async=1", content_type="application/json")
+        assert answer.status == 202 and answer.json["state"]
+    long_query = "fn=f&pad=" + "x" * 300          # longer than kept: answered all the same
+    answer = call(app, "POST", "/invoke", b"{}", query=long_query, content_type="application/json")
+    assert answer.status == 200
+
+
 def test_a_421_does_not_tell_a_rebinding_page_our_names(store):
     app = build(store, host="0.0.0.0", public_names=("internal.example",))
     answer = call(app, "GET", "/health", headers={"Host": "evil.example"})
