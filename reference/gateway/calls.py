@@ -50,7 +50,8 @@ from reference.wire.errors import (
 
 log = logging.getLogger(__name__)
 
-ASYNC_THREADS = 8        # async calls running at once (each mostly waits on the server)
+ASYNC_THREADS = 8        # async calls running at once (each mostly waits on the server), but
+                         # those of functions with a max_concurrency, which that bounds
 ASYNC_PENDING = 256      # async calls queued or running; past this, 429
 KEEP_CALLS = 1000        # calls kept (async or keyed) for GET /call/ID and retries ...
 KEEP_BYTES = 256 * config.MIB   # ... holding at most this much answer text ...
@@ -181,6 +182,11 @@ class Calls:
             raise ValueError("keeping answers needs at least %d bytes (twice the output limit), not %d"
                              % (self.room_per_call, keep_bytes))
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="async-call")
+        # Calls of a function with a max_concurrency wait for their turn in its queue (admission.py)
+        # before they run: on runners of their own, or seven calls waiting behind a slow limited
+        # function would hold up every other function's async calls. They are bounded by the
+        # pending bound, and while they run by their functions' max_concurrency.
+        self._gated_pool = concurrent.futures.ThreadPoolExecutor(max_pending, thread_name_prefix="async-gated")
         self._lock = threading.Lock()
         self._calls = collections.OrderedDict()  # call_id -> TrackedCall, oldest first
         self._keys = {}                          # idempotency key -> TrackedCall
@@ -228,8 +234,11 @@ class Calls:
         if callback_url is not None and not fresh:
             self.callbacks.release()
         if fresh:
-            self._pool.submit(self._run_async, call, meta, payload)
+            self._runners(meta).submit(self._run_async, call, meta, payload)
         return call, not fresh
+
+    def _runners(self, meta):
+        return self._gated_pool if meta.get("max_concurrency") else self._pool
 
     def get(self, call_id):
         """A kept call, or None."""
@@ -258,6 +267,7 @@ class Calls:
         """Stop taking async calls; those not started are dropped (the gateway is stopping:
         with a store, the next gateway runs them), callbacks are no longer sent."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._gated_pool.shutdown(wait=False, cancel_futures=True)
         if self.callbacks is not None:
             self.callbacks.close()
         if self.store is not None:
@@ -305,7 +315,7 @@ class Calls:
                     self._calls[call.call_id] = call
                     self._kept_size += call.size
                     self._async_in_flight += 1
-                self._pool.submit(self._run_async, call, meta, payload, RECOVERED_RETRY_S)
+                self._runners(meta).submit(self._run_async, call, meta, payload, RECOVERED_RETRY_S)
                 continue
             found["interrupted"] += 1
             if call.state == "queued":

@@ -322,3 +322,32 @@ def test_max_concurrency_settings_are_checked_and_carried_over(stack):
     assert status == 200 and answer["max_concurrency"] == 3 and answer["max_queue"] == 7, answer
     status, answer, _ = http("PUT", stack.url + "/function/mc?max_concurrency=0", code)
     assert status == 200 and "max_concurrency" not in answer, answer
+
+
+def test_async_calls_waiting_for_their_turn_hold_up_no_other_function(start_stack):
+    # Eight async calls of a function limited to one at a time: one runs (for 50 s), seven wait for
+    # their turn. The gateway runs 8 async calls at once (calls.ASYNC_THREADS): the seven waiting
+    # must not hold those runners, or every other function's async calls would wait behind them.
+    stack = start_stack(workers=2)
+    deployed(stack.url, "gated", "python", TEST_FUNCTIONS / "sleep.py", max_concurrency=1, max_queue=20,
+             timeout_ms=60000)
+    deployed(stack.url, "free", "python", TEST_FUNCTIONS / "sleep.py")
+    gated = []
+    for _ in range(8):
+        status, answer, _ = http("POST", stack.url + "/invoke?fn=gated&async=1", json.dumps({"input": "50"}))
+        assert status == 202, answer
+        gated.append(answer["call_id"])
+    wait_for(lambda: http("GET", stack.url + "/function/gated/concurrency")[1]["waiting"] == 7,
+             "seven calls waiting for their turn")
+    status, free, _ = http("POST", stack.url + "/invoke?fn=free&async=1", json.dumps({"input": "0"}))
+    assert status == 202, free
+
+    def free_done():
+        state = http("GET", stack.url + "/call/%s" % free["call_id"])[1]
+        return state if state["state"] == "done" else None
+
+    # Well before the running gated call ends (50 s), the other function's call has run.
+    state = wait_for(free_done, "the other function's async call to run", deadline_s=40)
+    assert state["ok"] is True and state["status"] == 200, state
+    first = http("GET", stack.url + "/call/%s" % gated[0])[1]
+    assert first["state"] != "done", first
