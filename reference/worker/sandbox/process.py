@@ -1,4 +1,4 @@
-"""Interpreted functions in a child process: node, python3 or php with an empty environment and
+"""Interpreted functions in a child process: node, python3 or php with an environment of PATH and the function's own env and secrets only, and
 a private call directory. Where the machine allows it (reference/worker/sandbox/isolation.py),
 in a bubblewrap sandbox as the function's own uid, in a cgroup of its call that limits memory
 and pids for all its processes and is killed whole at the end of the call; else (rlimits-only)
@@ -47,7 +47,7 @@ def _sandbox_user():
 
 
 class ProcessRuntime:
-    """A script run by an interpreter in a child process: empty environment, private scratch
+    """A script run by an interpreter in a child process: an environment of PATH and its own env and secrets only, private scratch
     directory, rlimits, its own process group, an unprivileged user when we are root."""
 
     lang = None
