@@ -1,6 +1,6 @@
 """Interpreted functions in a child process: node, python3 or php with an environment of PATH
-and the function's own env and secrets only, and a private call directory. Where the machine allows it (reference/worker/sandbox/isolation.py),
-in a bubblewrap sandbox as the function's own uid, in a cgroup of its call that limits memory
+and the function's own env and secrets only, and a private call directory. Where the machine
+allows it (reference/worker/sandbox/isolation.py), in a bubblewrap sandbox as the function's own uid, in a cgroup of its call that limits memory
 and pids for all its processes and is killed whole at the end of the call; else (rlimits-only)
 as `nobody` with rlimits and its own process group. Rlimits hold in both, as a second line."""
 
@@ -48,7 +48,8 @@ def _sandbox_user():
 
 class ProcessRuntime:
     """A script run by an interpreter in a child process: an environment of PATH and its own env
-    and secrets only, private scratch directory, rlimits, its own process group, an unprivileged user when we are root."""
+    and secrets only, private scratch directory, rlimits, its own process group, an unprivileged
+    user when we are root."""
 
     lang = None
     memory_words = ()           # words in stderr that mean the interpreter ran out of memory
