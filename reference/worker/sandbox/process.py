@@ -1,8 +1,9 @@
 """Interpreted functions in a child process: node, python3 or php with an environment of PATH
 and the function's own env and secrets only, and a private call directory. Where the machine
-allows it (reference/worker/sandbox/isolation.py), in a bubblewrap sandbox as the function's own uid, in a cgroup of its call that limits memory
-and pids for all its processes and is killed whole at the end of the call; else (rlimits-only)
-as `nobody` with rlimits and its own process group. Rlimits hold in both, as a second line."""
+allows it (reference/worker/sandbox/isolation.py), in a bubblewrap sandbox as the function's own
+uid, in a cgroup of its call that limits memory and pids for all its processes and is killed
+whole at the end of the call; else (rlimits-only) as `nobody` with rlimits and its own process
+group. Rlimits hold in both, as a second line."""
 
 import logging
 import math
