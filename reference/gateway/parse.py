@@ -78,15 +78,22 @@ def looks_like_json_object(data):
     return data.lstrip(b" \t\r\n")[:1] == b"{"
 
 
-def limit(value, name, ceiling):
-    """A per-function limit from the query (a string) or JSON (a number): an int in 1..ceiling."""
-    if value is None:
-        return None
+def _whole(value):
+    """A query's string as the int it spells; anything else as it is (the caller refuses what is
+    not a whole number, with the value in its message)."""
     if isinstance(value, str):
         try:
-            value = int(value)
+            return int(value)
         except ValueError:
-            pass  # refused just below, with the value in the message
+            pass
+    return value
+
+
+def limit(value, name, ceiling):
+    """A per-function limit from the query (a string) or JSON (a number): an int in 1..ceiling."""
+    value = _whole(value)
+    if value is None:
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
         raise BadRequest("%s must be a whole number from 1 to %d, got %r" % (name, ceiling, value))
     return value
@@ -105,13 +112,9 @@ def flag(value, name):
 
 def count(value, name, ceiling, zero_means=None):
     """A count from the query or JSON: an int in 0..ceiling (0 meaning `zero_means`)."""
+    value = _whole(value)
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            pass
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= ceiling:
         raise BadRequest("%s must be a whole number from 0 to %d, got %r" % (name, ceiling, value))
     return zero_means if value == 0 and zero_means is not None else value

@@ -3,6 +3,7 @@ a raw NATS client (hostile or ours) and a load whose every answer is checked aga
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import time
 
@@ -104,20 +105,30 @@ def assert_all_answered(results, expected, limit_s):
         assert seconds < limit_s, (data, seconds)
 
 
-def two_hosts_behind_rr(**cluster_options):
-    """A generator for a module fixture: a LocalCluster of two hosts of one worker each behind
-    one RR stack, greet and slow deployed, both hosts up; stopped when the generator closes."""
+@contextlib.contextmanager
+def cluster_behind_stack(hosts, workers, **cluster_options):
+    """(cluster, stack): a LocalCluster of `hosts` hosts of `workers` workers each behind one RR
+    stack (the test skips without nats-server); both stopped when the block ends."""
     need_nats()
-    cluster = nats_executor.LocalCluster(hosts=2, workers=1, **cluster_options)
+    cluster = nats_executor.LocalCluster(hosts=hosts, workers=workers, **cluster_options)
     try:
         cluster.start()
         stack = start_stack(cluster)
     except BaseException:
         cluster.close()
         raise
-    deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
-    deploy(stack.url, "slow", "python", SLOW_PY)
-    hosts_up(stack.url, ["host1", "host2"])
-    yield cluster, stack
-    stack.close()
-    cluster.close()
+    try:
+        yield cluster, stack
+    finally:
+        stack.close()
+        cluster.close()
+
+
+def two_hosts_behind_rr(**cluster_options):
+    """A generator for a module fixture: a LocalCluster of two hosts of one worker each behind
+    one RR stack, greet and slow deployed, both hosts up; stopped when the generator closes."""
+    with cluster_behind_stack(2, 1, **cluster_options) as (cluster, stack):
+        deploy(stack.url, "greet", "python", EXAMPLES / "greet.py")
+        deploy(stack.url, "slow", "python", SLOW_PY)
+        hosts_up(stack.url, ["host1", "host2"])
+        yield cluster, stack

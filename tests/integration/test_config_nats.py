@@ -4,24 +4,14 @@ has no functions directory), and its code cache keeps no secret (secrets.json is
 import json
 import os
 
-from nats_support import hosts_up, need_nats, start_stack
+from nats_support import cluster_behind_stack, hosts_up
 from support import TEST_FUNCTIONS, http, invoke
-
-from reference.executors.nats.executor import LocalCluster
 
 SECRET = "nats-secret-of-the-test-41d2"
 
 
 def test_env_and_secrets_reach_a_remote_host_and_stay_out_of_its_cache():
-    need_nats()
-    cluster = LocalCluster(hosts=1, workers=1)
-    try:
-        cluster.start()
-        stack = start_stack(cluster)
-    except BaseException:
-        cluster.close()
-        raise
-    try:
+    with cluster_behind_stack(1, 1) as (cluster, stack):
         hosts_up(stack.url, ["host1"])
         status, answer, _ = http("POST", stack.url + "/deploy", json.dumps(
             {"name": "env", "lang": "python", "code": (TEST_FUNCTIONS / "env.py").read_text(),
@@ -39,6 +29,3 @@ def test_env_and_secrets_reach_a_remote_host_and_stay_out_of_its_cache():
             with open(path, "rb") as f:
                 assert SECRET.encode() not in f.read(), path
         assert SECRET not in cluster.output("host1")
-    finally:
-        stack.close()
-        cluster.close()

@@ -7,7 +7,8 @@ import signal
 import time
 
 import pytest
-from nats_support import SLEEP_PY, SLOW_PY, need_nats, run, start_stack, stats_when, stream_state, timed_load
+from nats_support import (SLEEP_PY, SLOW_PY, cluster_behind_stack, need_nats, run, start_stack, stats_when,
+                          stream_state, timed_load)
 from support import EXAMPLES, deploy, invoke
 
 from reference.executors.nats import executor as nats_executor
@@ -18,17 +19,8 @@ from reference.executors.nats.executor import SLOTS_PER_HOST, LocalCluster
 @pytest.fixture(scope="module")
 def nats_stack():
     """Two hosts of two workers each behind one RR stack, for the tests that leave it whole."""
-    need_nats()
-    cluster = LocalCluster(hosts=2, workers=2)
-    try:
-        cluster.start()
-        stack = start_stack(cluster)
-    except BaseException:
-        cluster.close()
-        raise
-    yield cluster, stack
-    stack.close()
-    cluster.close()
+    with cluster_behind_stack(2, 2) as both:
+        yield both
 
 
 def _host(worker_id):
