@@ -3,7 +3,8 @@ each, replaced when they die. The child side is reference/worker/main.py.
 
 `LocalWorkers` implements the executor seam, `Scalable` (reference/executors/__init__.py): the
 server hands it (worker id, Job) pairs and gets Outcomes back, without knowing that a worker is
-a forked process behind two pipes.
+a forked process behind two pipes. An Outcome comes back as the worker wrote it (`Answer`):
+its frame is passed on, not decoded and encoded again.
 
 A worker's life: forked ("starting"); it makes its runtimes and says `booted` on its result
 pipe ("idle": only now is it announced with on_up and given jobs); one job at a time ("busy");
@@ -24,7 +25,6 @@ import time
 
 from reference.wire import framing, ops
 from reference.wire.errors import ProtocolError, Timeout, WorkerLost
-from reference.wire.jobs import Outcome
 from reference.worker.main import WORKER_BOOT_ERROR, close_inherited_fds, worker_main
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,20 @@ QUICK_DEATH_S = 1.0
 RESPAWN_DELAY_S = 0.1     # a worker that died after a long life is replaced this soon
 # A worker whose result pipe closed is waited for this long before it is killed.
 EXIT_WAIT_S = 2.0
+
+
+class Answer:
+    """A worker's Outcome frame as it came off its result pipe, not decoded into an Outcome:
+    `to_wire()` gives the frame Outcome.to_wire would (the worker wrote it with that), with
+    `worker` set. The server adds its queue_ms and passes it on to the gateway as it is."""
+
+    __slots__ = ("header", "body")
+
+    def __init__(self, header, body):
+        self.header, self.body = header, body
+
+    def to_wire(self):
+        return self.header, self.body
 
 
 class Worker:
@@ -209,7 +223,7 @@ class LocalWorkers:
             if await self._boot(worker, frames):
                 while True:
                     header, body = await frames.read_frame()
-                    self._finish(worker, Outcome.from_wire(header, body))
+                    self._finish(worker, header, body)
         except (EOFError, ConnectionError, ProtocolError) as exc:
             if not isinstance(exc, EOFError):
                 log.error("worker %d: %s", worker.id, exc)
@@ -259,16 +273,17 @@ class LocalWorkers:
         deadline = job.timeout_ms / 1000.0 + WATCHDOG_GRACE_S
         worker.watchdog = asyncio.get_running_loop().call_later(deadline, self._stuck, worker, job)
 
-    def _finish(self, worker, outcome):
+    def _finish(self, worker, header, body):
         if worker.watchdog:
             worker.watchdog.cancel()
         job, future = worker.current
         worker.current, worker.state = None, "idle"
         worker.idle_since = time.monotonic()
         worker.jobs += 1
-        outcome.worker = worker.id
         if not future.done():
-            future.set_result(outcome)
+            header.pop("job_id", None)   # the worker's echo of the job, not the Outcome's
+            header["worker"] = worker.id
+            future.set_result(Answer(header, body))
         self._feed(worker)
 
     def _stuck(self, worker, job):

@@ -52,12 +52,18 @@ def worker_main(job_fd, result_fd):
             except Exception as exc:  # a bug in a runtime must not take the worker down silently
                 log.exception("runtime failed on job %s", job.job_id)
                 outcome = Outcome(exit_code=-1, error="runtime", message="runtime failure: %s" % exc)
-            header, body = outcome.to_wire()
-            header["job_id"] = job.job_id
-            framing.write_frame(result_fd, header, body)
+            framing.write_frame(result_fd, *outcome_frame(job.job_id, outcome))
     finally:
         runtimes.close()
     os._exit(0)
+
+
+def outcome_frame(job_id, outcome):
+    """The frame that answers job `job_id`: Outcome.to_wire's, with the job's id. The server
+    passes it on to the gateway as it is (reference/executors/local.py's Answer)."""
+    header, body = outcome.to_wire()
+    header["job_id"] = job_id
+    return header, body
 
 
 def _say(result_fd, header):
