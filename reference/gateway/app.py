@@ -25,6 +25,7 @@ from reference.gateway.callbacks import Callbacks
 from reference.gateway.calls import Calls
 from reference.gateway.catalog import CatalogRoutes
 from reference.gateway.deploy import Deployer, DeployRoutes
+from reference.gateway.fast import FastInvoke
 from reference.gateway.invoke import InvokeRoutes
 from reference.gateway.metrics import Metrics
 from reference.gateway.records import InvocationRecords
@@ -106,6 +107,8 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     app.default_error_handler = _json_error_page
     names = checks.HostNames(host, public_names)
     app.add_hook("before_request", functools.partial(_check_request, names))
+    # POST /invoke without bottle, for the gateway's own HTTP server (reference/gateway/fast.py).
+    app.fast = FastInvoke(names, guard, storage, calls, limits, EVERY_ANSWER)
     return app
 
 

@@ -293,6 +293,10 @@ class _Connection:
             status_headers[:] = [status, headers]
             return chunks.append    # the legacy write() callable
 
+        if self.server.fast is not None and message.complete:
+            answered = self._fast(message)
+            if answered is not None:
+                return answered
         try:
             environ = self._environ(message)
         except httptools.HttpParserInvalidURLError:
@@ -327,6 +331,24 @@ class _Connection:
             return False
         keep_alive = message.keep_alive and (message.complete or not message.lazy)
         return self._head(message, status_headers, keep_alive, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _fast(self, message):
+        """The server's `fast` handler's answer to a complete request, sent: whether the
+        connection stays open; None when the handler declined it (the app answers it)."""
+        try:
+            url = httptools.parse_url(message.url)
+        except httptools.HttpParserInvalidURLError:
+            return None
+        try:
+            answer = self.server.fast(message.method, url.path, url.query, message.headers,
+                                      b"".join(message.body))
+        except Exception:
+            log.exception("the fast path failed on %s %.200r", message.method, message.url)
+            raise _Close(500, "internal error in the gateway") from None
+        if answer is None:
+            return None
+        status, headers, body = answer
+        return self._head(message, [status, headers], message.keep_alive, body)
 
     def _head(self, message, status_headers, keep_alive, body, length=True):
         """Send the answer's status and headers, and `body` unless it is None; returns whether
@@ -489,7 +511,7 @@ def _linger(sock):
 
 
 class HTTPServer(StreamServer):
-    """`HTTPServer((host, port), app, max_body=..., max_connections=N)`: a greenlet per
+    """`HTTPServer((host, port), app, max_body=..., max_connections=N, fast=None)`: a greenlet per
     connection, at most `max_connections` of them. At the limit, the connection that has waited
     longest idle or sending its headers is closed for the new one; when every connection is busy
     (in a body, the app or an answer), the new one gets 503 at once.
@@ -498,9 +520,12 @@ class HTTPServer(StreamServer):
 
     def __init__(self, listener, application, max_body, max_connections=MAX_CONNECTIONS,
                  idle_timeout=IDLE_TIMEOUT_S, header_timeout=HEADER_TIMEOUT_S,
-                 send_timeout=SEND_TIMEOUT_S, **kwargs):
+                 send_timeout=SEND_TIMEOUT_S, fast=None, **kwargs):
         super().__init__(listener, **kwargs)
         self.application, self.max_body, self.max_connections = application, max_body, max_connections
+        # fast(method, path, query, headers, body) -> (status, headers, body) or None: a handler
+        # offered each complete request before the WSGI app (reference/gateway/fast.py).
+        self.fast = fast
         self.idle_timeout, self.header_timeout, self.send_timeout = idle_timeout, header_timeout, send_timeout
         self.connections = set()
         # Idle connections and those still sending headers, the longest waiting first (dicts
