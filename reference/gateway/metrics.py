@@ -7,7 +7,10 @@ prometheus_client's multiprocess mode is for several processes serving one app, 
 Worker-side figures (cold, init_ms, exec_ms, queue_ms) arrive in each answer from the server.
 """
 
+import bisect
 import logging
+import threading
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,7 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from reference.wire.errors import FaasError
 
@@ -54,54 +58,112 @@ class ServerCollector:
                                 value=sum(1 for w in workers if w.get("state") == "busy"))
 
 
+# The invocation histograms: (metric name, help, the answer's field in ms).
+TIMINGS = (
+    ("faas_invocation_duration_seconds", "gateway-side total time of an invocation", "duration_ms"),
+    ("faas_invocation_queue_seconds", "time an invocation waited for a worker", "queue_ms"),
+    ("faas_invocation_init_seconds", "time to load or start the function in the worker", "init_ms"),
+    ("faas_invocation_exec_seconds", "time the function ran in the worker", "exec_ms"),
+)
+
+
+class _Function:
+    """One function's invocation figures: per-bucket counts and the sum of each timing."""
+
+    __slots__ = ("created", "buckets", "sums", "cold")
+
+    def __init__(self):
+        self.created = time.time()
+        self.buckets = [[0] * (len(DURATION_BUCKETS) + 1) for _ in TIMINGS]   # the last: +Inf
+        self.sums = [0.0] * len(TIMINGS)
+        self.cold = 0
+
+
+class InvocationCollector:
+    """The invocation metrics, counted in plain lists under one lock per invocation and turned
+    into Prometheus families at scrape time. prometheus_client's Counter and Histogram take a
+    lock per observation (six per invocation, and under gevent each is a greenlet lock written in
+    Python): 8 % of the gateway's CPU per call. The exposition is the same: the same names,
+    labels, buckets and `_created` samples."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._functions = {}            # name -> _Function
+        self._statuses = {}             # (name, status) -> [count, created]
+
+    def invoked(self, name, status, fields):
+        duration = fields.get("duration_ms")
+        worker = fields.get("worker", -1)
+        ran = worker is not None and worker >= 0    # else the platform failed before any worker ran it
+        with self._lock:
+            counted = self._statuses.get((name, status))
+            if counted is None:
+                counted = self._statuses[(name, status)] = [0, time.time()]
+            counted[0] += 1
+            function = self._functions.get(name)
+            if function is None:
+                function = self._functions[name] = _Function()
+            if duration is not None:
+                self._observe(function, 0, duration)
+            if ran:
+                for i in (1, 2, 3):
+                    self._observe(function, i, fields.get(TIMINGS[i][2]) or 0.0)
+                if fields.get("cold"):
+                    function.cold += 1
+
+    @staticmethod
+    def _observe(function, i, ms):
+        seconds = ms / 1000.0
+        # A value on a bucket's bound counts in that bucket (le: less than or equal).
+        function.buckets[i][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        function.sums[i] += seconds
+
+    def collect(self):
+        with self._lock:
+            statuses = [(key, list(counted)) for key, counted in self._statuses.items()]
+            functions = [(name, f.created, [list(b) for b in f.buckets], list(f.sums), f.cold)
+                         for name, f in self._functions.items()]
+        total = CounterMetricFamily("faas_invocations", "invocations answered, by function and HTTP status",
+                                    labels=["function", "status"])
+        for (name, status), (count, created) in statuses:
+            total.add_metric([name, str(status)], count, created=created)
+        yield total
+        bounds = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]
+        for i, (metric, help_text, _) in enumerate(TIMINGS):
+            family = HistogramMetricFamily(metric, help_text, labels=["function"])
+            for name, created, buckets, sums, _ in functions:
+                cumulative, running = [], 0
+                for bound, count in zip(bounds, buckets[i]):
+                    running += count
+                    cumulative.append((bound, running))
+                family.add_metric([name], cumulative, sums[i])
+                family.add_sample(metric + "_created", {"function": name}, created)
+            yield family
+        cold = CounterMetricFamily("faas_cold_starts", "invocations that found their function cold in the worker",
+                                   labels=["function"])
+        for name, created, _, _, count in functions:
+            cold.add_metric([name], count, created=created)
+        yield cold
+
+
 class Metrics:
     """The gateway's metrics in a registry of their own (tests build many apps in one process)."""
 
     def __init__(self, client=None):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.invocations = Counter("faas_invocations", "invocations answered, by function and HTTP status",
-                                   ["function", "status"], registry=r)
-        self.duration = Histogram("faas_invocation_duration_seconds", "gateway-side total time of an invocation",
-                                  ["function"], buckets=DURATION_BUCKETS, registry=r)
-        self.queue = Histogram("faas_invocation_queue_seconds", "time an invocation waited for a worker",
-                               ["function"], buckets=DURATION_BUCKETS, registry=r)
-        self.init = Histogram("faas_invocation_init_seconds", "time to load or start the function in the worker",
-                              ["function"], buckets=DURATION_BUCKETS, registry=r)
-        self.exec = Histogram("faas_invocation_exec_seconds", "time the function ran in the worker",
-                              ["function"], buckets=DURATION_BUCKETS, registry=r)
-        self.cold = Counter("faas_cold_starts", "invocations that found their function cold in the worker",
-                            ["function"], registry=r)
+        self.invocations = InvocationCollector()
+        r.register(self.invocations)
         self.deploys = Counter("faas_deploys", "deploys and updates, by language and result",
                                ["lang", "op", "result"], registry=r)
         self.compile = Histogram("faas_compile_seconds", "compile time of C, Rust and Go deploys",
                                  ["lang"], buckets=COMPILE_BUCKETS, registry=r)
         if client is not None:
             r.register(ServerCollector(client))
-        # labels() builds and looks up its child under a lock each time: about a sixth of an
-        # in-process invoke. The children of a function are found once and kept here.
-        self._per_function, self._per_status = {}, {}
 
     def invoked(self, name, status, fields):
         """Count one invocation answer; `fields` as the answer carries them (timings in ms)."""
-        counter = self._per_status.get((name, status))
-        if counter is None:
-            counter = self._per_status[(name, status)] = self.invocations.labels(name, str(status))
-        counter.inc()
-        children = self._per_function.get(name)
-        if children is None:
-            children = self._per_function[name] = tuple(
-                metric.labels(name) for metric in (self.duration, self.queue, self.init, self.exec, self.cold))
-        duration, queue, init, exec_, cold = children
-        if fields.get("duration_ms") is not None:
-            duration.observe(fields["duration_ms"] / 1000.0)
-        if fields.get("worker", -1) is None or fields.get("worker", -1) < 0:
-            return  # the platform failed before any worker ran it: no worker-side figures
-        queue.observe((fields.get("queue_ms") or 0.0) / 1000.0)
-        init.observe((fields.get("init_ms") or 0.0) / 1000.0)
-        exec_.observe((fields.get("exec_ms") or 0.0) / 1000.0)
-        if fields.get("cold"):
-            cold.inc()
+        self.invocations.invoked(name, status, fields)
 
     def deployed(self, lang, op, result, compile_ms=None):
         """Count a deploy or update (`op`), its `result` (ok or the error kind), its compile time."""
