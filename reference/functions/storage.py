@@ -320,7 +320,9 @@ class Storage:
         if NAME_RE.fullmatch(name_or_id):
             fn_id = self._claimed_id(name_or_id)
             if fn_id is not None:
-                meta = self._load(fn_id)
+                meta = self._read(fn_id)    # the version the name points at: current
+                if meta is not None and meta.get("name") != name_or_id:
+                    meta = None             # a link to another function's directory: not it
                 if meta is not None:
                     return dict(meta)
         return None

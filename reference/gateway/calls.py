@@ -29,10 +29,10 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
-import uuid
 
 from reference import config
 from reference.gateway import store as store_mod
@@ -116,12 +116,21 @@ def answer_size(body):
     return ANSWER_FIELDS_SIZE + sum(len(v) for v in body.values() if isinstance(v, str))
 
 
+def new_call_id():
+    """What uuid.uuid4().hex gives (16 random bytes, version 4's bits set), without building
+    the UUID object: most of a sync call's bookkeeping cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
+
+
 class TrackedCall:
     """One invocation through the gateway: its state, and once done its status and answer body.
     (Not reference.worker.wasm.wasi's Call, which is one WASI host call.)"""
 
     def __init__(self, meta, key=None, fingerprint=None, call_id=None, submitted=None):
-        self.call_id = call_id or uuid.uuid4().hex
+        self.call_id = call_id or new_call_id()
         self.name, self.fn_id = meta["name"], meta["id"]
         self.key, self.fingerprint = key, fingerprint
         self.state = "queued"

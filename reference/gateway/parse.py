@@ -6,6 +6,7 @@ send instead."""
 import json
 import re
 
+import orjson
 from bottle import request
 
 from reference.wire.errors import BadRequest, PayloadTooLarge
@@ -186,7 +187,17 @@ def query_env():
 
 def decode_input(data):
     """The function's stdin from an invoke body, per the contract: a JSON object with "input"
-    gives that string's UTF-8 bytes or any other value's JSON text; any other body goes as is."""
+    gives that string's UTF-8 bytes or any other value's JSON text; any other body goes as is.
+
+    The common body, an object whose "input" is a string, is read by orjson (a few per cent of
+    the gateway's CPU per call less); everything else by the json module as before, which
+    accepts more (NaN, a byte order mark, UTF-16) and keeps big integers exact."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if type(doc) is dict and type(doc.get("input")) is str:
+        return doc["input"].encode("utf-8")     # orjson refuses lone surrogates: none here
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
