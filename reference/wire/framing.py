@@ -119,3 +119,63 @@ def write_frame(fd, header, body=b""):
     while data:
         written = os.write(fd, data)
         data = data[written:]
+
+
+class FrameSink:
+    """Frames parsed out of a buffer that the bytes are read straight into (`recv_into`,
+    `os.readv`, an asyncio BufferedProtocol), each handed to `on_frame(header, body)` as soon
+    as it is all there: no bytes object made per read, no StreamReader, no task woken per frame.
+
+    `space()` is where the next read goes; `filled(n)` says it brought n bytes, and hands on
+    every frame now complete (raising ProtocolError, like `_split`, on a frame too large).
+    `pending()` is True while part of a frame is held (the peer closing then is an error)."""
+
+    SIZE = 1 << 18
+
+    def __init__(self, on_frame):
+        self.on_frame = on_frame
+        self.buffer = bytearray(self.SIZE)
+        self.start = self.end = 0    # the unparsed bytes are buffer[start:end]
+        self.need = PREFIX.size      # the bytes from `start` that the next frame needs at least
+
+    def space(self):
+        """A writable view of the buffer's free part, room for the next frame's rest at least."""
+        free = len(self.buffer) - self.end
+        if free < CHUNK or self.start + self.need > len(self.buffer):
+            # Move the partial frame to the front, into a new buffer if it needs more room.
+            # Never resized in place: a view handed out earlier may still be alive.
+            rest = self.end - self.start
+            size = max(self.SIZE, self.need + CHUNK)
+            if size > len(self.buffer) or rest:
+                buffer = bytearray(size)
+                buffer[:rest] = self.buffer[self.start:self.end]
+                self.buffer = buffer
+            self.start, self.end = 0, rest
+        return memoryview(self.buffer)[self.end:]
+
+    def filled(self, n):
+        self.end += n
+        buffer, start, end = self.buffer, self.start, self.end
+        try:
+            while end - start >= PREFIX.size:
+                head_len, body_len = PREFIX.unpack_from(buffer, start)
+                if head_len > MAX_HEADER or body_len > MAX_BODY:
+                    raise ProtocolError("frame too large: header %d bytes, body %d bytes" % (head_len, body_len))
+                stop = start + PREFIX.size + head_len + body_len
+                if stop > end:
+                    self.need = stop - start
+                    return
+                at = start + PREFIX.size
+                with memoryview(buffer) as view:
+                    header = _decode_header(view[at:at + head_len])
+                    body = view[at + head_len:stop].tobytes() if body_len else b""
+                start = self.start = stop
+                self.on_frame(header, body)
+                buffer, end = self.buffer, self.end
+            self.need = PREFIX.size
+        finally:
+            if self.start == self.end:
+                self.start = self.end = 0
+
+    def pending(self):
+        return self.end > self.start
