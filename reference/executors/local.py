@@ -52,6 +52,60 @@ class Answer:
         return self.header, self.body
 
 
+class ResultReader:
+    """A worker's result pipe, read by the loop's reader callback straight into a FrameSink:
+    the first frame goes to `boot(worker, header)` (reading stops if it returns False), every
+    other to `finish(worker, header, body)`. `ended` is set when the pipe closes (or a frame
+    is bad, or the boot failed); the pipe is closed then."""
+
+    def __init__(self, worker, fd, boot, finish):
+        self.worker, self.fd, self.boot, self.finish = worker, fd, boot, finish
+        self.booted = False
+        self.sink = framing.FrameSink(self.frame)
+        self.loop = asyncio.get_running_loop()
+        self.ended = self.loop.create_future()
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self.readable)
+
+    def readable(self):
+        try:
+            n = os.readv(self.fd, [self.sink.space()])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            return self.end(exc)
+        if n == 0:
+            return self.end(ProtocolError("connection closed inside a frame") if self.sink.pending() else None)
+        try:
+            self.sink.filled(n)
+        except ProtocolError as exc:
+            self.end(exc)
+        except Exception as exc:   # a bug of ours: said, and the worker is treated as gone
+            log.exception("worker %d: reading its results failed", self.worker.id)
+            self.end(exc)
+
+    def frame(self, header, body):
+        if self.fd is None:
+            return
+        if self.booted:
+            return self.finish(self.worker, header, body)
+        if self.boot(self.worker, header):
+            self.booted = True
+        else:
+            self.end(None)
+
+    def end(self, error):
+        if self.fd is None:
+            return
+        if isinstance(error, (OSError, ProtocolError)):
+            log.error("worker %d: %s", self.worker.id, error)
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
 class Worker:
     """The server's view of one worker process."""
 
@@ -215,25 +269,18 @@ class LocalWorkers:
 
     async def _read_results(self, worker, job_w, result_r):
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=framing.MAX_BODY)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result_r, "rb", 0))
         worker.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(job_w, "wb", 0))
-        frames = framing.AsyncFrameReader(reader)
+        reader = ResultReader(worker, result_r, self._boot, self._finish)
         try:
-            if await self._boot(worker, frames):
-                while True:
-                    header, body = await frames.read_frame()
-                    self._finish(worker, header, body)
-        except (EOFError, ConnectionError, ProtocolError) as exc:
-            if not isinstance(exc, EOFError):
-                log.error("worker %d: %s", worker.id, exc)
+            await reader.ended
+        finally:
+            reader.end(None)   # cancelled (a stop that could not wait): stop reading all the same
         await self._wait_exit(worker)
         self._bury(worker)
 
-    async def _boot(self, worker, frames):
-        """Wait for the worker's first frame: True once it says it booted (it is then idle and
+    def _boot(self, worker, header):
+        """The worker's first frame: True once it says it booted (it is then idle and
         announced), False if it says it could not."""
-        header, _ = await frames.read_frame()
         op = header.get("op")
         if op == ops.BOOT_ERROR:
             worker.boot_error = header.get("message") or "no reason given"

@@ -2,7 +2,8 @@
 server's workers registered again after each (re)connect, and the balancer's frames dispatched
 by name (`op_<name>`, as the balancer does with the server's).
 
-The link knows the protocol (reference/wire/ops.py), not the jobs: what an `assign` or a
+The link reads the balancer's frames in the transport's callback (`LinkProtocol`), with no
+stream or task in between. The link knows the protocol (reference/wire/ops.py), not the jobs: what an `assign` or a
 `reject` means is the server's (`Scheduler` below).
 """
 
@@ -71,10 +72,11 @@ class BalancerLink:
 
     async def run(self):
         """Connect, serve the connection until it drops, reconnect; until cancelled."""
+        loop = asyncio.get_running_loop()
         announced = False
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=framing.MAX_BODY)
+                transport, protocol = await loop.create_unix_connection(lambda: LinkProtocol(self), self.path)
             except OSError as exc:
                 if not announced:
                     log.info("waiting for the balancer at %s (%s)", self.path, exc.strerror or exc)
@@ -83,26 +85,19 @@ class BalancerLink:
                 continue
             announced = False
             log.info("connected to the balancer at %s", self.path)
-            self.writer = writer
+            self.writer = transport
             try:
                 self.scheduler.balancer_up()
-                await self._serve(framing.AsyncFrameReader(reader))
+                why = await protocol.lost
+                log.warning("lost the balancer (%s)", why or "closed")
             finally:
                 self.writer = None
-                writer.close()
+                transport.close()
                 for waiter in self._stat_waiters.values():
                     if not waiter.done():
                         waiter.set_result(None)
             # Jobs the balancer held are lost with it: the server answers them.
             self.scheduler.balancer_lost()
-
-    async def _serve(self, frames):
-        try:
-            while True:
-                header, _ = await frames.read_frame()
-                self.dispatch(header)
-        except (EOFError, ConnectionError, ProtocolError) as exc:
-            log.warning("lost the balancer (%s)", exc or "closed")
 
     def dispatch(self, header):
         op = header.get("op")
@@ -127,3 +122,38 @@ class BalancerLink:
         waiter = self._stat_waiters.get(header.get("req"))
         if waiter is not None and not waiter.done():
             waiter.set_result(header)
+
+
+class LinkProtocol(asyncio.BufferedProtocol):
+    """The link's connection: the balancer's frames are read straight into a FrameSink and
+    dispatched from the read callback; `lost` gets why the connection ended (None: closed)."""
+
+    def __init__(self, link):
+        self.link = link
+        self.transport = None
+        self.sink = framing.FrameSink(lambda header, body: link.dispatch(header))
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.sink.space()
+
+    def buffer_updated(self, nbytes):
+        try:
+            self.sink.filled(nbytes)
+        except ProtocolError as exc:
+            self._end(exc)
+            self.transport.close()
+
+    def eof_received(self):
+        self._end(ProtocolError("connection closed inside a frame") if self.sink.pending() else None)
+        return False   # the transport closes
+
+    def connection_lost(self, exc):
+        self._end(exc)
+
+    def _end(self, why):
+        if not self.lost.done():
+            self.lost.set_result(why)

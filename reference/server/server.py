@@ -85,6 +85,42 @@ def result_of(future):
     return future.exception() or future.result()
 
 
+class GatewayConnection(asyncio.BufferedProtocol):
+    """One gateway's connection: its frames are read straight into a FrameSink and dispatched
+    from the read callback itself (no stream, no task woken per frame); answers go out on the
+    transport."""
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.sink = framing.FrameSink(self.frame)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        log.info("gateway connected")
+
+    def get_buffer(self, sizehint):
+        return self.sink.space()
+
+    def buffer_updated(self, nbytes):
+        try:
+            self.sink.filled(nbytes)
+        except ProtocolError as exc:
+            log.error("closing a gateway connection: %s", exc)
+            self.transport.close()
+
+    def frame(self, header, body):
+        self.server.dispatch(header, body, self.transport)
+
+    def eof_received(self):
+        if self.sink.pending():
+            log.error("closing a gateway connection: connection closed inside a frame")
+        return False   # the transport closes
+
+    def connection_lost(self, exc):
+        log.info("gateway disconnected")
+
+
 class Server:
     """Gateway connections on one side, the balancer link and the executor on the other.
 
@@ -108,23 +144,9 @@ class Server:
 
     # -- gateway side --------------------------------------------------------------------
 
-    async def handle_gateway(self, reader, writer):
-        log.info("gateway connected")
-        frames = framing.AsyncFrameReader(reader)
-        try:
-            while True:
-                header, body = await frames.read_frame()
-                self.dispatch(header, body, writer)
-        except (EOFError, ConnectionError):
-            pass
-        except ProtocolError as exc:
-            log.error("closing a gateway connection: %s", exc)
-        finally:
-            writer.close()
-            log.info("gateway disconnected")
-
     def dispatch(self, header, body, writer):
-        """Call the request's `op_<name>` with a `reply(header, body=b"")` that answers it."""
+        """Call the request's `op_<name>` with a `reply(header, body=b"")` that answers it on
+        `writer` (the connection's transport)."""
         op, req = header.get("op"), header.get("req")
 
         def reply(answer, payload=b""):
@@ -272,7 +294,7 @@ class Server:
         remove_stale_socket(self.server_sock)
         old_umask = os.umask(0o177)  # the socket is born 0600
         try:
-            listener = await asyncio.start_unix_server(self.handle_gateway, self.server_sock, limit=framing.MAX_BODY)
+            listener = await loop.create_unix_server(lambda: GatewayConnection(self), self.server_sock)
         finally:
             os.umask(old_umask)
         log.info("server listening on %s with %d workers", self.server_sock, self.pool.size)
