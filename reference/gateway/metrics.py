@@ -9,7 +9,6 @@ Worker-side figures (cold, init_ms, exec_ms, queue_ms) arrive in each answer fro
 
 import bisect
 import logging
-import threading
 import time
 
 from prometheus_client import (
@@ -22,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from reference.gateway.store import real_lock
 from reference.wire.errors import FaasError
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class InvocationCollector:
     labels, buckets and `_created` samples."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = real_lock()        # held for a few statements, never across a wait
         self._functions = {}            # name -> _Function
         self._statuses = {}             # (name, status) -> [count, created]
 

@@ -91,6 +91,13 @@ def _real_threads():
     return _thread.start_new_thread, _thread.allocate_lock, _thread.get_ident, time.sleep, False
 
 
+def real_lock():
+    """A lock of real OS threads (gevent's monkey-patched one is written in Python): for state
+    held only for a few statements without any wait, so that no greenlet can switch while it
+    is held, and shared with real threads (the store's writer, waitress's threads)."""
+    return _real_threads()[1]()
+
+
 def process_owner(pid=None):
     """A name for a live process that no later process reuses: its pid and its start time (in
     clock ticks since boot, /proc/PID/stat's 22nd field). None when there is no such process."""
