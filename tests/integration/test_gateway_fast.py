@@ -88,6 +88,11 @@ REQUESTS = [
     ("another Host", post("/invoke?fn=echo", b"x", [("Host", "evil.example")]).replace(
         b"Host: 127.0.0.1\r\n", b"", 1)),
     ("GET on /invoke", post("/invoke?fn=echo").replace(b"POST", b"GET", 1)),
+    ("kept alive", post("/invoke?fn=echo", b"x").replace(b"Connection: close\r\n", b"")),
+    ("HTTP/1.0 kept alive", post("/invoke?fn=echo", b"x").replace(b"HTTP/1.1", b"HTTP/1.0").replace(
+        b"Connection: close", b"Connection: keep-alive")),
+    ("HTTP/1.0", post("/invoke?fn=echo", b"x").replace(b"HTTP/1.1", b"HTTP/1.0").replace(
+        b"Connection: close\r\n", b"")),
 ]
 
 
@@ -96,7 +101,7 @@ def test_the_fast_path_answers_as_bottle_does(stacks, what, request_bytes):
     fast, slow = stacks
     ours, bottles = exchange(fast.port, request_bytes), exchange(slow.port, request_bytes)
     assert comparable(ours) == comparable(bottles)
-    if what in ("a plain call", "a raw body", "an empty body", "UTF-8 text"):
+    if what in ("a plain call", "a raw body", "an empty body", "UTF-8 text", "kept alive", "HTTP/1.0"):
         assert ours[0] == "HTTP/1.1 200 OK", ours
 
 

@@ -365,8 +365,27 @@ class _Connection:
             raise _Close(500, "internal error in the gateway") from None
         if answer is None:
             return None
+        # The head _head would build, without its checks: the handler's headers are its own
+        # (no line breaks; Content-Length given; no Connection or Date).
         status, headers, body = answer
-        return self._head(message, [status, headers], message.keep_alive, body)
+        keep_alive = message.keep_alive
+        if not keep_alive:
+            connection = "Connection: close\r\n"
+        elif message.version == "1.0":
+            connection = "Connection: keep-alive\r\n"
+        else:
+            connection = ""
+        head = "HTTP/1.1 %s\r\n%sServer: %s\r\nDate: %s\r\n%s\r\n" % (
+            status, "".join(["%s: %s\r\n" % header for header in headers]), SERVER, http_date(), connection)
+        try:
+            if len(body) < _JOIN_BELOW:
+                self._send(head.encode("latin-1") + body)
+            else:
+                self._send(head.encode("latin-1"))
+                self._send(body)
+        except OSError:
+            raise _Close() from None
+        return keep_alive
 
     def _head(self, message, status_headers, keep_alive, body, length=True):
         """Send the answer's status and headers, and `body` unless it is None; returns whether
@@ -542,7 +561,9 @@ class HTTPServer(StreamServer):
         super().__init__(listener, **kwargs)
         self.application, self.max_body, self.max_connections = application, max_body, max_connections
         # fast(method, path, query, headers, body) -> (status, headers, body) or None: a handler
-        # offered each complete request before the WSGI app (reference/gateway/fast.py).
+        # offered each complete request before the WSGI app (reference/gateway/fast.py). Its
+        # headers are sent as they are: no line breaks, its own Content-Length, no Connection
+        # or Date (the server adds those).
         self.fast = fast
         self.idle_timeout, self.header_timeout, self.send_timeout = idle_timeout, header_timeout, send_timeout
         self.connections = set()
