@@ -116,10 +116,23 @@ def answer_size(body):
     return ANSWER_FIELDS_SIZE + sum(len(v) for v in body.values() if isinstance(v, str))
 
 
+_RANDOM = {"bytes": b"", "at": 0}
+_RANDOM_LOCK = store_mod.real_lock()
+RANDOM_READ = 4096          # bytes of os.urandom read at once: 256 call ids a system call
+# A forked child must not hand out its parent's next ids.
+os.register_at_fork(after_in_child=lambda: _RANDOM.update(bytes=b"", at=0))
+
+
 def new_call_id():
-    """What uuid.uuid4().hex gives (16 random bytes, version 4's bits set), without building
-    the UUID object: most of a sync call's bookkeeping cost."""
-    raw = bytearray(os.urandom(16))
+    """What uuid.uuid4().hex gives (16 bytes of os.urandom, version 4's bits set), without
+    building the UUID object and with one getrandom for 256 ids: most of a sync call's
+    bookkeeping cost."""
+    with _RANDOM_LOCK:
+        at = _RANDOM["at"]
+        if at + 16 > len(_RANDOM["bytes"]):
+            _RANDOM["bytes"], at = os.urandom(RANDOM_READ), 0
+        raw = bytearray(_RANDOM["bytes"][at:at + 16])
+        _RANDOM["at"] = at + 16
     raw[6] = raw[6] & 0x0F | 0x40
     raw[8] = raw[8] & 0x3F | 0x80
     return raw.hex()
@@ -129,7 +142,7 @@ class TrackedCall:
     """One invocation through the gateway: its state, and once done its status and answer body.
     (Not reference.worker.wasm.wasi's Call, which is one WASI host call.)"""
 
-    def __init__(self, meta, key=None, fingerprint=None, call_id=None, submitted=None):
+    def __init__(self, meta, key=None, fingerprint=None, call_id=None, submitted=None, waitable=True):
         self.call_id = call_id or new_call_id()
         self.name, self.fn_id = meta["name"], meta["id"]
         self.key, self.fingerprint = key, fingerprint
@@ -137,7 +150,9 @@ class TrackedCall:
         self.submitted = time.time() if submitted is None else submitted
         self.finished = None
         self.status, self.body = None, None
-        self.done = threading.Event()
+        # Set when the call is done, for those waiting on it; None for a call nobody else can
+        # see (a sync call without a key: only its own request has it).
+        self.done = threading.Event() if waitable else None
         self.kept = False       # registered for GET /call/ID (async or keyed)
         self.size = 0           # what it counts against the kept-answers bound
         self.delivered = False  # a client has its answer: it may be dropped to make room
@@ -206,7 +221,7 @@ class Calls:
         """Run a call now, in this thread; (TrackedCall, replayed). With a key already used for
         this function and input, the first call's (waiting for it to finish), replayed True."""
         if key is None:
-            call = TrackedCall(meta)
+            call = TrackedCall(meta, waitable=False)
             self._execute(call, meta, payload)
             return call, False
         call, fresh = self._claim(meta, payload, key)
@@ -462,7 +477,8 @@ class Calls:
                 if call.key is not None and status in NOT_RUN and self._keys.get(call.key) is call:
                     del self._keys[call.key]
         call.finished, call.state = time.time(), "done"
-        call.done.set()
+        if call.done is not None:
+            call.done.set()
 
     def _make_room(self, size):
         """Forget kept calls until one more of `size` fits within `keep` and `keep_bytes`:
