@@ -132,8 +132,9 @@ class ServerClient:
                 if self._closed:
                     self._sweeper = None
                     return
-                late = [req for req, (_, slot) in self._awaited.items() if slot.deadline <= now]
-                slots = [self._awaited.pop(req)[1] for req in late]
+                late = [req for req, (_, slot) in list(self._awaited.items()) if slot.deadline <= now]
+                # The reader pops without the lock: whoever pops a call's entry settles it.
+                slots = [entry[1] for entry in (self._awaited.pop(req, None) for req in late) if entry]
             for slot in slots:
                 slot.error = Timeout("no answer from the server within %.0f s" % slot.timeout)
                 slot.event.set()
@@ -144,8 +145,8 @@ class ServerClient:
         try:
             while True:
                 header, body = frames.read_frame()
-                with self._lock:
-                    _, slot = self._awaited.pop(header.get("req"), (None, None))
+                # dict.pop is atomic: no lock per answer (the sweeper and _drop pop the same way).
+                _, slot = self._awaited.pop(header.get("req"), (None, None))
                 if slot is not None:
                     slot.header, slot.body = header, body
                     slot.event.set()
@@ -165,7 +166,6 @@ class ServerClient:
         except OSError:
             pass
         for req, (owner, slot) in list(self._awaited.items()):
-            if owner is sock:
-                del self._awaited[req]
+            if owner is sock and self._awaited.pop(req, None) is not None:
                 slot.error = Unavailable(reason)
                 slot.event.set()
