@@ -213,6 +213,7 @@ class Group:
         self.made = False
         self.limits = None
         self.oom_seen = 0
+        self.kept = None            # join_fds() kept open for a group entered at every call
 
     def _file(self, controller, name):
         if self.hierarchy.version == 2:
@@ -289,6 +290,13 @@ class Group:
                 os.close(fd)
             raise
         return fds
+
+    def kept_join_fds(self):
+        """join_fds() opened at the first call and kept until destroy(), for a group that every
+        call of a runtime enters (a fork server's calls): the caller must not close them."""
+        if self.kept is None:
+            self.kept = self.join_fds()
+        return self.kept
 
     def members(self):
         """Pids (in our namespace) of every process in the group, as the kernel lists them."""
@@ -407,6 +415,9 @@ class Group:
         """Kill the members and remove the group."""
         if self.made:
             self.kill()
+        for fd in self.kept or ():
+            os.close(fd)
+        self.kept = None
         for path in self.dirs.values():
             _rmdir(path)
         self.made = False

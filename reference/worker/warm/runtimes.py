@@ -364,12 +364,9 @@ class ForkServerRuntime:
         try:
             if group is not None:
                 group.limit(job.memory_mb << 20, process.CALL_PIDS_MAX)
-                join = group.join_fds()
+                join = group.kept_join_fds()     # the group's own, opened once: not closed here
             with input_fd(job.input) as stdin:
                 server.fork(inside, self.cpu_seconds(job), [stdin, out_fd, err_fd], join)
-            for fd in join:
-                os.close(fd)
-            join = []
             init_ms = _ms(started)
             run_started = time.perf_counter()
             code, timed_out = self._wait_call(server, job)
@@ -384,8 +381,6 @@ class ForkServerRuntime:
             process.kill_strays()
             return Outcome(exit_code=1, error="runtime", message="the function's interpreter was lost: %s" % exc)
         finally:
-            for fd in join:
-                os.close(fd)
             os.close(out_fd)
             os.close(err_fd)
         return self.outcome(job, stdout, stderr, code, timed_out, init_ms, run_started, oom)
