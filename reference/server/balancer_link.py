@@ -84,6 +84,13 @@ class BalancerLink:
                 await asyncio.sleep(RETRY_S)
                 continue
             announced = False
+            if not await self._answers(transport, protocol):
+                # A balancer on its way out can still take a connection (its listening socket
+                # lives a moment after its death): not up until it answers, so wait and retry.
+                transport.close()
+                log.info("the balancer at %s took the connection and closed it", self.path)
+                await asyncio.sleep(RETRY_S)
+                continue
             log.info("connected to the balancer at %s", self.path)
             self.writer = transport
             try:
@@ -98,6 +105,21 @@ class BalancerLink:
                         waiter.set_result(None)
             # Jobs the balancer held are lost with it: the server answers them.
             self.scheduler.balancer_lost()
+
+    async def _answers(self, transport, protocol):
+        """True once the balancer at the end of a new connection answers a `stats`; False if
+        the connection drops first."""
+        req = next(self._stat_ids)
+        waiter = self._stat_waiters[req] = asyncio.get_running_loop().create_future()
+        try:
+            transport.write(framing.encode(ops.stats(req)))
+            await asyncio.wait((waiter, protocol.lost), return_when=asyncio.FIRST_COMPLETED)
+            return waiter.done() and waiter.result() is not None
+        except BaseException:
+            transport.close()
+            raise
+        finally:
+            self._stat_waiters.pop(req, None)
 
     def dispatch(self, header):
         op = header.get("op")
