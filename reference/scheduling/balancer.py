@@ -43,13 +43,48 @@ def parse_weights(text):
     return weights
 
 
-class Session:
-    """One connected server: its strategy (so its workers and queued jobs) and its writer."""
+class Session(asyncio.BufferedProtocol):
+    """One connected server: its strategy (so its workers and queued jobs) and its connection.
+    Its frames are read straight into a FrameSink and dispatched from the read callback; while
+    the server does not read our answers (the transport's buffer is full), we stop reading."""
 
-    def __init__(self, number, strategy, writer):
+    def __init__(self, balancer, number, strategy):
+        self.balancer = balancer
         self.number = number
         self.strategy = strategy
-        self.writer = writer
+        self.writer = None
+        self.sink = framing.FrameSink(lambda header, body: balancer.dispatch(self, header))
+
+    def connection_made(self, transport):
+        self.writer = transport
+        self.balancer.sessions[self.number] = self
+        log.debug("connection %d opened", self.number)
+
+    def get_buffer(self, sizehint):
+        return self.sink.space()
+
+    def buffer_updated(self, nbytes):
+        try:
+            self.sink.filled(nbytes)
+        except ProtocolError as exc:
+            log.warning("connection %d: %s; closing it", self.number, exc)
+            self.balancer.close_session(self)
+
+    def eof_received(self):
+        if self.sink.pending():
+            log.warning("connection %d: connection closed inside a frame; closing it", self.number)
+        return False   # the transport closes
+
+    def connection_lost(self, exc):
+        if exc is not None:
+            log.warning("connection %d lost: %s", self.number, exc)
+        self.balancer.close_session(self)
+
+    def pause_writing(self):
+        self.writer.pause_reading()
+
+    def resume_writing(self):
+        self.writer.resume_reading()
 
     def send(self, header):
         self.writer.write(framing.encode(header))
@@ -81,31 +116,8 @@ class Balancer:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def handle_connection(self, reader, writer):
-        session = Session(next(self._numbers), self.new_strategy(), writer)
-        self.sessions[session.number] = session
-        log.debug("connection %d opened", session.number)
-        frames = framing.AsyncFrameReader(reader)
-        try:
-            while True:
-                try:
-                    header, _ = await frames.read_frame()
-                except EOFError:
-                    break
-                except ProtocolError as exc:
-                    log.warning("connection %d: %s; closing it", session.number, exc)
-                    break
-                self.dispatch(session, header)
-                # Lets the kernel buffer fill up to the limit, then waits for the server to read.
-                await writer.drain()
-        except ConnectionError as exc:
-            log.warning("connection %d lost: %s", session.number, exc)
-        except asyncio.CancelledError:
-            # Shutdown cancels the connection's task. Returning instead of re-raising spares the
-            # log a traceback from asyncio's stream callback (CPython 3.11 logs it as an error).
-            pass
-        finally:
-            self.close_session(session)
+    def new_session(self):
+        return Session(self, next(self._numbers), self.new_strategy())
 
     def close_session(self, session):
         if self.sessions.pop(session.number, None) is None:
@@ -178,8 +190,7 @@ class Balancer:
             loop.add_signal_handler(sig, stopping.set)
         sock = listen_unix(self.path)
         inode = os.stat(self.path).st_ino
-        server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
-                                                 limit=framing.MAX_BODY)
+        server = await loop.create_unix_server(self.new_session, sock=sock)
         log.info("balancer ready: strategy %s%s, socket %s", self.strategy_name,
                  " weights %s" % self.weights if self.weights else "", self.path)
         try:
