@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # A stuck worker is killed this long after its job's own deadline should have fired.
 WATCHDOG_GRACE_S = 2.0
+# How often the watchdog looks at the busy workers (one timer for the pool, not one per job).
+WATCHDOG_EVERY_S = 0.25
 # Workers that die faster than this after their birth are respawned with a back-off.
 QUICK_DEATH_S = 1.0
 RESPAWN_DELAY_S = 0.1     # a worker that died after a long life is replaced this soon
@@ -120,7 +122,7 @@ class Worker:
         self.queue = collections.deque()  # (job, future) assigned to this worker, not yet sent
         self.current = None          # (job, future) being run
         self.writer = None           # asyncio write transport of the job pipe
-        self.watchdog = None
+        self.deadline = None         # when its current job is stuck (time.monotonic())
         self.booted = False          # said `booted`: its runtimes are made
         self.boot_error = None       # what it said instead, if it could not boot
         self.exit_code = None        # os.waitstatus_to_exitcode of its last process, once reaped
@@ -153,6 +155,7 @@ class LocalWorkers:
         self._quick_deaths = 0
         self._tasks = set()          # every worker's result reader, kept until it ends
         self._respawns = {}          # wid -> the timer of its replacement, not started yet
+        self._watchdog = None        # the timer of the next look at the busy workers
 
     # -- the executor seam -------------------------------------------------------------------
 
@@ -232,6 +235,9 @@ class LocalWorkers:
                     self._signal(w, sig)
             deadline = time.monotonic() + 1.0
         self._reap_all()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         # The readers end at the end of their pipes, now that every worker is gone.
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=1.0)
@@ -317,12 +323,11 @@ class LocalWorkers:
         worker.writer.write(framing.encode(header, body))
         worker.state, worker.current = "busy", (job, future)
         job.started = time.monotonic()
-        deadline = job.timeout_ms / 1000.0 + WATCHDOG_GRACE_S
-        worker.watchdog = asyncio.get_running_loop().call_later(deadline, self._stuck, worker, job)
+        worker.deadline = job.started + job.timeout_ms / 1000.0 + WATCHDOG_GRACE_S
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(WATCHDOG_EVERY_S, self._watch)
 
     def _finish(self, worker, header, body):
-        if worker.watchdog:
-            worker.watchdog.cancel()
         job, future = worker.current
         worker.current, worker.state = None, "idle"
         worker.idle_since = time.monotonic()
@@ -332,6 +337,21 @@ class LocalWorkers:
             header["worker"] = worker.id
             future.set_result(Answer(header, body))
         self._feed(worker)
+
+    def _watch(self):
+        """Kill the workers stuck past their job's deadline; look again while any is busy."""
+        self._watchdog = None
+        now, busy = time.monotonic(), False
+        for worker in list(self.workers.values()):
+            if worker.current is None or worker.deadline is None:
+                continue
+            if now >= worker.deadline:
+                worker.deadline = None     # killed once; its death answers the rest
+                self._stuck(worker, worker.current[0])
+            else:
+                busy = True
+        if busy:
+            self._watchdog = asyncio.get_running_loop().call_later(WATCHDOG_EVERY_S, self._watch)
 
     def _stuck(self, worker, job):
         if worker.current and worker.current[0] is job:
@@ -343,8 +363,6 @@ class LocalWorkers:
 
     def _bury(self, worker):
         """The worker's result pipe closed: it is dead. Fail its job, hand back its queue, respawn."""
-        if worker.watchdog:
-            worker.watchdog.cancel()
         if worker.writer:
             worker.writer.close()
         worker.writer = None
