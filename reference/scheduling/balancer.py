@@ -20,7 +20,7 @@ import uvloop
 
 from reference.scheduling import strategies
 from reference.wire import framing, ops
-from reference.wire.errors import BadRequest, FaasError, ProtocolError
+from reference.wire.errors import BadRequest, FaasError
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +43,34 @@ def parse_weights(text):
     return weights
 
 
-class Session(asyncio.BufferedProtocol):
+class Session(framing.SinkProtocol):
     """One connected server: its strategy (so its workers and queued jobs) and its connection.
     Its frames are read straight into a FrameSink and dispatched from the read callback; while
     the server does not read our answers (the transport's buffer is full), we stop reading."""
 
     def __init__(self, balancer, number, strategy):
+        super().__init__()
         self.balancer = balancer
         self.number = number
         self.strategy = strategy
         self.writer = None
-        self.sink = framing.FrameSink(lambda header, body: balancer.dispatch(self, header))
 
     def connection_made(self, transport):
+        super().connection_made(transport)
         self.writer = transport
         self.balancer.sessions[self.number] = self
         log.debug("connection %d opened", self.number)
 
-    def get_buffer(self, sizehint):
-        return self.sink.space()
+    def frame(self, header, body):
+        self.balancer.dispatch(self, header)
 
-    def buffer_updated(self, nbytes):
-        try:
-            self.sink.filled(nbytes)
-        except ProtocolError as exc:
-            log.warning("connection %d: %s; closing it", self.number, exc)
-            self.balancer.close_session(self)
+    def broken(self, exc):
+        log.warning("connection %d: %s; closing it", self.number, exc)
+        self.balancer.close_session(self)
 
-    def eof_received(self):
-        if self.sink.pending():
+    def ended(self, inside_frame):
+        if inside_frame:
             log.warning("connection %d: connection closed inside a frame; closing it", self.number)
-        return False   # the transport closes
 
     def connection_lost(self, exc):
         if exc is not None:

@@ -146,32 +146,24 @@ class BalancerLink:
             waiter.set_result(header)
 
 
-class LinkProtocol(asyncio.BufferedProtocol):
+class LinkProtocol(framing.SinkProtocol):
     """The link's connection: the balancer's frames are read straight into a FrameSink and
     dispatched from the read callback; `lost` gets why the connection ended (None: closed)."""
 
     def __init__(self, link):
+        super().__init__()
         self.link = link
-        self.transport = None
-        self.sink = framing.FrameSink(lambda header, body: link.dispatch(header))
         self.lost = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def frame(self, header, body):
+        self.link.dispatch(header)
 
-    def get_buffer(self, sizehint):
-        return self.sink.space()
+    def broken(self, exc):
+        self._end(exc)
+        self.transport.close()
 
-    def buffer_updated(self, nbytes):
-        try:
-            self.sink.filled(nbytes)
-        except ProtocolError as exc:
-            self._end(exc)
-            self.transport.close()
-
-    def eof_received(self):
-        self._end(ProtocolError("connection closed inside a frame") if self.sink.pending() else None)
-        return False   # the transport closes
+    def ended(self, inside_frame):
+        self._end(ProtocolError("connection closed inside a frame") if inside_frame else None)
 
     def connection_lost(self, exc):
         self._end(exc)

@@ -85,37 +85,29 @@ def result_of(future):
     return future.exception() or future.result()
 
 
-class GatewayConnection(asyncio.BufferedProtocol):
+class GatewayConnection(framing.SinkProtocol):
     """One gateway's connection: its frames are read straight into a FrameSink and dispatched
     from the read callback itself (no stream, no task woken per frame); answers go out on the
     transport."""
 
     def __init__(self, server):
+        super().__init__()
         self.server = server
-        self.transport = None
-        self.sink = framing.FrameSink(self.frame)
 
     def connection_made(self, transport):
-        self.transport = transport
+        super().connection_made(transport)
         log.info("gateway connected")
-
-    def get_buffer(self, sizehint):
-        return self.sink.space()
-
-    def buffer_updated(self, nbytes):
-        try:
-            self.sink.filled(nbytes)
-        except ProtocolError as exc:
-            log.error("closing a gateway connection: %s", exc)
-            self.transport.close()
 
     def frame(self, header, body):
         self.server.dispatch(header, body, self.transport)
 
-    def eof_received(self):
-        if self.sink.pending():
+    def broken(self, exc):
+        log.error("closing a gateway connection: %s", exc)
+        self.transport.close()
+
+    def ended(self, inside_frame):
+        if inside_frame:
             log.error("closing a gateway connection: connection closed inside a frame")
-        return False   # the transport closes
 
     def connection_lost(self, exc):
         log.info("gateway disconnected")

@@ -8,6 +8,7 @@ body go out in one write. End of file between frames is a clean close (`EOFError
 frame it is a `ProtocolError`. Sizes are checked before the body is read.
 """
 
+import asyncio
 import functools
 import os
 import struct
@@ -179,3 +180,40 @@ class FrameSink:
 
     def pending(self):
         return self.end > self.start
+
+
+class SinkProtocol(asyncio.BufferedProtocol):
+    """An asyncio connection whose frames are read straight into a FrameSink and handed to
+    `frame(header, body)` from the read callback itself. A subclass says what a frame does, and
+    what happens on `broken(exc)` (a frame too large: the connection must close) and on
+    `ended(inside_frame)` (the peer closed; inside_frame: in the middle of one). The transport
+    closes after `ended`."""
+
+    def __init__(self):
+        self.transport = None
+        self.sink = FrameSink(self.frame)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.sink.space()
+
+    def buffer_updated(self, nbytes):
+        try:
+            self.sink.filled(nbytes)
+        except ProtocolError as exc:
+            self.broken(exc)
+
+    def eof_received(self):
+        self.ended(self.sink.pending())
+        return False   # the transport closes
+
+    def frame(self, header, body):
+        raise NotImplementedError
+
+    def broken(self, exc):
+        self.transport.close()
+
+    def ended(self, inside_frame):
+        pass
