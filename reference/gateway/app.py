@@ -108,7 +108,7 @@ def make_app(storage, client, limits=config.LIMITS, api_key=None, invoke_key=Non
     names = checks.HostNames(host, public_names)
     app.add_hook("before_request", functools.partial(_check_request, names))
     # POST /invoke without bottle, for the gateway's own HTTP server (reference/gateway/fast.py).
-    app.fast = FastInvoke(names, guard, storage, calls, limits, EVERY_ANSWER)
+    app.fast = FastInvoke(names, guard, storage, calls, limits, EVERY_ANSWER, error_answer)
     return app
 
 
@@ -174,7 +174,13 @@ class Guard:
                                      request.environ.get("HTTP_HOST"))
         if access in (CHANGE, CODE):
             checks.check_key(authorization, [self.api_key], "API key")
-        elif access == INVOKE and self.invoke_key:
+        elif access == INVOKE:
+            self.check_invoke(authorization)
+
+    def check_invoke(self, authorization):
+        """Unauthorized (401) unless the Authorization header carries the invoke key or the
+        API key, when the gateway has an invoke key."""
+        if self.invoke_key:
             checks.check_key(authorization, [self.invoke_key, self.api_key], "invoke key")
 
 
@@ -237,8 +243,7 @@ def _answer_errors(callback):
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response.status = 500
-            return {"ok": False, "kind": "internal",
-                    "error": "internal error in the gateway; its log has the details"}
+            return calls_mod.internal_error()
         if isinstance(answer, dict) and "ok" in answer:
             answer = {"ok": answer.pop("ok"), **answer}  # the seed's answers start with "ok"
         return answer

@@ -101,6 +101,11 @@ def function_failure(meta, outcome, fields):
     return None
 
 
+def internal_error():
+    """The body of a 500 for a bug of ours: what happened is in the log, not in the answer."""
+    return {"ok": False, "kind": "internal", "error": "internal error in the gateway; its log has the details"}
+
+
 def answer_for(meta, outcome, duration_ms):
     """The HTTP answer, (status, JSON body), to a run of function `meta` that the server
     reported as `outcome`: 200 with its output, or the status of the function's failure."""
@@ -458,8 +463,7 @@ class Calls:
                 status, body = exc.status, exc.to_dict()
             except Exception:
                 log.exception("internal error running %s", meta["id"])
-                status, body = 500, {"ok": False, "kind": "internal",
-                                     "error": "internal error in the gateway; its log has the details"}
+                status, body = 500, internal_error()
             if status not in NOT_RUN or time.monotonic() + RETRY_AFTER_S > deadline:
                 break
             time.sleep(RETRY_AFTER_S)   # a recovered call: the server may not be back yet

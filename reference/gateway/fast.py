@@ -24,8 +24,10 @@ import re
 
 import bottle
 
-from reference.gateway import checks, parse
+from reference.gateway import parse
+from reference.gateway.calls import internal_error
 from reference.gateway.catalog import lookup
+from reference.gateway.invoke import call_headers
 from reference.wire.errors import FaasError
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,11 @@ class FastInvoke:
     a plain POST /invoke, or None when the bottle app must answer it. `path` and `query` are the
     URL's raw bytes, `headers` the request's [(name, value)] bytes as they came."""
 
-    def __init__(self, names, guard, storage, calls, limits, every_answer):
+    def __init__(self, names, guard, storage, calls, limits, every_answer, error_answer):
         self.names, self.guard, self.storage, self.calls = names, guard, storage, calls
         self.payload_bytes = limits.payload_bytes
         self.every_answer = list(every_answer)
+        self.error_answer = error_answer    # the app's: a FaasError as (status, headers, body)
         self._queries = {}
 
     def __call__(self, method, path, query, headers, body):
@@ -71,13 +74,8 @@ class FastInvoke:
             return None
         if host is not None and not self.names.allows(host.decode("latin-1")):
             return None
-        if self.guard.invoke_key:
-            try:
-                checks.check_key(None if authorization is None else authorization.decode("latin-1"),
-                                 [self.guard.invoke_key, self.guard.api_key], "invoke key")
-            except FaasError:
-                return None
         try:
+            self.guard.check_invoke(None if authorization is None else authorization.decode("latin-1"))
             meta = lookup(self.storage, fn)
             payload = parse.decode_input(body)
         except FaasError:
@@ -85,16 +83,13 @@ class FastInvoke:
         # From here the call runs: this path answers it, whatever happens.
         try:
             call, _ = self.calls.invoke(meta, payload)
-            return self._answer(call)
+            return self._json(call.status, call_headers(call), call.body)
         except FaasError as exc:
-            from reference.gateway.app import error_answer   # app imports this module
-
-            status, extra, error = error_answer(exc)
+            status, extra, error = self.error_answer(exc)
             return self._json(status, list(extra.items()), error)
         except Exception:
             log.exception("internal error on POST /invoke")
-            return self._json(500, [], {"ok": False, "kind": "internal",
-                                        "error": "internal error in the gateway; its log has the details"})
+            return self._json(500, [], internal_error())
 
     def _fn(self, query):
         """fn's value of a query string this path takes, else None (remembered per query)."""
@@ -105,17 +100,6 @@ class FastInvoke:
             if len(self._queries) < QUERIES_MAX:
                 self._queries[query] = fn
         return fn
-
-    def _answer(self, call):
-        """What reference.gateway.invoke.answer and the app's plugins make of a finished call."""
-        headers = [("X-Call-Id", call.call_id)]
-        body = call.body
-        if "worker" in body:
-            headers += [("X-Worker", str(body["worker"])), ("X-Queue-Ms", "%.3f" % body["queue_ms"]),
-                        ("X-Exec-Ms", "%.3f" % body["exec_ms"])]
-        if "retry_after" in body:
-            headers.append(("Retry-After", str(body["retry_after"])))
-        return self._json(call.status, headers, body)
 
     def _json(self, status, headers, body):
         """The answer as bottle's JSON plugin and the app give it: "ok" first, bottle's JSON."""

@@ -14,18 +14,26 @@ MAX_KEY_CHARS = 255
 ASYNC_VALUES = ("1", "true", "yes")
 
 
-def answer(call, replayed=False):
-    """A finished call as the HTTP answer: its status, its body, timing headers, and its call
-    id (X-Call-Id: the call_id of its entry in GET /function/NAME/logs)."""
-    response.status = call.status
-    response.set_header("X-Call-Id", call.call_id)
+def call_headers(call):
+    """A finished call's answer headers: its call id (X-Call-Id: the call_id of its entry in
+    GET /function/NAME/logs), the worker's timings, and Retry-After when it was overloaded.
+    (The fast path, reference/gateway/fast.py, sends the same.)"""
+    headers = [("X-Call-Id", call.call_id)]
     body = call.body
     if "worker" in body:
-        response.set_header("X-Worker", str(body["worker"]))
-        response.set_header("X-Queue-Ms", "%.3f" % body["queue_ms"])
-        response.set_header("X-Exec-Ms", "%.3f" % body["exec_ms"])
+        headers += [("X-Worker", str(body["worker"])), ("X-Queue-Ms", "%.3f" % body["queue_ms"]),
+                    ("X-Exec-Ms", "%.3f" % body["exec_ms"])]
     if "retry_after" in body:  # overloaded: tell clients when to come back
-        response.set_header("Retry-After", str(body["retry_after"]))
+        headers.append(("Retry-After", str(body["retry_after"])))
+    return headers
+
+
+def answer(call, replayed=False):
+    """A finished call as the HTTP answer: its status, its body and `call_headers`."""
+    response.status = call.status
+    for name, value in call_headers(call):
+        response.set_header(name, value)
+    body = call.body
     if call.kept:
         body = dict(body, call_id=call.call_id)
     if replayed:

@@ -368,24 +368,24 @@ class _Connection:
         # The head _head would build, without its checks: the handler's headers are its own
         # (no line breaks; Content-Length given; no Connection or Date).
         status, headers, body = answer
-        keep_alive = message.keep_alive
-        if not keep_alive:
-            connection = "Connection: close\r\n"
-        elif message.version == "1.0":
-            connection = "Connection: keep-alive\r\n"
-        else:
-            connection = ""
-        head = "HTTP/1.1 %s\r\n%sServer: %s\r\nDate: %s\r\n%s\r\n" % (
-            status, "".join(["%s: %s\r\n" % header for header in headers]), SERVER, http_date(), connection)
+        head = "HTTP/1.1 %s\r\n%s%s\r\n" % (status, "".join(["%s: %s\r\n" % header for header in headers]),
+                                             _head_end(message, message.keep_alive))
+        self._send_answer(head.encode("latin-1"), body)
+        return message.keep_alive
+
+    def _send_answer(self, head, body):
+        """An answer's head and body (None: none), joined in one send when the body is small;
+        _Close when the client is gone or does not read for the send timeout."""
         try:
-            if len(body) < _JOIN_BELOW:
-                self._send(head.encode("latin-1") + body)
+            if body is None:
+                self._send(head)
+            elif len(body) < _JOIN_BELOW:
+                self._send(head + body)
             else:
-                self._send(head.encode("latin-1"))
+                self._send(head)
                 self._send(body)
         except OSError:
             raise _Close() from None
-        return keep_alive
 
     def _head(self, message, status_headers, keep_alive, body, length=True):
         """Send the answer's status and headers, and `body` unless it is None; returns whether
@@ -411,23 +411,10 @@ class _Connection:
                 lines.append("Content-Length: %d" % len(body))
             else:
                 keep_alive = False
-        lines.append("Server: %s" % SERVER)
-        lines.append("Date: %s" % http_date())
-        if not keep_alive:
-            lines.append("Connection: close")
-        elif message.version == "1.0":
-            lines.append("Connection: keep-alive")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        try:
-            if body is None or message.method == "HEAD" or code in NO_BODY_STATUSES:
-                self._send(head)
-            elif len(body) < _JOIN_BELOW:
-                self._send(head + body)
-            else:
-                self._send(head)
-                self._send(body)
-        except OSError:
-            raise _Close() from None        # gone, or not reading for the send timeout
+        head = ("\r\n".join(lines) + "\r\n" + _head_end(message, keep_alive) + "\r\n").encode("latin-1")
+        if message.method == "HEAD" or code in NO_BODY_STATUSES:
+            body = None
+        self._send_answer(head, body)
         return keep_alive
 
     def _send_part(self, message, status_headers, chunks, streaming):
@@ -496,6 +483,18 @@ class _Connection:
     def evict(self):
         """Close this connection (idle, or still sending headers) to make room for a new one."""
         self.greenlet.kill(_Close(), block=False)
+
+
+def _head_end(message, keep_alive):
+    """The lines every answer's head ends with (before its blank line): Server, Date and, when
+    the connection closes or is an HTTP/1.0 one kept alive, Connection."""
+    if not keep_alive:
+        connection = "Connection: close\r\n"
+    elif message.version == "1.0":
+        connection = "Connection: keep-alive\r\n"
+    else:
+        connection = ""
+    return "Server: %s\r\nDate: %s\r\n%s" % (SERVER, http_date(), connection)
 
 
 class _LazyBody(io.RawIOBase):
