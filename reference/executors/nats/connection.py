@@ -22,6 +22,9 @@ JOBS = "faas.jobs"
 # Jobs older than this in the stream are stale: their caller has long been answered.
 STREAM_MAX_AGE_S = 600
 CONNECT_RETRY_S = 0.5
+# While a JetStream cluster elects its leaders (every node just started, or too few of them up
+# for a quorum) its API answers 503 or not at all: ask again this often, saying so once.
+JETSTREAM_RETRY_S = 1.0
 ENV_KEYS = ("FAAS_NATS_USER", "FAAS_NATS_PASSWORD", "FAAS_NATS_TOKEN")
 
 
@@ -172,6 +175,25 @@ async def connect(settings, name, on_refused=None):
                               "and forge jobs. Configure its authorization (docs/NATS.md), or give "
                               "--nats-insecure to use it anyway" % settings.url)
         return nc
+
+
+async def when_jetstream_answers(step, what):
+    """await step() until JetStream answers it: a cluster without a leader (nodes starting,
+    or no quorum) times out or says it is unavailable, and a process starting beside it should
+    wait as it waits for NATS itself, not exit. Any other error is step()'s to raise."""
+    import nats.errors
+    import nats.js.errors
+
+    announced = False
+    while True:
+        try:
+            return await step()
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError) as exc:
+            if not announced:
+                log.info("waiting for JetStream to answer (%s): %s", what, type(exc).__name__)
+                announced = True
+            await asyncio.sleep(JETSTREAM_RETRY_S)
 
 
 def stream_config(replicas):

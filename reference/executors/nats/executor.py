@@ -46,6 +46,7 @@ from reference.executors.nats.connection import (  # noqa: F401 (STREAM, JOBS: t
     default_replicas,
     ensure_stream,
     servers,
+    when_jetstream_answers,
 )
 from reference.wire.errors import (
     FaasError,
@@ -223,7 +224,8 @@ class NatsWorkers:
     async def start(self):
         self.nc = await connect(self.settings, "minifaas-server-%s" % self.server_id, on_refused=self._refused)
         self.js = self.nc.jetstream()
-        await ensure_stream(self.js, self.settings.replicas or default_replicas(self.url))
+        replicas = self.settings.replicas or default_replicas(self.url)
+        await when_jetstream_answers(lambda: ensure_stream(self.js, replicas), "the jobs stream")
         await self.nc.subscribe(HEARTBEATS + ".*", cb=self._on_heartbeat)
         await self.nc.subscribe(self.results, cb=self._on_result)
         # A queue group: several servers sharing one functions tree may all answer for code.

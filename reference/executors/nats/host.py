@@ -24,7 +24,8 @@ import uuid
 
 from reference.executors.local import LocalWorkers
 from reference.executors.nats.codecache import CodeCache, pack, unpack
-from reference.executors.nats.connection import NatsRefused, connect, default_replicas, ensure_stream
+from reference.executors.nats.connection import (NatsRefused, connect, default_replicas, ensure_stream,
+                                                 when_jetstream_answers)
 from reference.executors.nats.executor import (
     ACK_WAIT_S,
     HEARTBEAT_S,
@@ -115,8 +116,7 @@ class WorkerHost:
         try:
             self.nc = await connect(self.settings, "minifaas-host-%s" % self.id, on_refused=self._refused)
             self.js = self.nc.jetstream()
-            await ensure_stream(self.js, self.settings.replicas or default_replicas(self.settings.url))
-            await self._bind_own_consumer(fresh=True)
+            await when_jetstream_answers(self._join_stream, "the jobs stream and this host's consumer")
         except NatsRefused as exc:
             log.error("worker host %s: %s", self.id, exc.message)
             await self.pool.stop()
@@ -133,6 +133,10 @@ class WorkerHost:
         await self.pool.stop()
         await self.nc.close()
         return 2 if self.refused else 0
+
+    async def _join_stream(self):
+        await ensure_stream(self.js, self.settings.replicas or default_replicas(self.settings.url))
+        await self._bind_own_consumer(fresh=True)
 
     def _refused(self, why):
         log.error("worker host %s stops: %s", self.id, why)
