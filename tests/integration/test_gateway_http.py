@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,6 +12,8 @@ import urllib.request
 
 import pytest
 from support import stop_group, wait_listening
+
+from harness.run.stack import free_port
 
 from reference.config import Limits
 from reference.functions.storage import Storage
@@ -378,12 +379,6 @@ def test_a_path_that_is_not_utf8_names_no_endpoint(app, client, path):
 
 
 # -- the real gateway process -------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def http(method, url, body=None):
     req = urllib.request.Request(url, data=body, method=method)

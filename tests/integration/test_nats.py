@@ -4,10 +4,11 @@ its own code cache and nothing but the NATS URL) and a stack started with `--exe
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 
 import pytest
-from nats_support import (SLEEP_PY, SLOW_PY, cluster_behind_stack, need_nats, run, start_stack, stats_when,
+from nats_support import (SLEEP_PY, SLOW_PY, client, cluster_behind_stack, need_nats, run, start_stack, stats_when,
                           stream_state, timed_load)
 from support import EXAMPLES, deploy, invoke
 
@@ -178,3 +179,33 @@ def test_host_killed_mid_load_loses_nothing_and_nats_restart_is_survived(strateg
             assert answer["output"] == "slow again\n"
         finally:
             stack.close()
+
+
+@pytest.mark.parametrize("which", ["port", "cluster_port", "http_port"])
+def test_a_port_taken_after_it_was_chosen_moves_the_cluster_to_new_ports(which):
+    """A squatter listens on one of a node's ports between free_port's check and nats-server's
+    own bind (in CI something did): the cluster starts on fresh ports and works."""
+    need_nats()
+    cluster = LocalCluster(hosts=0, nodes=3)
+    taken = getattr(cluster.nodes[1], which)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", taken))
+    squatter.listen()
+    try:
+        with cluster:
+            assert taken not in [getattr(n, which) for n in cluster.nodes]
+            assert all(n.proc.poll() is None for n in cluster.nodes)
+            ports = [n.port for n in cluster.nodes] + [n.cluster_port for n in cluster.nodes]
+            assert len(set(ports)) == len(ports)
+            run(_platform_client_publishes(cluster))
+    finally:
+        squatter.close()
+
+
+async def _platform_client_publishes(cluster):
+    nc = await client(cluster.url, "platform", cluster.passwords["platform"])
+    try:
+        await nc.flush(timeout=5)
+        assert nc.is_connected
+    finally:
+        await nc.close()

