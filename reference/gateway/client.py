@@ -136,7 +136,7 @@ class ServerClient:
                 # The reader pops without the lock: whoever pops a call's entry settles it.
                 slots = [entry[1] for entry in (self._awaited.pop(req, None) for req in late) if entry]
             for slot in slots:
-                slot.error = Timeout("no answer from the server within %.0f s" % slot.timeout)
+                slot.error = Timeout("no answer from the server within %g s" % round(slot.timeout, 3))
                 slot.event.set()
 
     def _read_answers(self, sock):
