@@ -20,6 +20,9 @@ and GET /call/ID answers from the store what memory no longer holds (after a res
 forgotten to make room). A gateway that starts takes over the calls of a dead one (`recover`):
 those not started run, those it was running end failed ("interrupted": the function may have
 run in part or to its end, so it is not run twice), and callbacks not yet delivered are sent.
+A keyed call (sync or async) has its row, with its key and fingerprint, before it runs: a retry
+to a later gateway finds the key there and gets the first call's answer (or, if that call was
+cut by its gateway's death, "interrupted"), never a second run.
 With an X-Callback-Url (reference/gateway/callbacks.py), the finished call's view is POSTed
 to it.
 """
@@ -99,6 +102,11 @@ def function_failure(meta, outcome, fields):
     if outcome.exit_code != 0:
         return FunctionFailed("function exited with code %d" % outcome.exit_code, **fields)
     return None
+
+
+def key_fingerprint(meta, payload):
+    """What an Idempotency-Key is first used for, as kept with it: the function's name and the input."""
+    return hashlib.sha256(meta["name"].encode() + b"\0" + payload).hexdigest()
 
 
 def internal_error():
@@ -231,7 +239,14 @@ class Calls:
             return call, False
         call, fresh = self._claim(meta, payload, key)
         if fresh:
+            try:
+                self._accepted(call, None, "running")   # the key is on disk before the call runs
+            except BaseException:
+                self._unclaim(call, is_async=False)
+                raise
             self._execute(call, meta, payload)
+            if key is not None:
+                self._finished(call)
         elif not call.done.wait(int(meta.get("timeout_ms") or 5000) / 1000.0 + 60.0):
             raise Timeout("the first call with this Idempotency-Key is still running; ask again later",
                           call_id=call.call_id)
@@ -253,10 +268,10 @@ class Calls:
             if fresh:
                 if callback_url is not None:
                     call.callback = {"url": callback_url, "state": "pending", "attempts": 0}
-                self._accepted(call, payload)
+                self._accepted(call, payload, "queued")
         except BaseException:
             if fresh:
-                self._unclaim(call)
+                self._unclaim(call, is_async=True)
             if callback_url is not None:
                 self.callbacks.release()
             raise
@@ -311,6 +326,24 @@ class Calls:
         rows = self.store.read("SELECT %s FROM calls WHERE call_id = ?" % CALL_COLUMNS, (call_id,), flush=False)
         return TrackedCall.from_row(rows[0]) if rows else None
 
+    def _stored_key(self, key):
+        """The call the store holds for Idempotency-Key `key` (one a gateway before this one
+        ran), with its fingerprint, or None."""
+        if self.store is None:
+            return None
+        try:
+            rows = self.store.read("SELECT %s, fingerprint FROM calls WHERE idem_key = ? ORDER BY seq DESC LIMIT 1"
+                                   % CALL_COLUMNS, (key,), flush=False)
+        except sqlite3.Error as exc:
+            log.error("cannot read %s: %s", self.store.path, exc)
+            raise Unavailable("the gateway cannot read its store (%s) to see whether this Idempotency-Key "
+                              "was used; retry later" % exc, retry_after=RETRY_AFTER_S) from None
+        if not rows:
+            return None
+        call = TrackedCall.from_row(rows[0][:-1])
+        call.key, call.fingerprint = key, rows[0][-1]
+        return call
+
     def recover(self, lookup):
         """At start, before taking calls: take over what gateways that died left in the store
         (queued calls run, running calls end Interrupted, undelivered callbacks are sent);
@@ -326,10 +359,11 @@ class Calls:
             return found
         self.store.write([("UPDATE calls SET owner = ? WHERE owner = ? AND " + PENDING, (me, owner))
                           for owner in owners])
-        rows = self.store.read("SELECT %s, payload FROM calls WHERE owner = ? AND %s ORDER BY seq"
-                               % (CALL_COLUMNS, PENDING), (me,), flush=False)
+        rows = self.store.read("SELECT %s, payload, idem_key, fingerprint FROM calls WHERE owner = ? AND %s "
+                               "ORDER BY seq" % (CALL_COLUMNS, PENDING), (me,), flush=False)
         for row in rows:
-            call, payload = TrackedCall.from_row(row[:-1]), row[-1] or b""
+            call, payload = TrackedCall.from_row(row[:-3]), row[-3] or b""
+            call.key, call.fingerprint = row[-2], row[-1]
             if call.callback is not None and self.callbacks is not None:
                 self.callbacks.reserve(force=True)
             if call.state == "done":   # only its callback is left
@@ -344,6 +378,8 @@ class Calls:
                     self._calls[call.call_id] = call
                     self._kept_size += call.size
                     self._async_in_flight += 1
+                    if call.key is not None:
+                        self._keys[call.key] = call
                 self._runners(meta).submit(self._run_async, call, meta, payload, RECOVERED_RETRY_S)
                 continue
             found["interrupted"] += 1
@@ -351,7 +387,7 @@ class Calls:
                 failure = NotFound("function not found: version %s was deleted before this async call ran"
                                    % call.fn_id, fn=call.fn_id)
             else:
-                failure = Interrupted("the gateway stopped while this async call was running: the function "
+                failure = Interrupted("the gateway stopped while this call was running: the function "
                                       "may have run in part or to its end, and its answer is lost (it is not "
                                       "run again; call it again if that is safe)")
             call.status, call.body = failure.status, failure.to_dict()
@@ -363,22 +399,26 @@ class Calls:
                  "to send", found["run"], found["interrupted"], found["callbacks"])
         return found
 
-    def _accepted(self, call, payload):
-        """The async call's row, committed before the caller answers 202."""
-        if self.store is None:
+    def _accepted(self, call, payload, state):
+        """The call's row, committed before the call is answered 202 (an async call: "queued",
+        with its input, which a gateway taking over runs) or run (a keyed sync call: "running",
+        without it: a gateway taking over ends it interrupted, and a retry with the key gets
+        that). Nothing to do without a store, or for a sync call without a key."""
+        if self.store is None or (state == "running" and call.key is None):
             return
         callback = call.callback
         try:
             self.store.write([(
                 "INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, payload, callback_url, "
-                "callback_state, callback) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (call.call_id, call.name, call.fn_id, self.store.owner, call.submitted, payload,
+                "callback_state, callback, idem_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (call.call_id, call.name, call.fn_id, self.store.owner, state, call.submitted, payload,
                  callback and callback["url"], callback and callback["state"],
-                 callback and store_mod.encode(callback)))])
+                 callback and store_mod.encode(callback), call.key, call.fingerprint))])
         except sqlite3.Error as exc:
-            log.error("cannot write async call %s to %s: %s", call.call_id, self.store.path, exc)
-            raise Unavailable("the gateway cannot record the async call in its store (%s), so it does not "
-                              "accept it; retry later" % exc, retry_after=RETRY_AFTER_S) from None
+            log.error("cannot write call %s to %s: %s", call.call_id, self.store.path, exc)
+            raise Unavailable("the gateway cannot record the %s in its store (%s), so it does not run it; "
+                              "retry later" % ("async call" if state == "queued" else "call's Idempotency-Key",
+                                               exc), retry_after=RETRY_AFTER_S) from None
 
     def _durably(self, sql, params):
         if self.store is None:
@@ -389,8 +429,11 @@ class Calls:
             log.error("cannot write to %s: %s", self.store.path, exc)
 
     def _finished(self, call):
+        """The call's answer in its row (a keyed call that never ran, 429 or 503, lets go of its
+        key there too, as in memory: a retry runs it)."""
+        released = ", idem_key = NULL" if call.key is not None and call.status in NOT_RUN else ""
         self._durably("UPDATE calls SET state = 'done', finished = ?, status = ?, body = ?, size = ?, "
-                      "payload = NULL WHERE call_id = ?",
+                      "payload = NULL%s WHERE call_id = ?" % released,
                       (call.finished, call.status, store_mod.encode(call.body), answer_size(call.body),
                        call.call_id))
 
@@ -403,23 +446,31 @@ class Calls:
         self._durably("UPDATE calls SET callback_state = ?, callback = ? WHERE call_id = ?",
                       (call.callback["state"], store_mod.encode(call.callback), call.call_id))
 
-    def _unclaim(self, call):
-        """Undo a fresh async claim whose call could not be accepted."""
+    def _unclaim(self, call, is_async):
+        """Undo a fresh claim whose call could not be accepted."""
         with self._lock:
             if self._calls.get(call.call_id) is call:
                 self._forget(call)
-            self._async_in_flight -= 1
+            if is_async:
+                self._async_in_flight -= 1
 
     # -- inside -----------------------------------------------------------------------------
 
     def _claim(self, meta, payload, key, is_async=False):
         """A new TrackedCall registered (holding room for its answer, counted as in flight if
         async), or the one holding `key`."""
-        fingerprint = None
+        fingerprint = stored = None
         if key is not None:
-            fingerprint = hashlib.sha256(meta["name"].encode() + b"\0" + payload).hexdigest()
+            fingerprint = key_fingerprint(meta, payload)
+            if key not in self._keys:
+                stored = self._stored_key(key)
         with self._lock:
             existing = self._keys.get(key) if key is not None else None
+            if existing is None and stored is not None:
+                if stored.state != "done" and not is_async:
+                    raise Timeout("the first call with this Idempotency-Key is still running in another "
+                                  "gateway; ask again later", call_id=stored.call_id)
+                existing = stored
             if existing is not None:
                 if existing.fingerprint != fingerprint:
                     raise Conflict("Idempotency-Key %r was first used for another function or input "

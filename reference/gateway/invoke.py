@@ -34,7 +34,7 @@ def answer(call, replayed=False):
     for name, value in call_headers(call):
         response.set_header(name, value)
     body = call.body
-    if call.kept:
+    if call.kept or call.key is not None:   # a keyed call read back from the store is not kept
         body = dict(body, call_id=call.call_id)
     if replayed:
         response.set_header("Idempotent-Replayed", "true")

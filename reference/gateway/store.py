@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_state ON calls (state, owner);
 """
+# Columns added since a store was first made: (table, column, type). A store made before them
+# gets them when it is opened (ALTER TABLE ... ADD COLUMN), its rows kept, the new columns NULL.
+ADDED_COLUMNS = [
+    ("calls", "idem_key", "TEXT"),        # the Idempotency-Key of a keyed call (sync or async)
+    ("calls", "fingerprint", "TEXT"),     # what the key was first used for: function and input
+]
+INDEXES = "CREATE INDEX IF NOT EXISTS calls_by_key ON calls (idem_key) WHERE idem_key IS NOT NULL;"
 
 
 def _real_threads():
@@ -146,6 +153,10 @@ class Store:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         with self._connection() as db:
             db.executescript(SCHEMA)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in [row[1] for row in db.execute("PRAGMA table_info(%s)" % table)]:
+                    db.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, kind))
+            db.executescript(INDEXES)
         self._start_thread(self._writer, ())
 
     # -- connections --------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from support import ROOT, deploy, http, invoke
 from test_faults import component_pid, wait_for
 
 from reference.gateway import store as store_mod
-from reference.gateway.calls import Calls
+from reference.gateway.calls import Calls, key_fingerprint
 from reference.gateway.metrics import Metrics
 from reference.gateway.records import STDERR_KEPT, InvocationRecords
+from reference.wire.errors import Unavailable
 from reference.wire.jobs import Outcome
 
 NOISY = b"import sys\ndata = sys.stdin.read()\nsys.stderr.write('said ' + data + '\\n')\nprint(data)\n"
@@ -155,7 +156,39 @@ def test_async_calls_accepted_before_a_sigkill_all_end_done(start_stack):
     else:
         assert all(ends[c]["status"] in (200, 500) for c in quick)
     interrupted = [ends[c] for c in ids if ends[c]["kind"] == "interrupted"]
-    assert all("gateway stopped while this async call was running" in e["error"] for e in interrupted)
+    assert all("gateway stopped while this call was running" in e["error"] for e in interrupted)
+
+
+UNIQUE = b"import os, sys\nprint(sys.stdin.read(), os.urandom(8).hex())\n"
+
+
+def test_idempotency_keys_outlive_a_killed_gateway(start_stack):
+    """A client that retries after the gateway died (its connection cut, or its answer lost)
+    sends the same Idempotency-Key to the next gateway: the first call's answer comes back, and
+    the function does not run a second time; the key still refuses another input."""
+    stack = start_stack(workers=1)
+    url = stack.url
+    deploy(url, "once", "python", UNIQUE)
+    key = {"Idempotency-Key": "order-7"}
+    status, first, _ = http("POST", url + "/invoke?fn=once", json.dumps({"input": "a"}), key)
+    assert status == 200, first
+    status, queued, _ = http("POST", url + "/invoke?fn=once&async=1", json.dumps({"input": "b"}),
+                             {"Idempotency-Key": "order-8"})
+    assert status == 202
+    wait_for(lambda: http("GET", url + "/call/" + queued["call_id"])[1]["state"] == "done")
+    os.kill(component_pid(stack, "gateway"), signal.SIGKILL)
+    wait_for(lambda: stack.health()[0] == 200, timeout=60)
+
+    status, again, headers = http("POST", url + "/invoke?fn=once", json.dumps({"input": "a"}), key)
+    assert status == 200 and headers["Idempotent-Replayed"] == "true"
+    assert again["output"] == first["output"] and again["call_id"] == first["call_id"]
+    status, async_again, headers = http("POST", url + "/invoke?fn=once&async=1", json.dumps({"input": "b"}),
+                                        {"Idempotency-Key": "order-8"})
+    assert status == 202 and async_again["call_id"] == queued["call_id"] and async_again["state"] == "done"
+    assert headers["Idempotent-Replayed"] == "true"
+    assert len(http("GET", url + "/function/once/invocations")[1]["invocations"]) == 2   # a and b, once each
+    status, body, _ = http("POST", url + "/invoke?fn=once", json.dumps({"input": "other"}), key)
+    assert status == 409 and first["call_id"] in body["error"]
 
 
 # -- in-process: what a new gateway does with a dead one's rows ---------------------------------
@@ -207,6 +240,91 @@ def test_recover_runs_queued_calls_and_fails_running_ones(tmp_path):
         # What the store now says, as a later gateway would read it.
         rows = dict(store.read("SELECT call_id, state FROM calls"))
         assert rows == {"queued1": "done", "running1": "done", "gone1": "done", "other": "queued"}
+    finally:
+        calls.close()
+
+
+class Down:
+    """A stand-in server that is not there."""
+
+    def invoke(self, meta, payload):
+        raise Unavailable("server unavailable: not started")
+
+
+META = {"id": "f_1", "name": "f", "timeout_ms": 1000, "memory_mb": 64}
+
+
+def test_a_keyed_call_cut_by_the_gateways_death_is_answered_interrupted_not_run_again(tmp_path):
+    """A keyed sync call is in the store, running, before it runs: if that gateway dies, the
+    next one ends it interrupted (it may have run), and a retry with the key gets that answer."""
+    path = str(tmp_path / store_mod.FILE_NAME)
+    store = store_mod.Store(path)
+    owner = dead_owner()
+    calls = Calls(Echo(), InvocationRecords(store), Metrics(), store=store)
+    try:
+        call, replayed = calls.invoke(META, b"first", key="k-1")
+        assert call.status == 200 and not replayed
+    finally:
+        calls.close()
+    row = store.read("SELECT state, idem_key, fingerprint FROM calls WHERE call_id = ?", (call.call_id,))
+    assert row[0][:2] == ("done", "k-1") and row[0][2]
+    # A call the dead gateway was running when it died: its row says running, with its key.
+    store = store_mod.Store(path)
+    fingerprint = key_fingerprint(META, b"second")
+    store.write([("INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, idem_key, fingerprint) "
+                  "VALUES ('cut1', 'f', 'f_1', ?, 'running', 1.0, 'k-2', ?)", (owner, fingerprint))])
+    server = Echo()
+    calls = Calls(server, InvocationRecords(store), Metrics(), store=store)
+    try:
+        assert calls.recover({"f_1": META}.get)["interrupted"] == 1
+        cut, replayed = calls.invoke(META, b"second", key="k-2")
+        assert replayed and cut.call_id == "cut1" and cut.status == 500 and cut.body["kind"] == "interrupted"
+        done, replayed = calls.invoke(META, b"first", key="k-1")
+        assert replayed and done.call_id == call.call_id and done.body["output"] == "first"
+        assert server.inputs == []      # neither ran again
+    finally:
+        calls.close()
+
+
+def test_a_keyed_call_that_never_ran_lets_go_of_its_key_in_the_store_too(tmp_path):
+    path = str(tmp_path / store_mod.FILE_NAME)
+    store = store_mod.Store(path)
+    calls = Calls(Down(), InvocationRecords(store), Metrics(), store=store)
+    try:
+        call, _ = calls.invoke(META, b"x", key="k-3")
+        assert call.status == 503
+    finally:
+        calls.close()
+    server = Echo()
+    store = store_mod.Store(path)
+    calls = Calls(server, InvocationRecords(store), Metrics(), store=store)
+    try:
+        call, replayed = calls.invoke(META, b"x", key="k-3")
+        assert not replayed and call.status == 200 and server.inputs == [b"x"]
+    finally:
+        calls.close()
+
+
+def test_a_store_made_before_idempotency_keys_were_kept_opens_with_its_rows(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / store_mod.FILE_NAME)
+    old_calls = store_mod.SCHEMA[store_mod.SCHEMA.index("CREATE TABLE IF NOT EXISTS calls"):
+                                 store_mod.SCHEMA.index("CREATE INDEX IF NOT EXISTS calls_by_state")]
+    assert "idem_key" not in old_calls
+    db = sqlite3.connect(path)
+    db.executescript(old_calls)
+    db.execute("INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, finished, status, body) "
+               "VALUES ('old1', 'f', 'f_1', 'x:0', 'done', 1.0, 2.0, 200, '{\"ok\": true, \"output\": \"kept\"}')")
+    db.commit()
+    db.close()
+    store = store_mod.Store(path)
+    calls = Calls(Echo(), InvocationRecords(store), Metrics(), store=store)
+    try:
+        assert calls.fetch("old1")["output"] == "kept"
+        call, _ = calls.invoke(META, b"new", key="k-4")
+        assert call.status == 200
+        assert store.read("SELECT idem_key FROM calls WHERE call_id = ?", (call.call_id,)) == [("k-4",)]
     finally:
         calls.close()
 
