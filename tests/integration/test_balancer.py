@@ -292,3 +292,49 @@ def test_an_unknown_strategy_is_refused_with_the_known_names(tmp_path):
     assert result.returncode == 2
     assert "RANDOM" in result.stderr and "FIFO" in result.stderr and "WEIGHTED" in result.stderr
     assert not os.path.exists(tmp_path / "lb.sock")
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_server_that_never_reads_its_answers_is_not_buffered_without_bound(start_balancer):
+    """A hostile (or stuck) server sends stats requests as fast as it can and reads nothing:
+    the balancer stops reading it once its answers back up (Session.pause_writing), so the
+    sender is held by the socket instead of the balancer's memory growing; another connection
+    is served meanwhile; once the answers are read, every one arrives, in order."""
+    balancer = start_balancer("RR")
+    request = framing.encode({"op": "stats", "req": 0})
+    batch = request * 4096
+    rss_before = _rss_kib(balancer.proc.pid)
+    with connect(balancer.path) as flooder, connect(balancer.path) as other:
+        register(flooder, 0, 1)
+        flooder.setblocking(False)
+        sent, stalled_since = 0, None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                sent += flooder.send(batch[sent % len(batch):])
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 1.0:
+                    break           # held: the balancer has stopped reading us
+                time.sleep(0.01)
+        assert stalled_since is not None, "sent %d bytes and the balancer kept reading" % sent
+        assert sent < 64 << 20, sent  # a few socket buffers' worth, not whatever we could push
+        assert stats(other, req=7)["req"] == 7    # the other connection is not held up
+        grown_kib = _rss_kib(balancer.proc.pid) - rss_before
+        assert grown_kib < 64 * 1024, grown_kib
+        # Now read: every whole request sent is answered, in order; then the one the flood cut
+        # in the middle, finished, and the connection serves on.
+        flooder.settimeout(ANSWER_DEADLINE_S)
+        for i in range(sent // len(request)):
+            answer = recv(flooder)
+            assert answer["op"] == "stats" and answer["req"] == 0, (i, answer)
+        cut = sent % len(request)
+        if cut:
+            flooder.sendall(request[cut:])
+            assert recv(flooder)["req"] == 0
+        assert stats(flooder, req=9)["req"] == 9
