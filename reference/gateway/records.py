@@ -23,7 +23,7 @@ PER_FUNCTION = 100          # kept in memory (no store), and the default page of
 STDERR_KEPT = 4 * config.KIB
 PAGE_MAX = 1000
 
-INSERT = "INSERT INTO invocations (name, time, record, stderr) VALUES (?, ?, ?, ?)"
+INSERT = store_mod.INSERT_RECORD
 
 
 def kept_stderr(text):

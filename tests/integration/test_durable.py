@@ -386,3 +386,36 @@ def test_records_encoded_with_orjson_read_back_as_the_json_module_wrote_them(tmp
         assert got["call_id"] == "c1" and got["output_bytes"] == 2 and got["seq"] == 1
     finally:
         store.close()
+
+
+BATCH = [("f", 1764640000.123, '{"a": "caf\u00e9 \\"q\\"", "n": 1e-05}', "line one\nline \u2603 two\t\x01"),
+         ("g", 1764640000.5, "{}", ""),
+         ("f", 1764640001.0, '{"b": [1, 2.5, null]}', "x" * 5000)]
+
+
+def _written(tmp_path, name):
+    store = store_mod.Store(str(tmp_path / name))
+    try:
+        store.write([(store_mod.INSERT_RECORD, row) for row in BATCH])
+        return store.read("SELECT seq, name, time, record, stderr, typeof(time) FROM invocations ORDER BY seq")
+    finally:
+        store.close()
+
+
+def test_a_batch_of_records_in_one_statement_reads_back_as_row_by_row(tmp_path, monkeypatch):
+    """The batch form of the records' INSERT (json_each over one JSON array) and executemany,
+    its fallback, store the same rows: text as it was, times as the same floats."""
+    bulk = _written(tmp_path, "bulk.sqlite")
+    monkeypatch.setattr(store_mod, "BULK_OK", False)
+    one_by_one = _written(tmp_path, "rows.sqlite")
+    assert bulk == one_by_one
+    assert [row[1:5] for row in bulk] == BATCH and {row[5] for row in bulk} == {"real"}
+
+
+def test_a_sqlite_without_json_each_writes_the_records_row_by_row(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(store_mod, "BULK_OK", True)
+    monkeypatch.setitem(store_mod._BULK, store_mod.INSERT_RECORD, "SELECT no_such_function(?)")
+    rows = _written(tmp_path, "old.sqlite")
+    assert [row[1:5] for row in rows] == BATCH
+    assert store_mod.BULK_OK is False       # and so from then on
+    assert "records written one by one" in capfd.readouterr().err
