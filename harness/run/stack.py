@@ -32,7 +32,7 @@ class Stack:
     """
 
     def __init__(self, strategy="RR", workers=4, functions_dir=None, extra_args=(), env=None,
-                 ready_timeout=60.0):
+                 ready_timeout=60.0, cwd=None):
         self._tmp = tempfile.TemporaryDirectory(prefix="minifaas-stack-")
         self.dir = self._tmp.name
         self.functions_dir = functions_dir or os.path.join(self.dir, "functions")
@@ -43,6 +43,9 @@ class Stack:
         self.strategy, self.workers = strategy, workers
         self.extra_args = list(extra_args)
         self.env = env
+        # Where `python -m reference` starts: it imports `reference` from there before anything
+        # on PYTHONPATH (None: the caller's own directory, as a user's shell would).
+        self.cwd = cwd
         self.ready_timeout = ready_timeout
         self.proc = None
         self._log = None
@@ -60,7 +63,7 @@ class Stack:
         self._log = open(os.path.join(self.dir, "stack.log"), "w+b")
         env = dict(os.environ, **(self.env or {}))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True)
         try:
             self.wait_ready(self.ready_timeout)
         except StackError:
