@@ -210,3 +210,14 @@ async def _platform_client_publishes(cluster):
         assert nc.is_connected
     finally:
         await nc.close()
+
+
+def test_a_server_that_is_not_the_node_asked_for_is_refused_and_stopped(tmp_path):
+    """start_nats waits for the node to greet as itself; something else on the port, or a
+    server by another name, is an error, and the process it started is not left running."""
+    need_nats()
+    node = nats_executor.Node("named", nats_executor.free_port(), 0)
+    with pytest.raises(nats_executor.Unavailable, match="did not answer as itself"):
+        nats_executor.start_nats(str(tmp_path), node, "server_name: other\nlisten: 127.0.0.1:%d\n" % node.port,
+                                 ready_timeout=3)
+    assert node.proc.poll() is not None

@@ -538,7 +538,8 @@ def _wait_nats(node, deadline):
         if _says_its_name(node.port, node.name):
             return
         time.sleep(0.05)
-    raise Unavailable("%s not listening on port %d" % (what, node.port))
+    raise Unavailable("%s did not answer as itself (INFO with its server_name) on port %d in time"
+                      % (what, node.port))
 
 
 # Who may do what on the subjects above (nats-server's authorization block). The platform
@@ -630,6 +631,7 @@ def start_nats(workdir, node, config_text, ready_timeout=15.0):
     try:
         _wait_nats(node, time.monotonic() + ready_timeout)
     except Unavailable as exc:
+        stop_process(node.proc)     # one that runs but is not the node we asked for: not left behind
         with open(os.path.join(workdir, "%s.log" % node.name), "rb") as f:
             tail = f.read()[-2000:].decode(errors="replace")
         raise Unavailable("%s; its log ends:\n%s" % (exc.message, tail)) from None
