@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-from reference.ports import free_port  # noqa: F401  (the tests take it from here)
+from reference.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -321,27 +321,28 @@ class Calls:
 
     def stored(self, call_id):
         """The call `call_id` as the store has it (a TrackedCall), or None."""
-        if self.store is None:
-            return None
-        rows = self.store.read("SELECT %s FROM calls WHERE call_id = ?" % CALL_COLUMNS, (call_id,), flush=False)
-        return TrackedCall.from_row(rows[0]) if rows else None
+        return self._stored("call_id = ?", call_id)
 
     def _stored_key(self, key):
         """The call the store holds for Idempotency-Key `key` (one a gateway before this one
-        ran), with its fingerprint, or None."""
-        if self.store is None:
-            return None
+        ran), with its key and fingerprint, or None."""
         try:
-            rows = self.store.read("SELECT %s, fingerprint FROM calls WHERE idem_key = ? ORDER BY seq DESC LIMIT 1"
-                                   % CALL_COLUMNS, (key,), flush=False)
+            return self._stored("idem_key = ? ORDER BY seq DESC LIMIT 1", key)
         except sqlite3.Error as exc:
             log.error("cannot read %s: %s", self.store.path, exc)
             raise Unavailable("the gateway cannot read its store (%s) to see whether this Idempotency-Key "
                               "was used; retry later" % exc, retry_after=RETRY_AFTER_S) from None
+
+    def _stored(self, where, value):
+        """The first call of `SELECT ... FROM calls WHERE <where>` as a TrackedCall, or None."""
+        if self.store is None:
+            return None
+        rows = self.store.read("SELECT %s, idem_key, fingerprint FROM calls WHERE %s" % (CALL_COLUMNS, where),
+                               (value,), flush=False)
         if not rows:
             return None
-        call = TrackedCall.from_row(rows[0][:-1])
-        call.key, call.fingerprint = key, rows[0][-1]
+        call = TrackedCall.from_row(rows[0][:-2])
+        call.key, call.fingerprint = rows[0][-2:]
         return call
 
     def recover(self, lookup):

@@ -89,7 +89,7 @@ INDEXES = "CREATE INDEX IF NOT EXISTS calls_by_key ON calls (idem_key) WHERE ide
 # An invocation record, and the same for a whole batch in one statement: its rows as one JSON
 # array read back by json_each. executemany steps once per row and lets go of the GIL and takes
 # it back at each step, which the gateway's main thread, busy with requests, pays for (a call's
-# bookkeeping in-process, 6 alternated runs: 30.4 -> 25.9 us, docs/PERFORMANCE.md). Where the
+# bookkeeping in-process, median of 6 alternated runs: 32.4 -> 27.8 us, docs/PERFORMANCE.md). Where the
 # SQLite has no JSON functions, executemany (BULK_OK turns the batch form off).
 INSERT_RECORD = "INSERT INTO invocations (name, time, record, stderr) VALUES (?, ?, ?, ?)"
 _BULK = {INSERT_RECORD: "INSERT INTO invocations (name, time, record, stderr) SELECT json_extract(value, '$[0]'), "
