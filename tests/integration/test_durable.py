@@ -314,8 +314,11 @@ def test_a_store_made_before_idempotency_keys_were_kept_opens_with_its_rows(tmp_
     assert "idem_key" not in old_calls
     db = sqlite3.connect(path)
     db.executescript(old_calls)
+    # A recent call: one finished long ago is pruned by the writer's first sweep, as it should be.
+    now = time.time()
     db.execute("INSERT INTO calls (call_id, name, fn_id, owner, state, submitted, finished, status, body) "
-               "VALUES ('old1', 'f', 'f_1', 'x:0', 'done', 1.0, 2.0, 200, '{\"ok\": true, \"output\": \"kept\"}')")
+               "VALUES ('old1', 'f', 'f_1', 'x:0', 'done', ?, ?, 200, '{\"ok\": true, \"output\": \"kept\"}')",
+               (now - 2, now - 1))
     db.commit()
     db.close()
     store = store_mod.Store(path)
