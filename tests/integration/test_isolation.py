@@ -11,10 +11,13 @@ reason otherwise, failed instead under FAAS_REQUIRE_TOOLCHAINS=1.
 import base64
 import json
 import os
+import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -428,20 +431,25 @@ def test_a_hijacked_fork_server_cannot_redirect_the_kill(tmp_path):
     control could have the platform kill any process group. Now the call is ended through its
     cgroup; the process named survives."""
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    # Where the sandbox user can read the helper (pytest's tmp_path is under a 0700 directory:
+    # there the fork server would not start at all, and the test would pass for that reason).
+    readable = pathlib.Path(tempfile.mkdtemp(prefix="minifaas-hijack-"))
     try:
+        readable.chmod(0o755)
         source = (ROOT / "reference" / "worker" / "warm" / "warm_python.py").read_text()
         main_at = source.rindex('if __name__ == "__main__":')
-        helper = tmp_path / "evil_warm_python.py"
+        helper = readable / "evil_warm_python.py"
         helper.write_text(source[:main_at] + HIJACKED_HELPER % victim.pid + source[main_at:])
         helper.chmod(0o644)
-        os.chmod(tmp_path, 0o755)
         greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
         out = drive(job(greet, "python", timeout_ms=500), helper=str(helper))["results"][0]
-        assert out["error"] in ("timeout", "runtime"), out
+        # A fork server says nothing but a call's status, once it ended: a pid is a lie.
+        assert out["error"] == "runtime" and "instead of a call's status" in out["message"], out
         assert victim.poll() is None, "the platform killed the process the fork server named"
     finally:
         victim.kill()
         victim.wait()
+        shutil.rmtree(readable)
 
 
 def test_compilers_cannot_put_secrets_into_their_errors(monkeypatch):

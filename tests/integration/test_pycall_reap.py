@@ -61,7 +61,6 @@ class Server:
             os.lseek(stdin, 0, os.SEEK_SET)
             socket.send_fds(self.sock, [json.dumps({"dir": self.dir, "cpu": 10, "join": 0, "make": False}).encode()],
                             [stdin, out, err])
-            assert isinstance(json.loads(self.sock.recv(4096))["pid"], int)
             status = json.loads(self.sock.recv(4096))["status"]
             return status, os.pread(out, 1 << 16, 0), os.pread(err, 1 << 16, 0)
         finally:

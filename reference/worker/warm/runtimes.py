@@ -244,19 +244,30 @@ class ForkServer:
             raise WarmProcessLost("%s did not answer: %s" % (self.name, exc)) from None
         if not data:
             raise WarmProcessLost("%s is gone" % self.name)
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise WarmProcessLost("%s sent %.100r, not JSON" % (self.name, data)) from None
+
+    def status(self, timeout):
+        """The exit status of the call forked last, when the fork server reports its end. It
+        runs the function's sandbox, so anything but {"status": int} ends it (WarmProcessLost)."""
+        message = self.receive(timeout)
+        status = message.get("status") if isinstance(message, dict) else None
+        if type(status) is not int:
+            raise WarmProcessLost("%s sent %.100r instead of a call's status" % (self.name, message))
+        return status
 
     def fork(self, call_dir, cpu, fds, join=()):
         """Start one call with these stdin, stdout, stderr; its process first writes "0" into
         each of `join` (a cgroup's cgroup.procs) to enter the call's cgroup. What the fork
-        server answers (the call's pid in its namespace) is only noted, never acted on."""
+        server answers is its status once the call ended (`receive`): no pid, nothing to act on."""
         try:
             socket.send_fds(self.sock, [json.dumps({"dir": call_dir, "cpu": cpu, "join": len(join),
                                                     "make": self.make_dirs}).encode()],
                             list(fds) + list(join))
         except OSError as exc:
             raise WarmProcessLost("%s is gone: %s" % (self.name, exc)) from None
-        return self.receive(START_TIMEOUT_S).get("pid")
 
     def _kill(self):
         # Its sandbox whole (bwrap's init takes its pid namespace with it), or its session.
@@ -390,7 +401,7 @@ class ForkServerRuntime:
         call's cgroup is killed (without cgroups: the whole fork server, whose calls die with it).
         Returns (exit code, timed out)."""
         try:
-            return server.receive(job.timeout_ms / 1000)["status"], False
+            return server.status(job.timeout_ms / 1000), False
         except WarmProcessLost as exc:
             if not exc.timed_out or server.proc.poll() is not None:
                 raise
@@ -399,7 +410,7 @@ class ForkServerRuntime:
             process.kill_strays()
             return -signal.SIGKILL, True
         self.call_group.kill()
-        return server.receive(START_TIMEOUT_S)["status"], True
+        return server.status(START_TIMEOUT_S), True
 
 
 class WarmPythonRuntime(ForkServerRuntime, process.PythonRuntime):

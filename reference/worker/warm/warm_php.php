@@ -250,7 +250,6 @@ function minifaas_serve()
         if ($pid < 0) {
             exit(1);                // the worker sees the fork server gone and starts another
         }
-        minifaas_send($sock, ["pid" => $pid]);
         $status = minifaas_reap($pid);
         if (!empty($call["make"])) {
             minifaas_remove($call["dir"]);

@@ -9,7 +9,6 @@ Protocol over the SOCK_SEQPACKET socket whose fd is argv[1] (one JSON message pe
   zygote -> worker  {"ready": true}                 once the code is compiled
   worker -> zygote  {"dir": call_dir, "cpu": secs, "join": n}
                     + SCM_RIGHTS [stdin, stdout, stderr, n cgroup.procs descriptors]
-  zygote -> worker  {"pid": child}                  the call's pid (in the sandbox: informative only)
   zygote -> worker  {"status": code}                when it ended: exit code, or -signal
 The call's process writes "0" into each cgroup.procs descriptor (entering the call's cgroup)
 before anything else. argv[2] is the worker's pid to check as parent ("0": none, in a sandbox);
@@ -98,7 +97,6 @@ def serve(sock, source, code, private):
             return
         for fd in fds:
             os.close(fd)
-        sock.send(b'{"pid": %d}' % pid)
         status = reap(pid)
         if call.get("make"):
             remove(call["dir"])
