@@ -62,6 +62,19 @@ def test_seed_walkthrough_with_c_compiled_to_wasm(shared_stack):
     assert status == 422 and body["details"], body
 
 
+def test_an_answer_gives_its_times_in_milliseconds_to_the_microsecond(shared_stack):
+    """queue_ms, init_ms and exec_ms as the headers give them: three decimals, no float noise
+    (43.67998399993667 said nothing more than 43.68 and cost the gateway a float repr each)."""
+    url = shared_stack.url
+    deploy(url, "timed", "python", EXAMPLES / "greet.py")
+    for _ in range(2):      # a cold call, then a warm one
+        status, body, headers = invoke(url, "timed", "x")
+        assert status == 200, body
+        for field in ("queue_ms", "init_ms", "exec_ms", "duration_ms"):
+            assert body[field] == round(body[field], 3) and body[field] >= 0, (field, body)
+        assert body["exec_ms"] == float(headers["X-Exec-Ms"]) and body["queue_ms"] == float(headers["X-Queue-Ms"])
+
+
 def test_function_input_follows_the_contract(shared_stack):
     url = shared_stack.url
     deploy(url, "echo", "python", b"import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n")
