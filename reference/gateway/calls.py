@@ -120,7 +120,7 @@ def answer_for(meta, outcome, duration_ms):
     fields = outcome_fields(outcome, duration_ms)
     failure = function_failure(meta, outcome, fields)
     if failure is None:
-        return 200, dict(fields, ok=True)
+        return 200, {"ok": True, **fields}     # "ok" first, as every answer starts
     return failure.status, failure.to_dict()
 
 
@@ -519,8 +519,9 @@ class Calls:
             if status not in NOT_RUN or time.monotonic() + RETRY_AFTER_S > deadline:
                 break
             time.sleep(RETRY_AFTER_S)   # a recovered call: the server may not be back yet
-        measured = dict(body)
-        measured.setdefault("duration_ms", round((time.perf_counter() - started) * 1000.0, 3))
+        measured = body     # records and metrics only read it
+        if "duration_ms" not in body:   # the platform failed: the time until it said so
+            measured = dict(body, duration_ms=round((time.perf_counter() - started) * 1000.0, 3))
         self.records.add(meta, status, measured, call.call_id)
         self.metrics.invoked(meta["name"], status, measured)
         call.status, call.body = status, body

@@ -119,7 +119,7 @@ class FastInvoke:
 
     def _json(self, status, headers, body):
         """The answer as bottle's JSON plugin and the app give it: "ok" first, bottle's JSON."""
-        if "ok" in body:
+        if "ok" in body and next(iter(body)) != "ok":
             body = {"ok": body["ok"], **body}
         data = _dumps(body).encode("utf-8")
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]

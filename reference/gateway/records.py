@@ -73,7 +73,7 @@ class InvocationRecords:
             "worker": fields.get("worker"),
             "cold": fields.get("cold"),
             "exit_code": fields.get("exit_code"),
-            "output_bytes": len(output.encode("utf-8", errors="replace")),
+            "output_bytes": len(output) if output.isascii() else len(output.encode("utf-8", errors="replace")),
             "truncated": fields.get("truncated", False),
             "stderr_bytes": stderr_bytes,
         }

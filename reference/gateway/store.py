@@ -152,6 +152,7 @@ class Store:
         self._queue_lock = allocate_lock()
         self._wake = allocate_lock()
         self._wake.acquire()             # held while there is nothing to write
+        self._signalled = False          # _wake released and not yet taken (under _queue_lock)
         self._enqueued = self._committed = 0
         self.dropped = 0
         self._stopping = False
@@ -222,10 +223,11 @@ class Store:
                 return False
             self._queue.append((sql, params))
             self._enqueued += 1
-        try:
+            # Only the first record since the writer took its batch wakes it: under load the
+            # rest found the lock released already, and a RuntimeError each cost a request 1 us.
+            signal, self._signalled = not self._signalled, True
+        if signal:
             self._wake.release()
-        except RuntimeError:   # already awake
-            pass
         return True
 
     def flush(self, timeout=10.0):
@@ -252,6 +254,8 @@ class Store:
             with self._queue_lock:
                 batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
                 more = bool(self._queue)
+                # What comes after this batch must wake the writer again (unless `more` does).
+                self._signalled = more
             if batch:
                 try:
                     with self._connection() as db:

@@ -422,3 +422,32 @@ def test_a_sqlite_without_json_each_writes_the_records_row_by_row(tmp_path, monk
     assert [row[1:5] for row in rows] == BATCH
     assert store_mod.BULK_OK is False       # and so from then on
     assert "records written one by one" in capfd.readouterr().err
+
+
+def test_every_record_enqueued_wakes_a_writer_that_writes_it(tmp_path, monkeypatch):
+    """The writer is woken by the first record after each batch only: records enqueued from
+    many threads, in bursts that straddle batches (BATCH_MAX of 3), each get written without
+    waiting for the writer's minute-long idle timer (flush gives up after its 2 s)."""
+    monkeypatch.setattr(store_mod, "BATCH_MAX", 3)
+    store = store_mod.Store(str(tmp_path / store_mod.FILE_NAME))
+    unwritten = []
+    try:
+        def burst(thread):
+            for i in range(40):
+                for j in range(i % 5):
+                    store.enqueue(store_mod.INSERT_RECORD, ("f%d" % thread, time.time(), '{"n": %d}' % i, ""))
+                if not store.flush(timeout=2.0):
+                    unwritten.append((thread, i))
+                if i % 7 == 0:
+                    time.sleep(0.02)    # the writer goes idle, waiting for a wake-up
+
+        threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert unwritten == []
+        count = store.read("SELECT COUNT(*) FROM invocations")[0][0]
+        assert count == 4 * sum(i % 5 for i in range(40))
+    finally:
+        store.close()
