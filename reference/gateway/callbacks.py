@@ -11,17 +11,25 @@ refused with 429 (and Retry-After) rather than accepted with a callback that mig
 With a store, a callback owed when the gateway stops is sent by the next one (calls.Calls.recover).
 
 Only http:// URLs, and redirects are not followed. The risk (SSRF): whoever may invoke may
-make the gateway POST to any address it can reach, its own loopback services included. The
-environment variable FAAS_CALLBACK_HOSTS (host names or addresses, comma-separated; read when
-the gateway starts) restricts callbacks to those hosts: set it on any gateway whose invokers
-are not trusted with its network.
+make the gateway POST where it can reach. By default no callback goes to the gateway's own
+machine or its link (loopback, link-local such as a cloud's metadata service at
+169.254.169.254, unspecified, multicast and reserved addresses): the URL is refused with 400
+when its host is such an address or resolves to one, and each attempt resolves the name again
+and connects only to an address it checked (a name that changes its answer between the two
+gets nowhere). The environment variable FAAS_CALLBACK_HOSTS (host names or addresses,
+comma-separated; read when the gateway starts) restricts callbacks to those hosts, and the
+hosts it names are trusted as they are, loopback included: set it on any gateway whose
+invokers are not trusted with its network (private ranges such as 10.0.0.0/8 are allowed
+without it).
 """
 
 import heapq
+import ipaddress
 import itertools
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -42,6 +50,28 @@ HOSTS_ENV = "FAAS_CALLBACK_HOSTS"
 def allowed_hosts_from_env(environ=None):
     value = (environ if environ is not None else os.environ).get(HOSTS_ENV, "")
     return tuple(h.strip().lower().strip("[]") for h in value.split(",") if h.strip())
+
+
+def refused_address(address):
+    """Why a callback may not go to IP `address` by default ("loopback", ...), or None."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])    # an IPv6 zone id is not part of it
+    if getattr(ip, "ipv4_mapped", None) is not None:
+        ip = ip.ipv4_mapped                                 # ::ffff:127.0.0.1 is 127.0.0.1
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "reserved"):
+        if getattr(ip, "is_" + kind):
+            return kind.replace("_", "-")
+    return None
+
+
+def _addresses(host, port):
+    """The IP addresses `host` resolves to (itself when it is one), in the resolver's order."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return [host]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
 class Callbacks:
@@ -79,7 +109,30 @@ class Callbacks:
         if self.allowed_hosts and parts.hostname.lower() not in self.allowed_hosts:
             raise BadRequest("callbacks may go only to %s (%s), not to %s"
                              % (", ".join(self.allowed_hosts), HOSTS_ENV, parts.hostname))
+        if not self.allowed_hosts:
+            try:
+                addresses = _addresses(parts.hostname, parts.port or 80)
+            except OSError:
+                addresses = []      # not resolvable now: each attempt checks again
+            for address in addresses:
+                why = refused_address(address)
+                if why:
+                    raise BadRequest("X-Callback-Url may not point at a %s address (%s is %s): name the "
+                                     "host in %s to allow it" % (why, parts.hostname, address, HOSTS_ENV))
         return url
+
+    def _target(self, host, port):
+        """The address an attempt connects to: `host` as it is when FAAS_CALLBACK_HOSTS names it,
+        else the first address it resolves to now that is not refused (OSError if none is)."""
+        if self.allowed_hosts:
+            return host             # check_url let only those hosts in
+        addresses = _addresses(host, port)
+        for address in addresses:
+            if not refused_address(address):
+                return address
+        raise OSError("callback refused: %s resolves to %s only (%s addresses are refused without %s)"
+                      % (host, ", ".join(addresses), "/".join(sorted({refused_address(a) for a in addresses})),
+                         HOSTS_ENV))
 
     def reserve(self, force=False):
         """Hold room for one callback; Overloaded (429) when `max_pending` are owed (unless
@@ -158,9 +211,13 @@ class Callbacks:
         body = json.dumps(view).encode()
         parts = urllib.parse.urlsplit(url)
         path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout_s)
+        port = parts.port or 80
+        # Connected to the address checked, with the URL's own Host: a second lookup by
+        # http.client could get another answer (DNS rebinding).
+        conn = http.client.HTTPConnection(self._target(parts.hostname, port), port, timeout=self.timeout_s)
         try:
-            conn.request("POST", path, body, {"Content-Type": "application/json", "X-Call-Id": call.call_id,
+            conn.request("POST", path, body, {"Host": parts.netloc.rsplit("@", 1)[-1],
+                                              "Content-Type": "application/json", "X-Call-Id": call.call_id,
                                               "User-Agent": "minifaas-callback"})
             answer = conn.getresponse()
             answer.read(64 * 1024)

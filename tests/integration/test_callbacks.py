@@ -1,5 +1,6 @@
 """X-Callback-Url: an async call's result POSTed to a receiver when it is done, retried with
-backoff when the receiver fails, bounded, http:// only and restricted by FAAS_CALLBACK_HOSTS."""
+backoff when the receiver fails, bounded, http:// only, never to the gateway's own machine or
+link unless FAAS_CALLBACK_HOSTS names the host, and restricted by FAAS_CALLBACK_HOSTS."""
 
 from http import server as http_server
 import json
@@ -7,9 +8,10 @@ import socket
 import threading
 
 import pytest
-from support import deploy, http
+from support import deploy, http, started
 from test_faults import wait_for
 
+from reference.gateway import callbacks as callbacks_mod
 from reference.gateway.callbacks import Callbacks, allowed_hosts_from_env
 from reference.gateway.calls import Calls
 from reference.gateway.metrics import Metrics
@@ -65,8 +67,16 @@ def receiver_factory():
         receiver.server_close()
 
 
-def test_the_result_is_posted_to_the_callback_url(shared_stack, receiver_factory):
-    url, receiver = shared_stack.url, receiver_factory()
+@pytest.fixture(scope="module")
+def loopback_stack():
+    """A stack whose operator lets callbacks reach 127.0.0.1, where the test receivers listen."""
+    stack = started(strategy="RR", workers=2, env={"FAAS_CALLBACK_HOSTS": "127.0.0.1"})
+    yield stack
+    stack.close()
+
+
+def test_the_result_is_posted_to_the_callback_url(loopback_stack, receiver_factory):
+    url, receiver = loopback_stack.url, receiver_factory()
     deploy(url, "echo", "python", ECHO)
     status, accepted, _ = http("POST", url + "/invoke?fn=echo&async=1", json.dumps({"input": "hi"}),
                                {"X-Callback-Url": receiver.url + "/done?x=1"})
@@ -84,8 +94,8 @@ def test_the_result_is_posted_to_the_callback_url(shared_stack, receiver_factory
     assert body["output"] == "hi\n" and body["ok"] is True and body["state"] == "done"
 
 
-def test_a_failing_receiver_gets_the_callback_again_until_it_takes_it(shared_stack, receiver_factory):
-    url, receiver = shared_stack.url, receiver_factory(failures=2)
+def test_a_failing_receiver_gets_the_callback_again_until_it_takes_it(loopback_stack, receiver_factory):
+    url, receiver = loopback_stack.url, receiver_factory(failures=2)
     deploy(url, "echo2", "python", ECHO)
     status, accepted, _ = http("POST", url + "/invoke?fn=echo2&async=1", json.dumps({"input": "again"}),
                                {"X-Callback-Url": receiver.url})
@@ -115,6 +125,41 @@ def test_callback_urls_are_checked(shared_stack):
     assert allowed_hosts_from_env({}) == ()
 
 
+def test_callbacks_do_not_reach_the_gateways_own_machine_or_link_by_default(shared_stack, receiver_factory):
+    """An invoker must not make the gateway POST to its loopback services or a cloud's metadata
+    address: refused with 400 (a stack started without FAAS_CALLBACK_HOSTS), the receiver
+    listening there gets nothing."""
+    url, receiver = shared_stack.url, receiver_factory()
+    deploy(url, "echo4", "python", ECHO)
+    port = receiver.server_address[1]
+    for target in ("http://127.0.0.1:%d/" % port, "http://localhost:%d/" % port, "http://[::1]:%d/" % port,
+                   "http://[::ffff:127.0.0.1]:%d/" % port, "http://0.0.0.0:%d/" % port,
+                   "http://169.254.169.254/latest/meta-data/", "http://127.1:%d/" % port):
+        status, body, _ = http("POST", url + "/invoke?fn=echo4&async=1", b"x", {"X-Callback-Url": target})
+        assert status == 400 and "FAAS_CALLBACK_HOSTS" in body["error"], (target, body)
+    assert receiver.received() == []
+    assert Callbacks(senders=0).check_url("http://10.1.2.3:8000/x") == "http://10.1.2.3:8000/x"
+
+
+def test_a_name_that_resolves_to_loopback_when_sent_gets_nothing(monkeypatch, receiver_factory):
+    """DNS rebinding: a name public when the call is accepted and loopback when the callback
+    is sent. Each attempt resolves it again and connects only to an address it checked."""
+    receiver = receiver_factory()
+    answers = iter([[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 80))]])
+    loopback = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", receiver.server_address[1]))]
+    monkeypatch.setattr(callbacks_mod.socket, "getaddrinfo", lambda *a, **k: next(answers, loopback))
+    callbacks = Callbacks(senders=1, attempts=2, first_backoff_s=0.01)
+    calls = Calls(Quick(), InvocationRecords(), Metrics(), callbacks=callbacks)
+    try:
+        target = "http://rebind.example:%d/" % receiver.server_address[1]
+        first, _ = calls.submit(META, b"1", callback_url=callbacks.check_url(target))
+        wait_for(lambda: first.callback["state"] == "failed")
+        assert "127.0.0.1" in first.callback["error"] and "loopback" in first.callback["error"], first.callback
+        assert receiver.received() == []
+    finally:
+        calls.close()
+
+
 class Quick:
     def invoke(self, meta, payload):
         return Outcome(stdout=payload, worker=0)
@@ -128,7 +173,7 @@ def test_callbacks_owed_are_bounded_and_given_up_after_the_attempts():
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     nowhere = "http://127.0.0.1:%d/" % closed.getsockname()[1]
-    callbacks = Callbacks(senders=1, max_pending=1, attempts=2, first_backoff_s=0.01)
+    callbacks = Callbacks(senders=1, max_pending=1, attempts=2, first_backoff_s=0.01, allowed_hosts=("127.0.0.1",))
     calls = Calls(Quick(), InvocationRecords(), Metrics(), callbacks=callbacks)
     try:
         first, _ = calls.submit(META, b"1", callback_url=nowhere)
