@@ -117,8 +117,9 @@ class Callbacks:
             for address in addresses:
                 why = refused_address(address)
                 if why:
-                    raise BadRequest("X-Callback-Url may not point at a %s address (%s is %s): name the "
-                                     "host in %s to allow it" % (why, parts.hostname, address, HOSTS_ENV))
+                    what = address if address == parts.hostname else "%s (%s)" % (parts.hostname, address)
+                    raise BadRequest("X-Callback-Url may not point at the gateway's own machine or link: %s is "
+                                     "a %s address; name the host in %s to allow it" % (what, why, HOSTS_ENV))
         return url
 
     def _target(self, host, port):
