@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("memory", "pids", "freezer")
 KILL_DEADLINE_S = 5.0
+# A group another process removed meanwhile: ENOENT opening its files, ENODEV reading or
+# writing one opened before the removal (two workers sweeping the same dead worker's groups).
+_VANISHED = (errno.ENOENT, errno.ENODEV)
 
 
 def _own_path(controller):
@@ -94,7 +97,10 @@ class Hierarchy:
                 if _gone(entry):
                     dead.add(entry)
         for worker in dead:
-            self.remove_worker(worker)
+            try:
+                self.remove_worker(worker)
+            except OSError as exc:  # best effort: a sweep must never fail the call that started it
+                log.warning("cannot sweep the cgroups of %s: %s", worker, exc)
 
     def remove_worker(self, worker):
         """Kill and remove every group of one worker, then the worker's own directory."""
@@ -306,8 +312,9 @@ class Group:
             try:
                 with open(self._file(controller, "cgroup.procs")) as f:
                     pids.update(int(line) for line in f if line.strip())
-            except FileNotFoundError:
-                pass
+            except OSError as exc:
+                if exc.errno not in _VANISHED:
+                    raise
         return pids
 
     def _any_member(self):
@@ -316,7 +323,9 @@ class Group:
         controller = "" if self.hierarchy.version == 2 else "freezer" if "freezer" in self.dirs else "pids"
         try:
             return bool(_read(self._file(controller, "cgroup.procs"), 1))
-        except FileNotFoundError:
+        except OSError as exc:
+            if exc.errno not in _VANISHED:
+                raise
             return False
 
     def _is_member(self, pid):
