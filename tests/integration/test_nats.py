@@ -203,6 +203,19 @@ def test_a_port_taken_after_it_was_chosen_moves_the_cluster_to_new_ports(which):
         squatter.close()
 
 
+def test_passwords_that_look_like_dates_to_nats_servers_parser_still_start_a_cluster():
+    """Random passwords (token_urlsafe) sometimes begin "5-...": unquoted in the config, the
+    one of the routes was read as an ISO 8601 date and nats-server refused to start (seen in
+    CI: 'All ISO8601 dates must be in full Zulu form'). Every password here begins so."""
+    need_nats()
+    cluster = LocalCluster(hosts=0, nodes=2)
+    cluster.route_password = "5-" + cluster.route_password
+    cluster.passwords = {user: "2026-" + password for user, password in cluster.passwords.items()}
+    with cluster:
+        assert all(n.proc.poll() is None for n in cluster.nodes)
+        run(_platform_client_publishes(cluster))
+
+
 async def _platform_client_publishes(cluster):
     nc = await client(cluster.url, "platform", cluster.passwords["platform"])
     try:

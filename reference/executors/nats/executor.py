@@ -736,19 +736,21 @@ class LocalCluster:
     def config(self, node):
         users = {"platform": (self.passwords["platform"], PLATFORM_PERMISSIONS),
                  "host": (self.passwords["host"], HOST_PERMISSIONS)}
+        # Every string quoted: nats-server's parser reads an unquoted "5-pqz..." (a random
+        # password can start so) as a date and refuses the file.
         text = ("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\nmax_payload: %d\n"
                 "jetstream {\n  store_dir: %s\n}\n"
-                % (node.name, node.port, node.http_port, self.max_payload,
-                   os.path.join(self.dir, "jetstream-" + node.name)))
+                % (json.dumps(node.name), node.port, node.http_port, self.max_payload,
+                   json.dumps(os.path.join(self.dir, "jetstream-" + node.name))))
         text += authorization_block(users)
         if self.tls:
             text += "tls {\n  cert_file: %s\n  key_file: %s\n}\n" % (json.dumps(self.cert), json.dumps(self.key))
         if len(self.nodes) > 1:
-            routes = ", ".join("nats://route:%s@127.0.0.1:%d" % (self.route_password, n.cluster_port)
+            routes = ", ".join(json.dumps("nats://route:%s@127.0.0.1:%d" % (self.route_password, n.cluster_port))
                                for n in self.nodes if n is not node)
             text += ("cluster {\n  name: faas\n  listen: 127.0.0.1:%d\n"
                      "  authorization { user: route, password: %s }\n  routes: [%s]\n}\n"
-                     % (node.cluster_port, self.route_password, routes))
+                     % (node.cluster_port, json.dumps(self.route_password), routes))
         return text
 
     def start(self):
