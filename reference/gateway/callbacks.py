@@ -74,6 +74,11 @@ def _addresses(host, port):
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _screened(host, port):
+    """[(address, why it is refused or None)] for each address `host` resolves to now."""
+    return [(address, refused_address(address)) for address in _addresses(host, port)]
+
+
 class Callbacks:
     """Sends callbacks from `senders` threads (greenlets under gevent). Thread-safe."""
 
@@ -111,11 +116,10 @@ class Callbacks:
                              % (", ".join(self.allowed_hosts), HOSTS_ENV, parts.hostname))
         if not self.allowed_hosts:
             try:
-                addresses = _addresses(parts.hostname, parts.port or 80)
+                screened = _screened(parts.hostname, parts.port or 80)
             except OSError:
-                addresses = []      # not resolvable now: each attempt checks again
-            for address in addresses:
-                why = refused_address(address)
+                screened = []       # not resolvable now: each attempt checks again
+            for address, why in screened:
                 if why:
                     what = address if address == parts.hostname else "%s (%s)" % (parts.hostname, address)
                     raise BadRequest("X-Callback-Url may not point at the gateway's own machine or link: %s is "
@@ -127,12 +131,12 @@ class Callbacks:
         else the first address it resolves to now that is not refused (OSError if none is)."""
         if self.allowed_hosts:
             return host             # check_url let only those hosts in
-        addresses = _addresses(host, port)
-        for address in addresses:
-            if not refused_address(address):
+        screened = _screened(host, port)
+        for address, why in screened:
+            if not why:
                 return address
         raise OSError("callback refused: %s resolves to %s only (%s addresses are refused without %s)"
-                      % (host, ", ".join(addresses), "/".join(sorted({refused_address(a) for a in addresses})),
+                      % (host, ", ".join(a for a, _ in screened), "/".join(sorted({w for _, w in screened})),
                          HOSTS_ENV))
 
     def reserve(self, force=False):
