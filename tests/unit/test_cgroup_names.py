@@ -29,7 +29,7 @@ def test_a_dead_worker_is_gone_and_other_names_are_left_alone():
         assert not cgroup._gone(other)
 
 
-def test_workers_sweeping_the_same_dead_worker_at_once_all_succeed(tmp_path):
+def test_workers_sweeping_the_same_dead_worker_at_once_all_succeed():
     """New workers sweep the groups a killed worker left when their first call comes: under a
     burst several do it at the same moment, and one removed a group between another's open and
     read of its cgroup.procs, whose read then failed with ENODEV and failed that user's call
