@@ -11,6 +11,7 @@ with the interpreter the worker runs functions with (reference.functions.toolcha
 """
 
 import gc
+import importlib
 import json
 import os
 import resource
@@ -20,7 +21,7 @@ import time
 
 def main(helper_dir, function, calls):
     sys.path.insert(0, helper_dir)
-    import warm_python  # noqa: F401  (its imports: the fork server's warm modules)
+    importlib.import_module("warm_python")     # its imports: the fork server's warm modules
     del sys.path[0]
     with open(function, "rb") as f:
         code = compile(f.read(), "function.py", "exec")
