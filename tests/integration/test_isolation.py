@@ -416,7 +416,7 @@ HIJACKED_HELPER = """
 import json, time
 VICTIM = %d
 _serve = serve
-def serve(sock, source, code, private):
+def serve(sock, source, code, *options):
     sock.send(json.dumps({"ready": True}).encode())
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 65536, 16)

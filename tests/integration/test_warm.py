@@ -162,7 +162,31 @@ def test_a_limit_fires_warm_and_the_fork_server_is_recycled(tmp_path, file, job,
     assert results[3]["cold"] is False and results[3]["stdout"] == b"Hello, world!\n"
 
 
-def test_a_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(tmp_path):
+def _need_sandbox():
+    if not isolation.sandboxed():
+        reason = "no bubblewrap sandbox here: %s" % "; ".join(isolation.describe()["missing"])
+        if os.environ.get("FAAS_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(reason + " (required: FAAS_REQUIRE_TOOLCHAINS=1)")
+        pytest.skip(reason)
+
+
+def test_a_sandboxed_function_cannot_interrupt_stop_or_kill_its_fork_server(tmp_path):
+    """The fork server is its sandbox's init: SIGINT, SIGTERM, SIGHUP, SIGSTOP and SIGKILL from
+    its call are lost, the call ends well, and the next call is warm in the same fork server.
+    The call's own SIGINT is a KeyboardInterrupt, as under a plain python3."""
+    _need_sandbox()
+    fn = make_function(tmp_path, "signaller", "python", FUNCTIONS / "signal_parent.py")
+    results = run_jobs(*_times(2, fn_dir=fn, lang="python"))
+    for r in results:
+        assert (r["error"], r["exit_code"], r["stdout"]) == (None, 0, b"interrupted\nstill here\n"), r
+        assert r["children_after"] == [] and r["warm_pids"] == [_pids(results)[0]]
+    assert [r["cold"] for r in results] == [True, False]
+    assert _pids(results)[0] == _pids(results)[1]
+
+
+def test_without_a_sandbox_a_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FAAS_NO_BWRAP", "1")
     fn = make_function(tmp_path, "killer", "python", FUNCTIONS / "killparent.py")
     results = run_jobs(*_times(2, fn_dir=fn, lang="python"))
     for r in results:
@@ -226,7 +250,19 @@ def test_a_limit_fires_warm_in_php_and_the_fork_server_is_recycled(tmp_path, sou
     assert results[3]["cold"] is False and results[3]["stdout"] == b"Hello from PHP!\n"
 
 
-def test_a_php_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(tmp_path):
+def test_a_sandboxed_php_function_cannot_kill_its_fork_server(tmp_path):
+    _need_sandbox()
+    fn = make_function(tmp_path, "killer", "php", FUNCTIONS / "php_killparent.php")
+    results = run_jobs(*_times(2, fn_dir=fn, lang="php"))
+    for r in results:
+        assert (r["error"], r["exit_code"], r["stdout"]) == (None, 0, b"still here\n"), r
+        assert r["children_after"] == [] and r["warm_pids"] == [_pids(results)[0]]
+    assert [r["cold"] for r in results] == [True, False]
+
+
+def test_without_a_sandbox_a_php_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FAAS_NO_BWRAP", "1")
     fn = make_function(tmp_path, "killer", "php", FUNCTIONS / "php_killparent.php")
     results = run_jobs(*_times(2, fn_dir=fn, lang="php"))
     for r in results:

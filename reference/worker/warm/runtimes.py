@@ -47,7 +47,8 @@ _numbers = count(1)         # names of cgroups for warm processes, unique in the
 
 
 class WarmProcessLost(Exception):
-    """The warm process died or stopped answering (a function may kill its own fork server)."""
+    """The warm process died or stopped answering (without a sandbox a function may kill its own
+    fork server; in one it cannot, being the fork server's child in a pid namespace it is init of)."""
 
     timed_out = False
 
@@ -194,14 +195,17 @@ class ForkServer:
             sandbox = None
             if runtime.sandboxed:
                 # Its calls' directories live in a tmpfs of its own (charged to each call's
-                # cgroup, gone with the sandbox): the worker never touches them.
+                # cgroup, gone with the sandbox): the worker never touches them. It is the init
+                # of its pid namespace (no bwrap reaper): its calls die with it, and cannot
+                # kill or stop it (the helpers' docstrings).
                 sandbox = dict(ro_binds=ro_binds, chdir=CALLS_INSIDE,
-                               extra=["--perms", "0711", "--size", str(CALLS_TMPFS_BYTES), "--tmpfs", CALLS_INSIDE])
+                               extra=["--as-pid-1", "--perms", "0711", "--size", str(CALLS_TMPFS_BYTES),
+                                      "--tmpfs", CALLS_INSIDE])
             if runtime.cgroups is not None:
                 self.group = runtime.cgroups.group("srv-%d" % next(_numbers))
             # The source goes in on stdin, opened here: the sandbox user may not read fn_dir.
             with open(os.path.join(job.fn_dir, "code." + LANGUAGES[runtime.lang].ext), "rb") as source:
-                # In a sandbox its parent is bwrap's init, not the worker: it dies with the worker
+                # In a sandbox its parent is bwrap, not the worker: it dies with the worker
                 # through --die-with-parent instead of checking its parent's pid ("0").
                 argv = runtime.server_argv(job, inside) + [
                     str(theirs.fileno()), "0" if runtime.sandboxed else str(os.getpid()),
@@ -270,7 +274,7 @@ class ForkServer:
             raise WarmProcessLost("%s is gone: %s" % (self.name, exc)) from None
 
     def _kill(self):
-        # Its sandbox whole (bwrap's init takes its pid namespace with it), or its session.
+        # Its sandbox whole (it is its pid namespace's init: its calls go with it), or its session.
         if self.group is not None:
             process.end_sandbox(self.proc, self.group)
         try:
