@@ -47,8 +47,9 @@ _numbers = count(1)         # names of cgroups for warm processes, unique in the
 
 
 class WarmProcessLost(Exception):
-    """The warm process died or stopped answering (without a sandbox a function may kill its own
-    fork server; in one it cannot, being the fork server's child in a pid namespace it is init of)."""
+    """The warm process died or stopped answering (a function may kill its own fork server when
+    there is no sandbox; in one, the fork server is the init of the pid namespace and its calls
+    cannot signal it)."""
 
     timed_out = False
 
