@@ -184,11 +184,13 @@ def test_a_sandboxed_function_cannot_interrupt_stop_or_kill_its_fork_server(tmp_
     assert _pids(results)[0] == _pids(results)[1]
 
 
+@pytest.mark.parametrize("lang,file", [("python", "killparent.py"), ("php", "php_killparent.php")],
+                         ids=["python", "php"])
 def test_without_a_sandbox_a_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, lang, file):
     monkeypatch.setenv("FAAS_NO_BWRAP", "1")
-    fn = make_function(tmp_path, "killer", "python", FUNCTIONS / "killparent.py")
-    results = run_jobs(*_times(2, fn_dir=fn, lang="python"))
+    fn = make_function(tmp_path, "killer", lang, FUNCTIONS / file)
+    results = run_jobs(*_times(2, fn_dir=fn, lang=lang))
     for r in results:
         assert r["error"] == "runtime" and r["cold"] is True, r
         assert r["children_after"] == [] and r["warm_pids"] == []
@@ -258,17 +260,6 @@ def test_a_sandboxed_php_function_cannot_kill_its_fork_server(tmp_path):
         assert (r["error"], r["exit_code"], r["stdout"]) == (None, 0, b"still here\n"), r
         assert r["children_after"] == [] and r["warm_pids"] == [_pids(results)[0]]
     assert [r["cold"] for r in results] == [True, False]
-
-
-def test_without_a_sandbox_a_php_function_that_kills_its_fork_server_is_an_error_and_the_next_call_starts_afresh(
-        tmp_path, monkeypatch):
-    monkeypatch.setenv("FAAS_NO_BWRAP", "1")
-    fn = make_function(tmp_path, "killer", "php", FUNCTIONS / "php_killparent.php")
-    results = run_jobs(*_times(2, fn_dir=fn, lang="php"))
-    for r in results:
-        assert r["error"] == "runtime" and r["cold"] is True, r
-        assert r["children_after"] == [] and r["warm_pids"] == []
-    assert _pids(results)[0] != _pids(results)[1]
 
 
 def test_php_errors_and_exit_status_warm_as_cold(tmp_path):
