@@ -10,6 +10,7 @@ import signal
 import urllib.request
 
 import pytest
+from needs import missing
 from support import EXAMPLES, deploy, http, invoke
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,19 +27,17 @@ print("said", len(data), "chars", file=sys.stderr)
 
 def need_browser():
     """Skip (or fail when FAAS_REQUIRE_TOOLCHAINS=1) without the browser or selenium."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    absent = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     reason = None
-    if missing:
-        reason = "no headless browser: %s missing (apt-get install chromium chromium-driver)" % ", ".join(missing)
+    if absent:
+        reason = "no headless browser: %s missing (apt-get install chromium chromium-driver)" % ", ".join(absent)
     else:
         try:
             import selenium  # noqa: F401
         except ImportError:
             reason = "selenium is not installed (pip install selenium)"
     if reason:
-        if os.environ.get("FAAS_REQUIRE_TOOLCHAINS") == "1":
-            pytest.fail(reason + " (required: FAAS_REQUIRE_TOOLCHAINS=1)")
-        pytest.skip(reason)
+        missing(reason)
 
 
 def start_chromium(profile_dir):

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 
 import pytest
+from needs import need_sandbox
 from test_runtimes import EXAMPLES, FUNCTIONS, make_function, run_jobs
 
 from reference.worker.sandbox import isolation
@@ -162,19 +163,11 @@ def test_a_limit_fires_warm_and_the_fork_server_is_recycled(tmp_path, file, job,
     assert results[3]["cold"] is False and results[3]["stdout"] == b"Hello, world!\n"
 
 
-def _need_sandbox():
-    if not isolation.sandboxed():
-        reason = "no bubblewrap sandbox here: %s" % "; ".join(isolation.describe()["missing"])
-        if os.environ.get("FAAS_REQUIRE_TOOLCHAINS") == "1":
-            pytest.fail(reason + " (required: FAAS_REQUIRE_TOOLCHAINS=1)")
-        pytest.skip(reason)
-
-
 def test_a_sandboxed_function_cannot_interrupt_stop_or_kill_its_fork_server(tmp_path):
     """The fork server is its sandbox's init: SIGINT, SIGTERM, SIGHUP, SIGSTOP and SIGKILL from
     its call are lost, the call ends well, and the next call is warm in the same fork server.
     The call's own SIGINT is a KeyboardInterrupt, as under a plain python3."""
-    _need_sandbox()
+    need_sandbox()
     fn = make_function(tmp_path, "signaller", "python", FUNCTIONS / "signal_parent.py")
     results = run_jobs(*_times(2, fn_dir=fn, lang="python"))
     for r in results:
@@ -253,7 +246,7 @@ def test_a_limit_fires_warm_in_php_and_the_fork_server_is_recycled(tmp_path, sou
 
 
 def test_a_sandboxed_php_function_cannot_kill_its_fork_server(tmp_path):
-    _need_sandbox()
+    need_sandbox()
     fn = make_function(tmp_path, "killer", "php", FUNCTIONS / "php_killparent.php")
     results = run_jobs(*_times(2, fn_dir=fn, lang="php"))
     for r in results:
