@@ -90,6 +90,26 @@ def quantile_ci_coverage(n, q, confidence=CONFIDENCE):
     return float(sps.binom.cdf(high - 1, n, q) - sps.binom.cdf(low - 1, n, q))
 
 
+def median_against(values, target, confidence=0.9):
+    """Whether the median of paired measurements (ratios, one a pair) is at most `target`:
+    {"median", "interval", "coverage", "verdict"}. The interval is quantile_ci's for the median
+    (for 5 pairs and the default confidence, the lowest and the highest value, covering the true
+    median with 94 %); the verdict is "met" when all of it is at most the target, "not met" when
+    all of it is above, and "undecided" when it straddles the target or there are too few pairs
+    to have one: the noise is then larger than the distance to the target."""
+    a = np.sort(_array(values))
+    interval = quantile_ci(a, 0.5, confidence) or [None, None]
+    low, high = interval
+    if high is not None and high <= target:
+        verdict = "met"
+    elif low is not None and low > target:
+        verdict = "not met"
+    else:
+        verdict = "undecided"
+    return {"median": float(np.median(a)) if a.size else None, "interval": interval,
+            "coverage": quantile_ci_coverage(a.size, 0.5, confidence) if a.size else 0.0, "verdict": verdict}
+
+
 def bucket_width(duration):
     """The timeline's bucket width for a phase of `duration` s: sub-second for short phases."""
     for width in BUCKET_WIDTHS:

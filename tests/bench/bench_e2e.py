@@ -214,26 +214,6 @@ def fresh_gateway_cpu(**options):
         fresh.close()
 
 
-def paired_verdict(ratios, target, confidence=0.9):
-    """(median, [low, high], coverage, verdict) of per-pair ratios against an upper target: the
-    median's distribution-free interval (harness.analysis.stats.quantile_ci: for 5 pairs the
-    lowest and highest ratio, covering the true median with 94 %), and "met" or "not met" when
-    the interval lies on one side of the target, else "undecided" (this host's noise is larger
-    than the distance to it)."""
-    ratios = sorted(ratios)
-    median = ratios[len(ratios) // 2]
-    interval = stats.quantile_ci(ratios, 0.5, confidence) or [None, None]
-    coverage = stats.quantile_ci_coverage(len(ratios), 0.5, confidence)
-    low, high = interval
-    if high is not None and high <= target:
-        verdict = "met"
-    elif low is not None and low > target:
-        verdict = "not met"
-    else:
-        verdict = "undecided"
-    return median, interval, coverage, verdict
-
-
 def test_gateway_cpu_against_the_commit_issue_20_was_filed_at(benchmark, tmp_path):
     """The gateway's CPU per hello request, this tree's against 149816a's (the same load, the
     same machine, the same dependencies; each baseline stack from that commit's package, run
@@ -258,12 +238,13 @@ def test_gateway_cpu_against_the_commit_issue_20_was_filed_at(benchmark, tmp_pat
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     ratios = [now / before for before, now in pairs]
-    median, interval, coverage, verdict = paired_verdict(ratios, 0.5)
+    against = stats.median_against(ratios, 0.5)
+    median, interval, verdict = against["median"], against["interval"], against["verdict"]
     benchmark.extra_info.update(pairs_us=pairs, ratios=ratios, interval=interval, verdict=verdict)
     record(section, "%s's gateway and this tree's, %d pairs, fresh warmed stacks, order alternated (us)"
            % (ISSUE_20_FILED_AT, BASELINE_PAIRS), pairs=[[round(a), round(b)] for a, b in pairs])
     record(section, "this tree / %s, median of the pairs (<= 0.5)" % ISSUE_20_FILED_AT, ratio=round(median, 3),
-           median_ci=[None if x is None else round(x, 3) for x in interval], ci_coverage=round(coverage, 3),
+           median_ci=[None if x is None else round(x, 3) for x in interval], ci_coverage=round(against["coverage"], 3),
            met=verdict == "met", verdict=verdict)
 
 

@@ -108,6 +108,21 @@ def test_quantile_ci_from_order_statistics_matches_the_binomial():
     assert stats.quantile_ci([1.0], 0.5) is None
 
 
+def test_a_median_against_a_target_is_decided_only_when_its_interval_is_on_one_side():
+    # 5 pairs: the interval is the lowest to the highest, with 1 - 2 / 2**5 coverage.
+    below = stats.median_against([0.48, 0.41, 0.45, 0.47, 0.44], 0.5)
+    assert below["verdict"] == "met" and below["median"] == 0.45
+    assert below["interval"] == [0.41, 0.48]
+    assert below["coverage"] == pytest.approx(1 - 2 / 2 ** 5)
+    assert stats.median_against([0.51, 0.62, 0.55, 0.58, 0.53], 0.5)["verdict"] == "not met"
+    # The median is under the target, but one pair is over it: not decided.
+    straddling = stats.median_against([0.47, 0.45, 0.52, 0.48, 0.46], 0.5)
+    assert straddling["median"] < 0.5 and straddling["verdict"] == "undecided"
+    # Too few pairs for any interval: never a verdict, however far from the target.
+    assert stats.median_against([0.1, 0.1], 0.5)["verdict"] == "undecided"
+    assert stats.median_against([], 0.5)["verdict"] == "undecided"
+
+
 def test_quantile_ci_covers_the_true_quantile_in_simulation():
     rng = np.random.default_rng(7)
     true_p99 = scipy.stats.expon.ppf(0.99)
