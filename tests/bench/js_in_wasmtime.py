@@ -12,6 +12,9 @@ allocator, epoch interruption) and with wasmtime's defaults, for
 - "source": a new Store and instance, the reactor's _initialize, a QuickJS runtime and context
   (qjs_init), the input set as a global and examples/add.js's arithmetic evaluated from source;
 - "bytecode": the same, the code compiled once to QuickJS bytecode beforehand;
+- "from a snapshot after qjs_init": a new instance whose memory is written with an image taken
+  right after qjs_init (quickjs-wasi's restore), then the source evaluated: no _initialize and
+  no qjs_init per call, and still nothing of one call in the next;
 - "node": a fresh `node -e` running the same arithmetic (the children's CPU), which is what a
   fresh call of a JavaScript function costs the platform now.
 
@@ -41,7 +44,8 @@ EXPECTED = '{"sum":5}'
 NODE = "const input = JSON.parse(process.argv[1]); process.stdout.write(JSON.stringify({sum: input.a + input.b}))"
 NAMES = ("_initialize", "qjs_init", "memory", "wasm_malloc", "qjs_new_string", "qjs_set_prop_string",
          "qjs_get_global", "qjs_eval", "qjs_eval_bytecode", "qjs_compile", "qjs_is_exception",
-         "qjs_get_string_len")
+         "qjs_get_string_len", "qjs_get_runtime_ptr", "qjs_get_context_ptr", "qjs_set_runtime_and_context",
+         "__stack_pointer")
 # The reactor's own imports (timers, modules, host calls): none is used by the code above.
 HOST_IMPORTS = {"host_get_timezone_offset": (2, 1), "host_interrupt": (0, 1), "host_promise_rejection": (3, 0),
                 "host_module_normalize": (2, 1), "host_module_load": (2, 1), "host_call": (5, 1)}
@@ -79,17 +83,35 @@ class Fresh:
         self.bytecode = None
         self.interrupts = engine is not None and engine is not _PLAIN
 
-    def _vm(self):
+    def _vm(self, restore=False):
         store = wasmtime.Store(self.engine)
         store.set_wasi(wasmtime.WasiConfig())
         if self.interrupts:
             store.set_epoch_deadline(1 << 20)  # the workers' engine interrupts at its epoch deadline
         instance = self.pre.instantiate(store)
         ex = {name: export(store, instance, name) for name in NAMES}
+        if restore:
+            # quickjs-wasi's own restore: the memory as it was after qjs_init, the runtime and
+            # context pointers into it, and the stack pointer; no _initialize, no qjs_init.
+            memory, pages = ex["memory"], len(self.image) // 65536
+            if memory.size(store) < pages:
+                memory.grow(store, pages - memory.size(store))
+            memory.write(store, self.image, 0)
+            ex["qjs_set_runtime_and_context"](store, *self.pointers)
+            ex["__stack_pointer"].set_value(store, self.stack_pointer)
+            return store, ex
         ex["_initialize"](store)
         if ex["qjs_init"](store) != 0:
             raise RuntimeError("qjs_init failed")
         return store, ex
+
+    def snapshot(self):
+        """The memory, pointers and stack pointer of a VM right after qjs_init."""
+        store, ex = self._vm()
+        memory = ex["memory"]
+        self.image = memory.read(store, 0, memory.data_len(store))
+        self.pointers = ex["qjs_get_runtime_ptr"](store), ex["qjs_get_context_ptr"](store)
+        self.stack_pointer = ex["__stack_pointer"].value(store)
 
     @staticmethod
     def _put(store, ex, data):
@@ -107,8 +129,8 @@ class Fresh:
         size = int.from_bytes(ex["memory"].read(store, size_at, size_at + 4), "little")
         self.bytecode = ex["memory"].read(store, at, at + size)
 
-    def call(self, bytecode=False):
-        store, ex = self._vm()
+    def call(self, bytecode=False, restore=False):
+        store, ex = self._vm(restore)
         text = ex["qjs_new_string"](store, self._put(store, ex, INPUT), len(INPUT))
         ex["qjs_set_prop_string"](store, ex["qjs_get_global"](store), self._put(store, ex, b"INPUT"), text)
         if bytecode:
@@ -153,13 +175,15 @@ def main(wasm_path, seconds):
     for label, engine in engines.items():
         fresh = runs[label] = Fresh(wasm_path, engine)
         fresh.compile()
-        for bytecode in (False, True):
-            if fresh.call(bytecode) != EXPECTED:
-                raise SystemExit("unexpected output %r" % fresh.call(bytecode))
+        fresh.snapshot()
+        for bytecode, restore in ((False, False), (True, False), (False, True)):
+            if fresh.call(bytecode, restore) != EXPECTED:
+                raise SystemExit("unexpected output %r" % fresh.call(bytecode, restore))
     figures = {}
     for round_ in range(2):     # alternated, twice
         for label, fresh in runs.items():
-            for name, fn in (("source", fresh.call), ("bytecode", lambda fresh=fresh: fresh.call(True))):
+            for name, fn in (("source", fresh.call), ("bytecode", lambda fresh=fresh: fresh.call(True)),
+                             ("from a snapshot after qjs_init", lambda fresh=fresh: fresh.call(restore=True))):
                 us, calls = per_call(fn, seconds / 8)
                 figures.setdefault("%s, %s" % (name, label), []).append(us)
     figures["node"] = [node_per_start()]
