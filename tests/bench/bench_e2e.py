@@ -220,7 +220,8 @@ def test_gateway_cpu_against_the_commit_issue_20_was_filed_at(benchmark, tmp_pat
     from its own directory so that `python -m reference` takes it). Each side of each pair is a
     stack of its own, warmed before it is measured, and the order alternates from pair to pair
     (the host's drift falls on both sides alike): the median of the pairs' ratios, target <= 0.5,
-    with the spread of the pairs beside it."""
+    with its 94 % interval and a verdict that is "met" only when all of the interval is
+    (stats.median_against)."""
     tree = baseline_tree(tmp_path)
     section = "the gateway's CPU per hello request (issue 20)"
     if tree is None:
