@@ -15,8 +15,9 @@ allocator, epoch interruption) and with wasmtime's defaults, for
 - "from a snapshot after qjs_init": a new instance whose memory is written with an image taken
   right after qjs_init (quickjs-wasi's restore), then the source evaluated: no _initialize and
   no qjs_init per call, and still nothing of one call in the next;
-- "node": a fresh `node -e` running the same arithmetic (the children's CPU), which is what a
-  fresh call of a JavaScript function costs the platform now.
+- "node": a fresh `node -e` running the same arithmetic (the children's CPU), with PATH alone in
+  its environment as a function has, which is what a fresh call of a JavaScript function costs
+  the platform now (before the sandbox's own cost).
 
 It is a measurement, not a runtime: the platform does not run JavaScript this way (DESIGN.md
 has JavaScript run under node, with node's APIs; QuickJS has neither `process` nor `require`).
@@ -161,9 +162,14 @@ def per_call(fn, seconds):
 
 
 def node_per_start(starts=15):
+    """CPU per fresh node, in the environment a function gets (PATH only): an inherited
+    NODE_EXTRA_CA_CERTS, as some shells here set, makes node read a CA bundle at every start,
+    about 40 ms more."""
     before = cpu(resource.RUSAGE_CHILDREN)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for _ in range(starts):
-        out = subprocess.run(["node", "-e", NODE, INPUT.decode()], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["node", "-e", NODE, INPUT.decode()], capture_output=True, text=True, check=True,
+                             env=env).stdout
         if out != EXPECTED:
             raise SystemExit("node printed %r" % out)
     return round((cpu(resource.RUSAGE_CHILDREN) - before) / starts * 1e6, 1)
