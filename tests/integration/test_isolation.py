@@ -1,6 +1,7 @@
 """The isolation table of DESIGN.md, tried as an attacker would (issue 14): hostile Python, node
 and PHP functions against other functions' processes, files, output and the loopback, daemons,
-fork storms, memory across children, /dev/shm, and a hijacked fork server redirecting the kill.
+fork storms, memory across children, /dev/shm, the rlimits behind the cgroup, and a hijacked fork
+server redirecting the kill.
 
 Each job runs in a worker-like driver process, as in test_runtimes; between jobs the driver
 looks at the machine (processes left with a marker, the processes of a function's uid) and can
@@ -383,6 +384,27 @@ def test_tmp_and_dev_shm_vanish_with_the_call(tmp_path, warm):
     if warm:
         assert [r["cold"] for r in results] == [True, False, False]
     assert not os.path.exists("/dev/shm/keep") and not os.path.exists("/tmp/keep")
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_the_rlimits_hold_against_a_function_that_tries_to_pass_them(tmp_path, warm):
+    """The rlimits behind the cgroup, set before the function's code runs, in a warm call (the
+    fork server's, and the call's own CPU limit) as in a cold one: 256 descriptors, files of
+    64 MiB, no core dump, the CPU seconds of the timeout plus one, the address space of
+    memory_mb, and 512 processes of the function's uid."""
+    fn = make_function(tmp_path, "limits", "python", FUNCTIONS / "rlimits.py")
+    results = drive(*[job(fn, "python", timeout_ms=3000, memory_mb=120) for _ in range(2)], warm=warm)["results"]
+    for r in results:
+        assert (r["error"], r["exit_code"]) == (None, 0), r
+        lines = r["stdout"].decode().splitlines()
+        limits = {line.split()[0]: tuple(int(v) for v in line.split()[1:]) for line in lines[:6]}
+        assert limits == {"RLIMIT_AS": (120 << 20,) * 2, "RLIMIT_FSIZE": (64 << 20,) * 2, "RLIMIT_CORE": (0, 0),
+                          "RLIMIT_NOFILE": (256, 256), "RLIMIT_CPU": (4, 4), "RLIMIT_NPROC": (512, 512)}, lines
+        assert lines[6].startswith("descriptors refused at ") and lines[6].endswith(" EMFILE"), lines
+        assert int(lines[6].split()[3]) < 256
+        assert lines[7] == "file stopped at 64 MiB EFBIG", lines
+    if warm:
+        assert [r["cold"] for r in results] == [True, False]
 
 
 def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
