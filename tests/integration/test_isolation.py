@@ -407,6 +407,31 @@ def test_the_rlimits_hold_against_a_function_that_tries_to_pass_them(tmp_path, w
         assert [r["cold"] for r in results] == [True, False]
 
 
+PROC_LIMITS = {"Max cpu time": "cpu", "Max file size": "fsize", "Max core file size": "core",
+               "Max processes": "nproc", "Max open files": "nofile", "Max address space": "as"}
+
+
+@pytest.mark.parametrize("lang,file,address_space", [("js", "limits.js", 2048), ("php", "limits.php", 128)],
+                         ids=["js", "php"])
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_node_and_php_calls_run_under_the_same_rlimits(tmp_path, warm, lang, file, address_space):
+    """What the kernel says of a node or PHP call's rlimits (/proc/self/limits): those of a
+    Python call, with the address space each interpreter needs above memory_mb."""
+    fn = make_function(tmp_path, "limits", lang, FUNCTIONS / file)
+    results = drive(*[job(fn, lang, timeout_ms=3000, memory_mb=120) for _ in range(2)], warm=warm)["results"]
+    for r in results:
+        assert (r["error"], r["exit_code"]) == (None, 0), r
+        limits = {}
+        for line in r["stdout"].decode().splitlines():
+            for label, key in PROC_LIMITS.items():
+                if line.startswith(label + " "):
+                    soft, hard = line[len(label):].split()[:2]
+                    limits[key] = (soft, hard)
+        assert limits == {"cpu": ("4", "4"), "fsize": (str(64 << 20),) * 2, "core": ("0", "0"),
+                          "nproc": ("512", "512"), "nofile": ("256", "256"),
+                          "as": (str((120 + address_space) << 20),) * 2}, r["stdout"]
+
+
 def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
     kids = make_function(tmp_path, "kids", "python", FUNCTIONS / "memkids.py")
     greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
