@@ -437,8 +437,13 @@ def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
     greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
     for warm in (True, False):
         out, after = drive(job(kids, "python", memory_mb=128), job(greet, "python"), warm=warm)["results"]
-        # Each child alone is under the limit (rlimits would let all four through).
-        assert out["stdout"] != b"held 4\n", out
+        # Each child alone is under the limit (rlimits would let all four through). Together
+        # they are not: at most two of them can be alive with their 60 MB at the same time. (An
+        # OOM kill of a child that has reported lets the next one through: the number that got
+        # there says nothing, the number alive together does.) The parent may be killed first.
+        words = out["stdout"].split()
+        if words:
+            assert words[0] == b"held" and words[2] == b"alive" and int(words[3]) <= 2, out
         assert out["error"] == "memory" and "128 MiB" in out["message"], out
         assert after["stdout"] == b"Hello, world!\n"
 
