@@ -35,6 +35,7 @@ import time
 import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
+from rusage import cpu_seconds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from reference.worker.wasm.engine import make_engine  # noqa: E402
@@ -147,8 +148,7 @@ class Fresh:
 
 
 def cpu(who=resource.RUSAGE_SELF):
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
+    return cpu_seconds(who)
 
 
 def per_call(fn, seconds):

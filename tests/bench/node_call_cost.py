@@ -15,26 +15,25 @@ import subprocess
 import sys
 import tempfile
 
+from benchpaths import EXAMPLES
+from rusage import cpu_seconds
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from reference.wire.jobs import Job  # noqa: E402
 from reference.worker.runtimes import WorkerRuntimes  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 INPUT = b'{"a": 2, "b": 3}'
 
 
 def cpu(children=True):
-    usage = [resource.getrusage(resource.RUSAGE_SELF)]
-    if children:
-        usage.append(resource.getrusage(resource.RUSAGE_CHILDREN))
-    return sum(u.ru_utime + u.ru_stime for u in usage)
+    return cpu_seconds(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else cpu_seconds()
 
 
 def main(calls, rounds):
     scratch = tempfile.mkdtemp(prefix="node-cost-")
     fn_dir = os.path.join(scratch, "add_1")
     os.mkdir(fn_dir)
-    shutil.copy(os.path.join(ROOT, "examples", "add.js"), os.path.join(fn_dir, "code.js"))
+    shutil.copy(str(EXAMPLES / "add.js"), os.path.join(fn_dir, "code.js"))
     node = shutil.which("node")
     runtimes = WorkerRuntimes()
     job = Job(1, "add_1", fn_dir, "js", INPUT)

@@ -13,16 +13,13 @@ import resource
 import subprocess
 import sys
 
+from rusage import cpu_seconds as cpu
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from reference.worker.runtimes import WorkerRuntimes  # noqa: E402
 from reference.worker.wasm.engine import make_engine  # noqa: E402
 
 TRAMPOLINE = ["/bin/sh", "-c", 'exec prlimit --nofile=256:256 --core=0:0 -- "$@"', "sh", "/bin/true"]
-
-
-def cpu(who):
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
 
 
 def per_spawn(argv, spawns, **options):
