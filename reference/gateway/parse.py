@@ -25,8 +25,9 @@ MAX_VARIABLES = 64              # env and secrets together
 MAX_VALUE_BYTES = 16 * 1024     # one value
 MAX_CONFIG_BYTES = 64 * 1024    # every name and value together
 # Names the platform sets or that change how a process starts before the function's own code
-# runs: the worker's PATH, the dynamic loader's and libc's, the interpreters' own, ours.
-RESERVED_NAMES = frozenset(("PATH", "PHPRC", "PHP_INI_SCAN_DIR", "GCONV_PATH", "GLIBC_TUNABLES", "HOSTALIASES"))
+# runs: the worker's PATH, the dynamic loader's and libc's, the interpreters' own, ours; PWD,
+# which names the call's directory (bwrap sets it, whatever the function asked for).
+RESERVED_NAMES = frozenset(("PATH", "PWD", "PHPRC", "PHP_INI_SCAN_DIR", "GCONV_PATH", "GLIBC_TUNABLES", "HOSTALIASES"))
 RESERVED_PREFIXES = ("LD_", "MALLOC_", "PYTHON", "NODE_", "FAAS_", "MINIFAAS_")
 MAX_CONCURRENCY = 10_000
 MAX_QUEUE = 100_000

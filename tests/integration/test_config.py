@@ -62,6 +62,26 @@ def test_env_and_secrets_reach_an_interpreted_function(stack, lang, source):
         assert "PATH" in env
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "reuse"])
+@pytest.mark.parametrize("lang,ext", [("python", "py"), ("js", "js"), ("php", "php")])
+def test_an_interpreted_function_sees_path_and_its_own_variables_and_nothing_else(stack, lang, ext, reuse):
+    """The contract's empty environment, as the process has it and as a program it starts gets
+    it: not bwrap's PWD, not python3's LC_CTYPE, not the list of names the worker tells its
+    helper. Cold and warm alike (the first call starts the helper, the next ones reuse it)."""
+    need_toolchain(lang)
+    name = "whole-env-%s-%s" % (lang, "reuse" if reuse else "fresh")
+    deployed(stack.url, name, lang, TEST_FUNCTIONS / ("whole_env." + ext), reuse=reuse,
+             env={"GREETING": "hi"}, secrets={"API_TOKEN": SECRET})
+    expected = ["API_TOKEN", "GREETING", "PATH"]
+    for _ in range(3):
+        status, answer, _ = invoke(stack.url, name)
+        assert status == 200 and answer["ok"], answer
+        seen = json.loads(answer["output"])
+        assert seen["process"] == expected and seen["child"] == expected, seen
+        if lang == "php":
+            assert seen["env"] == expected and seen["server"] == expected, seen
+
+
 def test_env_and_secrets_reach_a_php_function(stack):
     need_toolchain("php")
     code = '<?php echo json_encode(["G" => getenv("GREETING"), "S" => getenv("API_TOKEN")]);\n'
@@ -162,6 +182,8 @@ def test_secrets_are_on_no_command_line_while_the_function_runs(stack, lang):
 
 @pytest.mark.parametrize("env,secrets,status,words", [
     ({"PATH": "/x"}, None, 400, "reserved"),
+    ({"PWD": "/x"}, None, 400, "reserved"),
+    ({"MINIFAAS_ENV": "PATH"}, None, 400, "reserved"),
     ({"LD_PRELOAD": "/x.so"}, None, 400, "reserved"),
     (None, {"FAAS_API_KEY": "x"}, 400, "reserved"),
     ({"NODE_OPTIONS": "--inspect"}, None, 400, "reserved"),

@@ -32,6 +32,10 @@ KILL_GRACE_S = 1.0          # how long to drain pipes after the function's proce
 LOADER_MEMORY_WORDS = (b"failed to map segment", b"Cannot allocate memory")
 CALL_DIR = "/call"          # a sandboxed call's own directory: in the sandbox's tmpfs, not on the host's disk
 CALL_PIDS_MAX = 128         # processes and threads of one call together (node alone has about 11)
+# For a helper (a fork server, a spare, a resident): the names of the function's own variables,
+# comma-separated. The helper keeps those and PATH, and drops this one and whatever the start
+# added (bwrap's PWD, python3's LC_CTYPE of PEP 538) before any of the function's code runs.
+ENV_NAMES = "MINIFAAS_ENV"
 
 
 def _sandbox_user():
@@ -164,13 +168,14 @@ class ProcessRuntime:
                           trees=[bwrap.tree_of(self.interpreter)], seccomp_fd=seccomp_fd)
 
     def spawn(self, argv, job, cwd, stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cpu=True, pass_fds=(),
-              group=None, pids=CALL_PIDS_MAX, sandbox=None):
+              group=None, pids=CALL_PIDS_MAX, sandbox=None, helper=False):
         """Start the interpreter locked down: an environment of PATH and the function's own env
         and secrets (job.env), its own session (so its process
         group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
         where it can be (`sandbox`: the keywords of sandbox_argv), else in `cwd` as the shared
         sandbox user when we are root. With `group`, its processes are in that cgroup (limited
-        to the job's memory and `pids`) from before exec."""
+        to the job's memory and `pids`) from before exec. `helper`: the interpreter runs one of
+        ours first, which is told which variables are the function's (ENV_NAMES)."""
         join, filter_fd = (), None
         if group is not None:
             group.limit(job.memory_mb << 20, pids)
@@ -186,6 +191,8 @@ class ProcessRuntime:
                 user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
             # The function's own env and secrets (job.env: never on a command line), and our PATH.
             env = dict(job.env or {}, PATH=bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin")
+            if helper:
+                env[ENV_NAMES] = ",".join(sorted(job.env or {}))
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
                                     start_new_session=True, preexec_fn=self._preexec(job, cpu, join),
                                     pass_fds=pass_fds, **user)

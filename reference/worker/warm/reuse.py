@@ -83,7 +83,7 @@ class Resident:
             # No CPU rlimit: it would add up over calls; the worker's deadline holds each call.
             self.proc = runtime.spawn(argv, job, self.call_dir, stdin=self.stdin, stdout=self.out, stderr=self.err,
                                       cpu=False, pass_fds=pass_fds + (go_r, done_w), group=self.group,
-                                      sandbox=sandbox)
+                                      sandbox=sandbox, helper=True)
             process.own_children.add(self.proc.pid)
             os.close(done_w)
             done_w = None

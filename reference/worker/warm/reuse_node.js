@@ -13,6 +13,11 @@ const fs = require("fs");
 const path = require("path");
 const Module = require("module");
 
+// The same environment as a fresh call's (warm_node.js).
+if (process.env.MINIFAAS_ENV !== undefined) {
+  const keep = new Set(process.env.MINIFAAS_ENV.split(",").concat(["PATH"]));
+  Object.keys(process.env).filter((name) => !keep.has(name)).forEach((name) => delete process.env[name]);
+}
 const [script, goArg, doneArg] = process.argv.slice(2);
 const go = Number(goArg);
 const done = Number(doneArg);

@@ -44,6 +44,15 @@ function minifaas_call_done()
     fflush($done);
 }
 
+// The same environment as a fresh call's (warm_php.php's minifaas_own_environment).
+$minifaas_keep = explode(",", (string) getenv("MINIFAAS_ENV"));
+foreach (getenv("MINIFAAS_ENV") === false ? [] : array_keys(getenv()) as $minifaas_key) {
+    if ($minifaas_key !== "PATH" && !in_array($minifaas_key, $minifaas_keep, true)) {
+        putenv($minifaas_key);
+        unset($_SERVER[$minifaas_key], $_ENV[$minifaas_key]);
+    }
+}
+unset($minifaas_keep);
 define("MINIFAAS_SCRIPT", $_SERVER["argv"][1]);
 foreach (["SCRIPT_FILENAME", "SCRIPT_NAME", "PHP_SELF", "PATH_TRANSLATED"] as $minifaas_key) {
     $_SERVER[$minifaas_key] = MINIFAAS_SCRIPT;

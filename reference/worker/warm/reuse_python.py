@@ -63,6 +63,11 @@ def finish_threads():
 
 
 def main():
+    # The same environment as a fresh call's (warm_python.own_environment, not importable here).
+    if "MINIFAAS_ENV" in os.environ:
+        keep = set(os.environ.pop("MINIFAAS_ENV").split(",")) | {"PATH"}
+        for name in set(os.environ) - keep:
+            del os.environ[name]
     script, go, done = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     os.set_inheritable(go, False)
     os.set_inheritable(done, False)

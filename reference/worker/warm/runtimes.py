@@ -216,7 +216,8 @@ class ForkServer:
                 # a killed worker leaves nothing of its fork servers behind.
                 self.proc = runtime.spawn(argv, job, runtime.scratch, stdin=source, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, cpu=False, pass_fds=(theirs.fileno(),),
-                                          group=self.group, pids=SERVER_PIDS_MAX, sandbox=sandbox)
+                                          group=self.group, pids=SERVER_PIDS_MAX, sandbox=sandbox,
+                                          helper=True)
             process.own_children.add(self.proc.pid)
             theirs.close()
             self.ready = self.receive(START_TIMEOUT_S)     # said before any call's code ran
@@ -483,7 +484,7 @@ class Spare:
             go_r, self.go_w = os.pipe()
             argv = runtime.warm_argv(job, os.path.join(self.inside, "code." + runtime.ext), helper_inside, go_r)
             self.proc = runtime.spawn(argv, job, self.call_dir, stdin=self.stdin, pass_fds=pass_fds + (go_r,),
-                                      group=self.group, sandbox=sandbox)
+                                      group=self.group, sandbox=sandbox, helper=True)
             process.own_children.add(self.proc.pid)
         except BaseException:
             self.close()

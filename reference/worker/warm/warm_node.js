@@ -4,6 +4,14 @@
 // argv of a plain `node code.js`.
 "use strict";
 const fs = require("fs");
+// Keep PATH and the function's own variables, which the worker names in MINIFAAS_ENV; drop the
+// rest, which the start added (bwrap's PWD). `delete` unsets them in the process too.
+if (process.env.MINIFAAS_ENV !== undefined) {
+  const keep = new Set(process.env.MINIFAAS_ENV.split(",").concat(["PATH"]));
+  for (const name of Object.keys(process.env).filter((name) => !keep.has(name))) {
+    delete process.env[name];
+  }
+}
 const fd = Number(process.argv.pop());
 const go = Buffer.alloc(1);
 let n = 0;

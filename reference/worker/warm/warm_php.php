@@ -204,9 +204,27 @@ function minifaas_recv($sock)
     return [FFI::string($buf, $n), $fds];
 }
 
+// Keep PATH and the function's own variables, which the worker names in MINIFAAS_ENV; drop the
+// rest, which the start added (bwrap's PWD): from the process (putenv), $_SERVER and $_ENV.
+function minifaas_own_environment()
+{
+    $names = getenv("MINIFAAS_ENV");
+    if ($names === false) {
+        return;                     // not started by a worker: leave it as it is
+    }
+    $keep = array_flip(array_merge(explode(",", $names), ["PATH"]));
+    foreach (array_keys(getenv()) as $name) {
+        if (!isset($keep[$name])) {
+            putenv($name);
+            unset($_SERVER[$name], $_ENV[$name]);
+        }
+    }
+}
+
 // Answer calls until the worker goes away. Returns only in a forked child, set up for its call.
 function minifaas_serve()
 {
+    minifaas_own_environment();
     $libc = minifaas_libc();
     $argv = $_SERVER["argv"];
     $sock = (int) $argv[1];

@@ -13,7 +13,8 @@ Protocol over the SOCK_SEQPACKET socket whose fd is argv[1] (one JSON message pe
 The call's process writes "0" into each cgroup.procs descriptor (entering the call's cgroup)
 before anything else. argv[2] is the worker's pid to check as parent ("0": none, in a sandbox);
 argv[3] is "sandbox" when /tmp and /dev/shm are the sandbox's own, emptied after every call.
-The function's source arrives on stdin (fd 0) at start-up.
+The function's source arrives on stdin (fd 0) at start-up, and the names of its own
+variables in MINIFAAS_ENV (own_environment).
 
 In a sandbox the fork server is the init of its pid namespace (bwrap --as-pid-1): its death
 kills every call (the kernel empties the namespace), and its calls cannot signal it (an init
@@ -279,7 +280,19 @@ def finish(status):
     os._exit(status)
 
 
+def own_environment(names="MINIFAAS_ENV"):
+    """Keep PATH and the function's own variables, which the worker names in `names`; drop the
+    rest, which the start added (bwrap's PWD, python3's LC_CTYPE): the contract's environment.
+    `del` unsets them in the process too, so a program the function runs does not get them."""
+    if names not in os.environ:
+        return                      # not started by a worker: leave it as it is
+    keep = set(os.environ.pop(names).split(",")) | {"PATH"}
+    for name in set(os.environ) - keep:
+        del os.environ[name]
+
+
 def main():
+    own_environment()
     sock = socket.socket(fileno=int(sys.argv[1]))
     # Die with the worker, even if it dies before the prctl (then we are already orphaned).
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
