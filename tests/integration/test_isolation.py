@@ -95,7 +95,7 @@ for step in json.load(sys.stdin):
     out = runtimes.run(Job(**spec))
     results.append(dict(exit_code=out.exit_code, stdout=base64.b64encode(out.stdout).decode(),
                         stderr=base64.b64encode(out.stderr).decode(), error=out.error, message=out.message,
-                        cold=out.cold, extra=out.extra, input=spec["input"].decode(errors="replace"),
+                        cold=out.cold, extra=out.extra, exec_ms=out.exec_ms, input=spec["input"].decode(errors="replace"),
                         marked=marked(marker), strays=_stray_children()))
 runtimes.close()
 json.dump(dict(results=results, marked=marked(marker)), sys.stdout)
@@ -446,6 +446,29 @@ def test_memory_mb_holds_for_all_of_a_calls_processes_together(tmp_path):
             assert words[0] == b"held" and words[2] == b"alive" and int(words[3]) <= 2, out
         assert out["error"] == "memory" and "128 MiB" in out["message"], out
         assert after["stdout"] == b"Hello, world!\n"
+
+
+@pytest.mark.parametrize("lang,file,reuse,warm", [
+    ("python", "memhold.py", False, True), ("python", "memhold.py", True, True),
+    ("js", "memhold.js", False, True), ("python", "memhold.py", False, False)],
+    ids=["python-fresh", "python-reuse", "node-fresh", "python-cold"])
+def test_a_call_over_its_memory_ends_when_the_limit_is_broken_not_at_its_deadline(tmp_path, lang, file, reuse, warm):
+    """Children over memory_mb together, every process of the call waiting for a minute: the
+    OOM killer ends one, and the call must end then, whatever the others do. Before the watch
+    on the cgroup, such a call held its worker until its deadline and only then said "memory"."""
+    if isolation.cgroups() is None or isolation.cgroups().version != 1:
+        pytest.skip("the OOM watch is cgroup v1's (memory.oom_control); this machine has %s"
+                    % ("no cgroups" if isolation.cgroups() is None else "cgroup v2"))
+    need_toolchain(lang)
+    hold = make_function(tmp_path, "hold", lang, FUNCTIONS / file)
+    greet = make_function(tmp_path, "greet", "python", EXAMPLES / "greet.py")
+    timeout_ms = 30000
+    out, after = drive(job(hold, lang, memory_mb=128, timeout_ms=timeout_ms, reuse=reuse),
+                       job(greet, "python"), warm=warm)["results"]
+    assert out["error"] == "memory" and "128 MiB" in out["message"], out
+    # Ended by the watch, not by the deadline: a tenth of it is more than a start and a kill take.
+    assert out["exec_ms"] < timeout_ms / 10, out
+    assert after["stdout"] == b"Hello, world!\n"
 
 
 @pytest.mark.parametrize("lang", ["python", "php"])

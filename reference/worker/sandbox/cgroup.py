@@ -220,6 +220,8 @@ class Group:
         self.limits = None
         self.oom_seen = 0
         self.kept = None            # join_fds() kept open for a group entered at every call
+        self.watch = None           # oom_watch()'s eventfd, registered once (False: cannot be)
+        self.struck_since = False   # the watch fired since ran_out_of_memory() last asked
 
     def _file(self, controller, name):
         if self.hierarchy.version == 2:
@@ -415,10 +417,50 @@ class Group:
 
     def ran_out_of_memory(self):
         """True when the OOM killer ended a process of this group since its limits were set
-        or since the last time this was asked."""
+        or since the last time this was asked (its count, or the watch's word: the count
+        follows the kill, which may not have happened yet when a call is ended at the watch)."""
         now = self.oom_kills()
         seen, self.oom_seen = self.oom_seen, now
-        return now > seen
+        if self.watch:
+            self.struck()
+        struck, self.struck_since = self.struck_since, False
+        return now > seen or struck
+
+    def oom_watch(self):
+        """A descriptor that turns readable when the kernel finds this group out of memory, so
+        that a call over its memory_mb ends then and not at its deadline, whatever its other
+        processes go on doing. cgroup v1: an eventfd on memory.oom_control, registered once
+        (strikes before this call are read off here). None under v2 (memory.events could be
+        polled, but this machine has no v2 memory controller to test it on): there the call's
+        end or its deadline says it, as before."""
+        if self.hierarchy.version != 1 or not self.made or self.watch is False:
+            return None
+        if self.watch is None:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            try:
+                ctl = os.open(self._file("memory", "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._write("memory", "cgroup.event_control", "%d %d" % (efd, ctl))
+                finally:
+                    os.close(ctl)
+            except OSError as exc:
+                os.close(efd)
+                log.warning("no OOM watch on %s: %s", self.dirs["memory"], exc)
+                self.watch = False
+                return None
+            self.watch = efd
+        self.struck()
+        self.struck_since = False
+        return self.watch
+
+    def struck(self):
+        """True when the watch fired since it was last read (remembered for ran_out_of_memory)."""
+        try:
+            os.eventfd_read(self.watch)
+        except BlockingIOError:
+            return False
+        self.struck_since = True
+        return True
 
     def destroy(self):
         """Kill the members and remove the group."""
@@ -427,6 +469,9 @@ class Group:
         for fd in self.kept or ():
             os.close(fd)
         self.kept = None
+        if self.watch:
+            os.close(self.watch)    # before the rmdir, which would fire it
+        self.watch = None
         for path in self.dirs.values():
             _rmdir(path)
         self.made = False

@@ -209,9 +209,10 @@ class ProcessRuntime:
                 proc = self.spawn(argv, job, cwd, stdin, group=group, sandbox=sandbox, pass_fds=pass_fds)
             except OSError as exc:
                 return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (argv[0], exc))
+            watch = group.oom_watch() if group is not None else None    # the limits are set: it is made
         init_ms = _ms(started)
         run_started = time.perf_counter()
-        timed_out = self._collect(proc, job, stdout, stderr, group)
+        timed_out = self._collect(proc, job, stdout, stderr, group, watch)
         oom = group is not None and group.ran_out_of_memory()
         return self.outcome(job, stdout, stderr, proc.returncode, timed_out, init_ms, run_started, oom)
 
@@ -236,18 +237,22 @@ class ProcessRuntime:
             out.message = "the function was killed by signal %s" % signal.Signals(-code).name
         return out
 
-    def _collect(self, proc, job, stdout, stderr, group=None):
+    def _collect(self, proc, job, stdout, stderr, group=None, watch=None):
         """Read both pipes until the deadline; True when it was reached. Afterwards the whole
-        cgroup (or process group) and any escaped descendants are dead, and the child is reaped."""
+        cgroup (or process group) and any escaped descendants are dead, and the child is reaped.
+        `watch`: the group's OOM watch; once it fires the call is over its memory_mb and ended."""
         deadline = time.monotonic() + job.timeout_ms / 1000
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ, stdout)
         sel.register(proc.stderr, selectors.EVENT_READ, stderr)
-        timed_out, exited_at = False, None
+        pipes = 2
+        if watch is not None:
+            sel.register(watch, selectors.EVENT_READ, None)
+        timed_out, exited_at, struck = False, None, False
         try:
-            while sel.get_map():
+            while pipes:
                 now = time.monotonic()
-                if exited_at is None and proc.poll() is not None:
+                if exited_at is None and (proc.poll() is not None or struck):
                     # Whatever it left running still holds the pipes: end it, then drain a little.
                     _kill_tree(proc, group)
                     exited_at = now
@@ -257,11 +262,16 @@ class ProcessRuntime:
                     timed_out = True
                     break
                 for key, _ in sel.select(timeout=max(0.0, min(deadline - now, 0.05))):
+                    if key.data is None:
+                        sel.unregister(watch)   # left unread: ran_out_of_memory reads it
+                        struck = True
+                        continue
                     data = os.read(key.fd, 65536)
                     if data:
                         key.data.write(data)    # past the limit it is read and dropped, so the writer never blocks
                     else:
                         sel.unregister(key.fileobj)
+                        pipes -= 1
         finally:
             sel.close()
             _kill_tree(proc, group)

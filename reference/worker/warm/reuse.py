@@ -41,11 +41,12 @@ _numbers = count(1)
 
 
 class ResidentLost(Exception):
-    """The resident died or did not answer; `timed_out` when it was the call's deadline."""
+    """The resident died or did not answer; `timed_out` when it was the call's deadline, `oom`
+    when its group ran out of memory first."""
 
-    def __init__(self, text, timed_out=False):
+    def __init__(self, text, timed_out=False, oom=False):
         super().__init__(text)
-        self.timed_out = timed_out
+        self.timed_out, self.oom = timed_out, oom
 
 
 class Resident:
@@ -111,13 +112,18 @@ class Resident:
     def healthy(self, job):
         return self.memory_mb == job.memory_mb and self.env == (job.env or {}) and self.proc.poll() is None
 
-    def _answer(self, deadline):
-        """One line from the done pipe; ResidentLost when it closed or the deadline passed."""
+    def _answer(self, deadline, watch=None):
+        """One line from the done pipe; ResidentLost when it closed or the deadline passed, or
+        when `watch` (the group's OOM watch) fired first: then the call is over its memory_mb."""
         data = b""
+        waited = [self.done_r] if watch is None else [self.done_r, watch]
         while not data.endswith(b"\n"):
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.done_r], [], [], left)[0]:
+            ready = select.select(waited, [], [], left)[0] if left > 0 else []
+            if not ready:
                 raise ResidentLost("no answer in time", timed_out=True)
+            if ready == [watch]:
+                raise ResidentLost("out of memory", oom=True)
             chunk = os.read(self.done_r, 256)
             if not chunk:
                 raise ResidentLost("the interpreter is gone")
@@ -134,16 +140,19 @@ class Resident:
         if job.input:
             os.pwrite(fd, job.input, 0)
         os.lseek(fd, 0, os.SEEK_SET)
+        watch = self.group.oom_watch() if self.group is not None else None
         try:
             os.write(self.go_w, b"g")
         except OSError:
             return self._ended(), False, False
         try:
-            status, _, restart = self._answer(time.monotonic() + job.timeout_ms / 1000).partition(" ")
+            status, _, restart = self._answer(time.monotonic() + job.timeout_ms / 1000, watch).partition(" ")
             status = int(status)
         except ResidentLost as exc:
             if exc.timed_out and self.proc.poll() is None:
                 return -signal.SIGKILL, False, True
+            if exc.oom:
+                process.end_sandbox(self.proc, self.group)      # over its memory_mb: all of it ends
             return self._ended(), False, False
         except ValueError:
             return 1, False, False

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -376,17 +377,18 @@ class ForkServerRuntime:
         # The call writes its stdout and stderr into memory files, not pipes: the worker is not
         # woken for every write and end of file, only by the fork server's two reports.
         out_fd, err_fd = os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC)
-        group, join = self.call_group, []
+        group, join, watch = self.call_group, [], None
         oom = False
         try:
             if group is not None:
                 group.limit(job.memory_mb << 20, process.CALL_PIDS_MAX)
                 join = group.kept_join_fds()     # the group's own, opened once: not closed here
+                watch = group.oom_watch()        # before the call starts: its strikes count
             with input_fd(job.input) as stdin:
                 server.fork(inside, self.cpu_seconds(job), [stdin, out_fd, err_fd], join)
             init_ms = _ms(started)
             run_started = time.perf_counter()
-            code, timed_out = self._wait_call(server, job)
+            code, timed_out = self._wait_call(server, job, watch)
             if group is not None:
                 group.kill()    # whatever the call left running, as the kernel lists it
                 oom = group.ran_out_of_memory()
@@ -402,12 +404,22 @@ class ForkServerRuntime:
             os.close(err_fd)
         return self.outcome(job, stdout, stderr, code, timed_out, init_ms, run_started, oom)
 
-    def _wait_call(self, server, job):
+    def _wait_call(self, server, job, watch=None):
         """Wait for the fork server's report of the call's end until the deadline, where the
         call's cgroup is killed (without cgroups: the whole fork server, whose calls die with it).
-        Returns (exit code, timed out)."""
+        Returns (exit code, timed out). Where the kernel says the call's cgroup ran out of
+        memory (its watch), the call is over its memory_mb: it is ended then."""
+        timeout = job.timeout_ms / 1000
         try:
-            return server.status(job.timeout_ms / 1000), False
+            if watch is not None:
+                ready = select.select([server.sock, watch], [], [], timeout)[0]
+                if not ready:
+                    raise WarmProcessSilent("the call ran to its deadline")
+                if ready == [watch]:
+                    self.call_group.kill()
+                    return server.status(START_TIMEOUT_S), False
+                timeout = START_TIMEOUT_S   # the report is there (or the socket closed)
+            return server.status(timeout), False
         except WarmProcessLost as exc:
             if not exc.timed_out or server.proc.poll() is not None:
                 raise
@@ -571,11 +583,12 @@ class SpareRuntime(process.ProcessRuntime):
                 return Outcome(exit_code=1, error="runtime", message="could not start %s: %s" % (self.interpreter, exc))
         try:
             stdout, stderr = Capture(job.output_limit), Capture(job.output_limit)
+            watch = spare.group.oom_watch() if spare.group is not None else None
             spare.go(job.input)
             init_ms = _ms(started)
             run_started = time.perf_counter()
             self._start_next(job)
-            timed_out = self._collect(spare.proc, job, stdout, stderr, spare.group)
+            timed_out = self._collect(spare.proc, job, stdout, stderr, spare.group, watch)
             oom = spare.group is not None and spare.group.ran_out_of_memory()
             out = self.outcome(job, stdout, stderr, spare.proc.returncode, timed_out, init_ms, run_started, oom)
             out.stderr = out.stderr.replace(spare.inside.encode() + b"/", b"")
