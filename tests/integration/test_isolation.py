@@ -376,6 +376,17 @@ def test_nothing_burns_cpu_after_a_timeout(tmp_path, marker, lang):
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_call_inherits_no_descriptor_but_its_stdio(tmp_path, warm):
+    """The sandbox is started with descriptors of ours (bwrap's --info-fd and --block-fd, the
+    seccomp program, the code; a fork server's socket): none of them reaches the function."""
+    fds = make_function(tmp_path, "fds", "python", FUNCTIONS / "fds.py")
+    for r in drive(job(fds, "python"), job(fds, "python"), warm=warm)["results"]:
+        assert r["error"] is None, r
+        seen = dict(entry.split(":", 1) for entry in r["stdout"].decode().splitlines())
+        assert sorted(seen) == ["0", "1", "2"], seen
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
 def test_tmp_and_dev_shm_vanish_with_the_call(tmp_path, warm):
     shm = make_function(tmp_path, "shm", "python", FUNCTIONS / "shm.py")
     results = drive(*[job(shm, "python") for _ in range(3)], warm=warm)["results"]
