@@ -235,6 +235,8 @@ function minifaas_serve()
     }
     $libc->prctl(MINIFAAS_PR_SET_DUMPABLE, 0, 0, 0, 0);
     $libc->prctl(MINIFAAS_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    // The init of its sandbox's pid namespace (bwrap --as-pid-1): its death kills every call.
+    $init = getmypid() === 1;
     // A stream of its own on fd 0: the STDIN constant stays untouched for the calls.
     $in = fopen("php://fd/0", "r");
     $source = stream_get_contents($in);
@@ -258,7 +260,7 @@ function minifaas_serve()
         }
         $pid = pcntl_fork();
         if ($pid === 0) {
-            minifaas_become_call($call, $fds, $source);
+            minifaas_become_call($call, $fds, $source, $init);
             minifaas_fast_end($offset);
             return;
         }
@@ -344,8 +346,9 @@ function minifaas_remove($path)
 }
 
 // In the forked child: into the call's cgroup first, then a session of its own, the call's
-// stdio, directory, code and CPU limit.
-function minifaas_become_call($call, $fds, $source)
+// stdio, directory, code and CPU limit. `$init`: the fork server is its pid namespace's init,
+// whose death ends the call by itself (no PDEATHSIG asked, as warm_python.py does).
+function minifaas_become_call($call, $fds, $source, $init)
 {
     $libc = minifaas_libc();
     $std = array_slice($fds, 0, 3);
@@ -358,7 +361,9 @@ function minifaas_become_call($call, $fds, $source)
         $libc->close($fd);
     }
     $libc->setsid();
-    $libc->prctl(MINIFAAS_PR_SET_PDEATHSIG, 9, 0, 0, 0);
+    if (!$init) {
+        $libc->prctl(MINIFAAS_PR_SET_PDEATHSIG, 9, 0, 0, 0);
+    }
     foreach ($std as $target => $fd) {
         $libc->dup2($fd, $target);
     }
