@@ -67,8 +67,11 @@ def test_minifaas_logs_prints_and_follows(shared_stack):
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "status=200" in done.stdout and "  said one" in done.stdout
+    # SIGINT back to its default in the child: a shell that starts a command in the background
+    # (`bash .ci/run &`) has it ignored, and python3 then never turns it into Ctrl-C.
     follower = subprocess.Popen(command + ["--follow", "--interval", "0.1"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
     seen = []
