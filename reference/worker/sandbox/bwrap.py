@@ -19,7 +19,6 @@ import shutil
 
 BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/usr/local/bin/bwrap")
 SETPRIV_CANDIDATES = ("/usr/bin/setpriv", "/bin/setpriv")
-PRLIMIT_CANDIDATES = ("/usr/bin/prlimit", "/bin/prlimit")
 # What the dynamic loader and a few libc calls read in /etc; nothing of users, hosts or secrets.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives")
 TMPFS_BYTES = 256 << 20     # each of /tmp and /dev/shm; memory in them counts in the cgroup too
@@ -39,10 +38,6 @@ def bwrap_path():
 
 def setpriv_path():
     return find(SETPRIV_CANDIDATES, "setpriv")
-
-
-def prlimit_path():
-    return find(PRLIMIT_CANDIDATES, "prlimit")
 
 
 def tree_of(executable):

@@ -40,8 +40,6 @@ def _bwrap_problem():
         return "bubblewrap (bwrap not found)"
     if not bwrap.setpriv_path():
         return "setpriv (util-linux)"
-    if not bwrap.prlimit_path():
-        return "prlimit (util-linux)"
     try:
         with _not_subreaper():
             proc = subprocess.run(bwrap.argv(["/bin/true"], BUILD_UID), capture_output=True, timeout=30,

@@ -5,13 +5,11 @@ uid, in a cgroup of its call that limits memory and pids for all its processes a
 whole at the end of the call; else (rlimits-only) as `nobody` with rlimits and its own process
 group. Rlimits hold in both, as a second line."""
 
-import json
 import logging
 import math
 import os
 import pwd
 import resource
-import select
 import selectors
 import shutil
 import signal
@@ -144,9 +142,10 @@ class ProcessRuntime:
     def cpu_seconds(self, job):
         return math.ceil(job.timeout_ms / 1000) + 1
 
-    def _limits(self, job, cpu=True):
-        """The rlimits of a call's processes, as (resource, value) pairs. A warm process that
-        outlives calls gets no CPU limit of its own (cpu=False): each call's process sets it."""
+    def _preexec(self, job, cpu=True, join=()):
+        """The rlimits, set in the child before exec, and its entry into the call's cgroup
+        (`join`: descriptors of the group's cgroup.procs). A warm process that outlives calls
+        gets no CPU limit of its own (cpu=False): each call's process sets it."""
         limits = [(resource.RLIMIT_AS, self.address_space(job)),
                   (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 256)]
         if cpu:
@@ -154,12 +153,7 @@ class ProcessRuntime:
         if self.user or self.sandboxed:
             # Counted per user (threads too): a bound on a fork storm where no cgroup is.
             limits.append((resource.RLIMIT_NPROC, 512))
-        return limits
 
-    @staticmethod
-    def _preexec(limits, join=()):
-        """Without a sandbox: the rlimits, set in the child before exec, and its entry into the
-        call's cgroup (`join`: descriptors of the group's cgroup.procs)."""
         def preexec():
             for fd in join:
                 os.write(fd, b"0")
@@ -180,27 +174,28 @@ class ProcessRuntime:
         group can be killed as one), the rlimits; sandboxed in bubblewrap as the function's uid
         where it can be (`sandbox`: the keywords of sandbox_argv), else in `cwd` as the shared
         sandbox user when we are root. With `group`, its processes are in that cgroup (limited
-        to the job's memory and `pids`) before any of its code runs (held_start, or before exec). `helper`: the interpreter runs one of
+        to the job's memory and `pids`) from before exec. `helper`: the interpreter runs one of
         ours first, which is told which variables are the function's (ENV_NAMES)."""
         join, filter_fd = (), None
         if group is not None:
             group.limit(job.memory_mb << 20, pids)
             join = group.join_fds()
         try:
-            # The function's own env and secrets (job.env: never on a command line), and our PATH.
-            env = dict(job.env or {}, PATH=bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin")
-            if helper:
-                env[ENV_NAMES] = ",".join(sorted(job.env or {}))
-            popen = dict(stdin=stdin, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+            user = {}
             if self.sandboxed:
                 filter_fd = seccomp.fd()
                 if filter_fd is not None:
                     pass_fds = tuple(pass_fds) + (filter_fd,)
-                return held_start(lambda extra: self.sandbox_argv(argv, job, filter_fd, **_more(sandbox, extra)),
-                                  self._limits(job, cpu), join, pass_fds, popen)
-            user = dict(user=self.user[0], group=self.user[1], extra_groups=[]) if self.user else {}
-            return subprocess.Popen(argv, cwd=cwd, preexec_fn=self._preexec(self._limits(job, cpu), join),
-                                    pass_fds=pass_fds, **popen, **user)
+                argv, cwd = self.sandbox_argv(argv, job, filter_fd, **(sandbox or {})), "/"
+            elif self.user:
+                user = dict(user=self.user[0], group=self.user[1], extra_groups=[])
+            # The function's own env and secrets (job.env: never on a command line), and our PATH.
+            env = dict(job.env or {}, PATH=bwrap.SANDBOX_PATH if self.sandboxed else "/usr/bin:/bin")
+            if helper:
+                env[ENV_NAMES] = ",".join(sorted(job.env or {}))
+            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
+                                    start_new_session=True, preexec_fn=self._preexec(job, cpu, join),
+                                    pass_fds=pass_fds, **user)
         finally:
             for fd in join:
                 os.close(fd)
@@ -290,90 +285,6 @@ class ProcessRuntime:
             self.group = None
         if self.cgroups is not None:
             self.cgroups.release_worker()
-
-
-HELD_START_S = 10.0         # for bwrap to say its sandbox's pid (it has made no mount yet)
-
-
-def _more(sandbox, extra):
-    """The keywords of sandbox_argv with `extra` bwrap arguments after the caller's."""
-    sandbox = dict(sandbox or {})
-    sandbox["extra"] = list(sandbox.get("extra", ())) + list(extra)
-    return sandbox
-
-
-# prlimit's option for each rlimit a call gets (util-linux's prlimit, which sets them on itself
-# and execs the rest of the command line).
-PRLIMIT_OPTIONS = {resource.RLIMIT_AS: "--as", resource.RLIMIT_FSIZE: "--fsize", resource.RLIMIT_CORE: "--core",
-                   resource.RLIMIT_NOFILE: "--nofile", resource.RLIMIT_CPU: "--cpu", resource.RLIMIT_NPROC: "--nproc"}
-
-
-def held_start(make_argv, limits, join, pass_fds, popen):
-    """Start a sandbox without a preexec_fn, so that subprocess can vfork: forking a worker,
-    whose memory is large, and then running Python in the child cost it 5-8 ms a start
-    (tests/bench/spawn_cost.py). The rlimits come from util-linux's prlimit, first on the
-    command line (set on itself, then exec: setpriv and bwrap run under them, as under the
-    preexec_fn; the worker cannot set them on a process of another uid without
-    CAP_SYS_RESOURCE, which a container may not give it). The cgroup: bwrap says its sandbox's
-    pid on --info-fd before the sandbox runs, and waits on --block-fd before it runs the
-    command; in between we write that pid and bwrap's own into the group (`join`), then let it
-    go. Nothing of the function runs before both are in force. `make_argv(extra)`: the argv
-    with `extra` bwrap arguments."""
-    info_r, info_w = os.pipe2(os.O_CLOEXEC)
-    block_r, block_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        argv = [bwrap.prlimit_path()] + ["%s=%d:%d" % (PRLIMIT_OPTIONS[which], value, value) for which, value in limits]
-        argv += ["--"] + make_argv(["--info-fd", str(info_w), "--block-fd", str(block_r)])
-        try:
-            proc = subprocess.Popen(argv, cwd="/", pass_fds=tuple(pass_fds) + (info_w, block_r), **popen)
-        finally:
-            os.close(info_w)
-            os.close(block_r)
-        try:
-            child = _sandbox_pid(info_r, proc)
-            if child is None:
-                return proc         # bwrap failed before its sandbox: its stderr says why
-            for fd in join:
-                os.write(fd, b"%d" % proc.pid)
-                os.write(fd, b"%d" % child)
-            os.write(block_w, b"g")
-        except BaseException:
-            _kill_held(proc)
-            raise
-        return proc
-    finally:
-        os.close(info_r)
-        os.close(block_w)
-
-
-def _sandbox_pid(fd, proc):
-    """The "child-pid" of bwrap's --info-fd JSON, or None when bwrap ended before saying it.
-    OSError when it says nothing in time, or something else than its JSON."""
-    data, deadline = b"", time.monotonic() + HELD_START_S
-    while not data.rstrip().endswith(b"}"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise OSError("bwrap did not start its sandbox in %.0f s" % HELD_START_S)
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            proc.wait()
-            return None
-        data += chunk
-    try:
-        pid = json.loads(data)["child-pid"]
-    except (ValueError, KeyError, TypeError):
-        raise OSError("bwrap's --info-fd said %.100r" % data) from None
-    if type(pid) is not int or pid <= 1:
-        raise OSError("bwrap's --info-fd said %.100r" % data)
-    return pid
-
-
-def _kill_held(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 def _kill_tree(proc, group=None):
