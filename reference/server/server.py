@@ -176,6 +176,10 @@ class Server:
         if len(self.in_flight) >= self.max_queue:
             return Overloaded("the platform is overloaded (%d invocations waiting); retry later"
                               % len(self.in_flight), retry_after=1)
+        # Workers that cannot boot first: that is for good (no more are started), where a
+        # balancer that is away comes back by itself.
+        if self.broken and not self.pool.alive():
+            return Unavailable("no worker available: %s" % self.broken)
         if not self.link.connected:
             return Unavailable("balancer unavailable: no load balancer is connected to the server")
         if not self.pool.alive():

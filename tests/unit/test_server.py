@@ -398,6 +398,30 @@ def test_workers_that_cannot_boot_are_reported_by_health_and_invoke():
     run(scenario)
 
 
+def test_workers_that_cannot_boot_are_what_invoke_says_even_while_the_balancer_is_away():
+    """The boot error is for good (the server starts no more workers), a balancer that is away
+    comes back: a call refused with both gets the one that tells the operator what to fix. The
+    stack's own test hit the other order when its call came before the balancer's link."""
+    reason = "worker 0 could not boot: RuntimeError: no runtimes here"
+
+    async def scenario(r):
+        r.executor.cannot_boot(reason)
+        r.balancer.listener.close()
+        r.balancer.drop()
+
+        async def balancer_away():
+            health, _ = await r.gateway.ask(ops.health())
+            return not health["balancer"]
+        deadline = asyncio.get_running_loop().time() + DEADLINE_S
+        while not await balancer_away():
+            assert asyncio.get_running_loop().time() < deadline, "the server never saw the balancer go"
+            await asyncio.sleep(0.01)
+        header, _ = await r.gateway.ask(invoke_header())
+        assert fault(header) == "unavailable" and reason in header["message"], header
+
+    run(scenario)
+
+
 def test_stopping_answers_every_call_in_flight_and_stops_the_executor():
     async def scenario():
         async with rig() as r:
