@@ -350,22 +350,60 @@ own_children = set()
 def _stray_children(zombies_only=False):
     """Pids of our child processes: in a worker each one is left over from the call that just
     ended (a worker keeps no other child of its own but its warm interpreters)."""
+    found = []
+    for pid in _children():
+        if pid in own_children:
+            continue
+        if zombies_only and _state(pid) != "Z":
+            continue
+        found.append(pid)
+    return found
+
+
+def _children():
+    """Our children's pids, from each of our threads' /proc/self/task/TID/children (a child is
+    listed under the thread that forked it, or took it in as subreaper): a few small reads,
+    where the scan of every /proc/PID/stat it replaces cost about 1.2 ms with 95 processes on
+    the machine (4 ms during the test suite), several times a node call. The kernel lists
+    children as they are at the read: one forked or ended meanwhile may be missed, which the
+    callers' rounds (kill_strays) and the cgroup kill before them cover. Without the files
+    (a kernel without CONFIG_PROC_CHILDREN), the scan."""
+    pids = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % tid, "rb") as f:
+                pids += map(int, f.read().split())
+    except FileNotFoundError:
+        return _children_by_scan()
+    return pids
+
+
+def _children_by_scan():
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if zombies_only and fields[0] != "Z":
-            continue
-        if int(fields[1]) == me and int(entry) not in own_children:
+        fields = _stat_fields(entry)
+        if fields is not None and int(fields[1]) == me:
             found.append(int(entry))
     return found
+
+
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state first, then the parent's
+    pid), or None when the process is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _state(pid):
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 class NodeRuntime(ProcessRuntime):
