@@ -1,5 +1,6 @@
 """The load injector against a tiny real HTTP server started in the test (keep-alive, errors, output)."""
 
+import asyncio
 import http.server
 import json
 import os
@@ -159,13 +160,36 @@ def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway):
     assert all(s.intended == started for s in samples)
 
 
-def test_open_loop_keeps_its_schedule_and_never_sends_early(gateway):
-    items = [(0.02 * i, "f", "f_1", injector.payload_for(str(i))) for i in range(25)]
+@pytest.mark.parametrize("clock", ["timerfd", "sleep"])
+def test_open_loop_keeps_its_schedule_and_never_sends_early(gateway, monkeypatch, clock):
+    """With the timerfd clock (the default) and the sleep clock (its fallback): gaps the clock
+    waits for on its timer (20 ms) and gaps it waits for by going round the loop (50 us)."""
+    monkeypatch.setenv("FAAS_INJECT_CLOCK", clock)
+    offsets = [0.02 * i for i in range(25)] + [0.5 + 50e-6 * i for i in range(20)]
+    items = [(offset, "f", "f_1", injector.payload_for(str(i))) for i, offset in enumerate(offsets)]
     samples, started, ended, late = injector.run_schedule(gateway.url, items, senders=8)
     intended = sorted(s.intended - started for s in samples)
-    assert intended == pytest.approx([0.02 * i for i in range(25)])
+    assert intended == pytest.approx(offsets)
     assert all(s.sent >= s.intended for s in samples)
-    assert ended - started >= 0.48
+    assert ended - started >= 0.5
+
+
+def test_the_timerfd_clock_never_wakes_before_its_time():
+    """The property the latencies rest on: a request is never sent before its intended time
+    (latency counts from that time, so an early send would hide part of it)."""
+    async def waits():
+        clock = injector.schedule_clock(asyncio.get_running_loop())
+        assert isinstance(clock, injector.TimerfdClock)
+        woke = []
+        try:
+            for delay in (0.0, 20e-6, 90e-6, 150e-6, 400e-6, 1.3e-3, 2.5e-3, 7e-3) * 3:
+                when = time.monotonic() + delay
+                await clock.until(when)
+                woke.append(time.monotonic() - when)
+        finally:
+            clock.close()
+        return woke
+    assert all(late >= 0 for late in injector.run_loop(waits()))
 
 
 def test_a_connection_the_server_closes_is_opened_again(gateway):
