@@ -220,7 +220,8 @@ class Group:
         self.limits = None
         self.oom_seen = 0
         self.kept = None            # join_fds() kept open for a group entered at every call
-        self.watch = None           # oom_watch()'s eventfd, registered once (False: cannot be)
+        self.watch = None           # oom_watch()'s eventfd, registered once
+        self.unwatchable = False    # its registration failed: not tried again
         self.struck_since = False   # the watch fired since ran_out_of_memory() last asked
 
     def _file(self, controller, name):
@@ -421,7 +422,7 @@ class Group:
         follows the kill, which may not have happened yet when a call is ended at the watch)."""
         now = self.oom_kills()
         seen, self.oom_seen = self.oom_seen, now
-        if self.watch:
+        if self.watch is not None:
             self.struck()
         struck, self.struck_since = self.struck_since, False
         return now > seen or struck
@@ -433,7 +434,7 @@ class Group:
         (strikes before this call are read off here). None under v2 (memory.events could be
         polled, but this machine has no v2 memory controller to test it on): there the call's
         end or its deadline says it, as before."""
-        if self.hierarchy.version != 1 or not self.made or self.watch is False:
+        if self.hierarchy.version != 1 or not self.made or self.unwatchable:
             return None
         if self.watch is None:
             efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -446,7 +447,7 @@ class Group:
             except OSError as exc:
                 os.close(efd)
                 log.warning("no OOM watch on %s: %s", self.dirs["memory"], exc)
-                self.watch = False
+                self.unwatchable = True
                 return None
             self.watch = efd
         self.struck()
@@ -469,7 +470,7 @@ class Group:
         for fd in self.kept or ():
             os.close(fd)
         self.kept = None
-        if self.watch:
+        if self.watch is not None:
             os.close(self.watch)    # before the rmdir, which would fire it
         self.watch = None
         for path in self.dirs.values():
