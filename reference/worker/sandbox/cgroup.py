@@ -423,7 +423,7 @@ class Group:
         now = self.oom_kills()
         seen, self.oom_seen = self.oom_seen, now
         if self.watch is not None:
-            self.struck()
+            self._read_watch()
         struck, self.struck_since = self.struck_since, False
         return now > seen or struck
 
@@ -450,18 +450,17 @@ class Group:
                 self.unwatchable = True
                 return None
             self.watch = efd
-        self.struck()
+        self._read_watch()
         self.struck_since = False
         return self.watch
 
-    def struck(self):
-        """True when the watch fired since it was last read (remembered for ran_out_of_memory)."""
+    def _read_watch(self):
+        """Remember (for ran_out_of_memory) whether the watch fired since it was last read."""
         try:
             os.eventfd_read(self.watch)
         except BlockingIOError:
-            return False
+            return
         self.struck_since = True
-        return True
 
     def destroy(self):
         """Kill the members and remove the group."""

@@ -59,6 +59,7 @@ MAX_FD = 256            # the worker's RLIMIT_NOFILE: every fd above stdio is cl
 # the cold path's script: not code.py, the standard library's module of that name, whose lines
 # the built-in hook found on sys.path and showed in the user's traceback.
 SCRIPT = "function.py"
+ENV_NAMES = "MINIFAAS_ENV"  # reference/worker/sandbox/process.py's, the function's variable names
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -280,13 +281,13 @@ def finish(status):
     os._exit(status)
 
 
-def own_environment(names="MINIFAAS_ENV"):
-    """Keep PATH and the function's own variables, which the worker names in `names`; drop the
+def own_environment():
+    """Keep PATH and the function's own variables, which the worker names in ENV_NAMES; drop the
     rest, which the start added (bwrap's PWD, python3's LC_CTYPE): the contract's environment.
     `del` unsets them in the process too, so a program the function runs does not get them."""
-    if names not in os.environ:
+    if ENV_NAMES not in os.environ:
         return                      # not started by a worker: leave it as it is
-    keep = set(os.environ.pop(names).split(",")) | {"PATH"}
+    keep = set(os.environ.pop(ENV_NAMES).split(",")) | {"PATH"}
     for name in set(os.environ) - keep:
         del os.environ[name]
 
