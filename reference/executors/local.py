@@ -26,6 +26,7 @@ import time
 from reference.wire import framing, ops
 from reference.wire.errors import ProtocolError, Timeout, WorkerLost
 from reference.worker.main import WORKER_BOOT_ERROR, close_inherited_fds, worker_main
+from reference.worker.sandbox import isolation
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,12 @@ class LocalWorkers:
                     self._signal(w, sig)
             deadline = time.monotonic() + 1.0
         self._reap_all()
+        # Workers that a TERM or a Ctrl-C to the whole process group ended before we did leave
+        # their cgroups behind: they are dead now, and their groups are swept as a new worker's
+        # first call would.
+        hierarchy = isolation.cgroups()
+        if hierarchy is not None:
+            hierarchy.sweep()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

@@ -8,10 +8,13 @@ import signal
 import threading
 import time
 
+import pytest
+
 from support import deploy, http, invoke
 
 from harness.run.stack import Stack
 from reference.executors.local import QUICK_DEATH_S
+from reference.worker.sandbox import isolation
 
 # Sleeps for the seconds it reads, then says which version it is: a call that outlives an update.
 SLOW_V1 = b"import sys, time\ntime.sleep(float(sys.stdin.read() or 0))\nprint('v1')\n"
@@ -141,3 +144,26 @@ def test_a_term_to_the_whole_group_starts_no_replacement_worker(tmp_path):
     started = re.findall(r"worker \d+ started \(pid \d+\)", log)
     assert len(started) == 3, log
     assert "server stopping" in log
+
+
+def test_a_term_to_the_whole_group_leaves_no_cgroup_of_its_workers(tmp_path):
+    """Ctrl-C in a terminal and `kill -- -PGID` reach the workers before the server: they die
+    without removing their cgroups, and the server, which outlives them, sweeps those."""
+    hierarchy = isolation.cgroups()
+    if hierarchy is None:
+        pytest.skip("no writable cgroups here (root and a cgroup controller are needed)")
+    stack = Stack(workers=2, functions_dir=str(tmp_path / "functions")).start()
+    try:
+        deploy(stack.url, "greet", "python", b"print('hi')\n")
+        for _ in range(4):      # both workers make their call groups
+            assert invoke(stack.url, "greet", "")[1]["output"] == "hi\n"
+        os.killpg(stack.proc.pid, signal.SIGTERM)
+        assert stack.proc.wait(60) == 0
+        log = stack.output()
+    finally:
+        stack.close()
+    pids = re.findall(r"worker \d+ started \(pid (\d+)\)", log)
+    assert len(pids) == 2, log
+    left = [entry for base in hierarchy.bases.values() for entry in os.listdir(base)
+            if any(entry.startswith("minifaas-%s-" % pid) for pid in pids)]
+    assert left == [], left
