@@ -10,6 +10,7 @@ reason otherwise, failed instead under FAAS_REQUIRE_TOOLCHAINS=1.
 """
 
 import base64
+import fcntl
 import json
 import os
 import pathlib
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import uuid
 
 import pytest
@@ -179,8 +181,10 @@ def marker():
     return "minifaas-hostile-%s" % uuid.uuid4().hex
 
 
-def drive(*steps, warm=True, marker="minifaas-hostile-none", helper=None, timeout=240):
-    """Run the steps (dicts with a "job", maybe an "attack") in one worker-like process."""
+def drive(*steps, warm=True, marker="minifaas-hostile-none", helper=None, timeout=240, terminal=False):
+    """Run the steps (dicts with a "job", maybe an "attack") in one worker-like process.
+    `terminal`: that process has a pseudo-terminal for controlling terminal, as a server run
+    from an operator's shell has, and the answer says its tty number (0: none)."""
     specs = []
     for i, step in enumerate(steps):
         job = dict(step["job"])
@@ -188,18 +192,34 @@ def drive(*steps, warm=True, marker="minifaas-hostile-none", helper=None, timeou
         job.update(job_id=i, input=base64.b64encode(job.pop("input", b"")).decode())
         specs.append(dict(step, job=job))
     argv = [sys.executable, "-c", DRIVER, "warm" if warm else "cold", marker] + ([helper] if helper else [])
+    master = slave = None
+    if terminal:
+        master, slave = os.openpty()
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=(lambda: fcntl.ioctl(slave, termios.TIOCSCTTY, 0)) if terminal else None)
     try:
+        tty_nr = _tty_nr(proc.pid)
         out, err = proc.communicate(json.dumps(specs).encode(), timeout=timeout)
     finally:
         _stop(proc)
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)
     if proc.returncode != 0:
         pytest.fail("driver failed (%s):\n%s" % (proc.returncode, err.decode(errors="replace")))
     answer = json.loads(out)
     for r in answer["results"]:
         r["stdout"], r["stderr"] = base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"])
+    answer["tty_nr"] = tty_nr
     return answer
+
+
+def _tty_nr(pid):
+    """The controlling terminal of a process, as /proc/PID/stat's tty_nr: 0 for none."""
+    with open("/proc/%d/stat" % pid) as f:
+        stat = f.read()
+    return int(stat[stat.rfind(")") + 2:].split()[4])
 
 
 def _stop(proc):
@@ -360,6 +380,25 @@ def test_no_daemon_or_zombie_outlives_its_call(tmp_path, marker, warm, lang):
     assert after["stdout"] == b"Hello, world!\n"
     if warm:
         assert second["cold"] is False      # the fork server survived its call's daemons
+
+
+@pytest.mark.parametrize("lang", ["python", "php"])
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_call_cannot_reach_the_operators_terminal(tmp_path, warm, lang):
+    """A server started from a shell has that shell's terminal: a call that reached it could type
+    commands into it (TIOCSTI). A call's session has no terminal, warm or cold. A warm call leads
+    a process group of its own (what the fork server kills after it); a cold one is its sandbox's
+    pid 2, in the group of the sandbox's init (pid 1), or, unsandboxed, leads its own."""
+    probe = make_function(tmp_path, "terminal", lang, FUNCTIONS / ("terminal.py" if lang == "python" else "php_terminal.php"))
+    answer = drive(job(probe, lang), job(probe, lang), warm=warm, terminal=True)
+    assert answer["tty_nr"] != 0            # the worker-like driver had the terminal
+    for result in answer["results"]:
+        assert result["stdout"], result
+        got = json.loads(result["stdout"])
+        assert got["tty"] is None, got
+        assert got["pgid"] == got["pid"] if warm else got["pgid"] in (got["pid"], 1), got
+    if warm:
+        assert answer["results"][1]["cold"] is False
 
 
 @pytest.mark.parametrize("lang", ["python", "js", "php"])

@@ -34,6 +34,8 @@ function minifaas_libc()
             int close(int fd);
             int dup2(int from, int to);
             int setsid(void);
+            int setpgid(int pid, int pgid);
+            int getsid(int pid);
             int getppid(void);
             int kill(int pid, int sig);
             int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
@@ -235,6 +237,11 @@ function minifaas_serve()
     }
     $libc->prctl(MINIFAAS_PR_SET_DUMPABLE, 0, 0, 0, 0);
     $libc->prctl(MINIFAAS_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    // The leader of a session with no terminal, where the calls' process groups live: the
+    // worker starts us so; this makes sure (warm_python.py's own_session).
+    if ($libc->getsid(0) !== getmypid()) {
+        $libc->setsid();
+    }
     // The init of its sandbox's pid namespace (bwrap --as-pid-1): its death kills every call.
     $init = getmypid() === 1;
     // A stream of its own on fd 0: the STDIN constant stays untouched for the calls.
@@ -345,9 +352,11 @@ function minifaas_remove($path)
     }
 }
 
-// In the forked child: into the call's cgroup first, then a session of its own, the call's
-// stdio, directory, code and CPU limit. `$init`: the fork server is its pid namespace's init,
-// whose death ends the call by itself (no PDEATHSIG asked, as warm_python.py does).
+// In the forked child: into the call's cgroup first, then a process group of its own (what
+// minifaas_reap kills), the call's stdio, directory, code and CPU limit. `$init`: the fork
+// server is its pid namespace's init, whose death ends the call by itself (no PDEATHSIG asked,
+// as warm_python.py does). A group, not a session, as in warm_python.py: the fork server leads
+// a session with no terminal, and a setsid() per call cost a scheduler autogroup per call.
 function minifaas_become_call($call, $fds, $source, $init)
 {
     $libc = minifaas_libc();
@@ -360,7 +369,7 @@ function minifaas_become_call($call, $fds, $source, $init)
         }
         $libc->close($fd);
     }
-    $libc->setsid();
+    $libc->setpgid(0, 0);
     if (!$init) {
         $libc->prctl(MINIFAAS_PR_SET_PDEATHSIG, 9, 0, 0, 0);
     }

@@ -197,9 +197,15 @@ def children():
 
 
 def become_call(call, fds, init):
-    """In the forked child: into the call's cgroup first, then a session of its own, the call's
-    stdio, directory and CPU limit. `init`: the fork server is its pid namespace's init (its
-    death ends the call, and its SIGINT was let go: the call gets python3's own back)."""
+    """In the forked child: into the call's cgroup first, then a process group of its own (what
+    reap kills), the call's stdio, directory and CPU limit. `init`: the fork server is its pid
+    namespace's init (its death ends the call, and its SIGINT was let go: the call gets
+    python3's own back).
+
+    A group, not a session: the fork server leads a session with no terminal (own_session), so
+    a call has none to reach either, and the setsid() this did before made the kernel build a
+    scheduler autogroup for every call and tear it down at its exit, about 0.25 ms of CPU a
+    call on the machines measured (docs/PERFORMANCE.md, "A seventh look")."""
     joins, fds = fds[3:3 + call.get("join", 0)], fds[:3]
     for fd in joins:
         try:
@@ -208,7 +214,7 @@ def become_call(call, fds, init):
             os.write(fds[2], b"the call could not enter its cgroup: %s\n" % str(exc).encode())
             os._exit(125)
         os.close(fd)
-    os.setsid()
+    os.setpgid(0, 0)
     if init:
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)    # plain ints: not signal.py's enums
     else:
@@ -292,8 +298,17 @@ def own_environment():
         del os.environ[name]
 
 
+def own_session():
+    """Lead a session of our own, which has no controlling terminal: the worker starts us so
+    (bwrap --new-session, or its own start_new_session), and this makes sure, once, since the
+    calls' process groups live in it and must find no terminal there."""
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+
+
 def main():
     own_environment()
+    own_session()
     sock = socket.socket(fileno=int(sys.argv[1]))
     # Die with the worker, even if it dies before the prctl (then we are already orphaned).
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
