@@ -10,17 +10,22 @@ orjson: on this 2-core machine the injector must drive at least 3 x what the sta
 (tests/bench/bench_injector.py measures it against wrk), or the figures measure the client.
 `CpuMeter` gives the share of a core it used, which every run records. The open loop waits
 for each send on a timerfd (TimerfdClock; FAAS_INJECT_CLOCK=sleep for the asyncio.sleep
-fallback): it used to spin a core from about 2,000 requests a second.
+fallback): it used to spin a core from about 2,000 requests a second. Its senders are asyncio
+protocols (harness/load/openloop.py; FAAS_INJECT_SENDER=streams for the streams and a task
+per request it had before).
 """
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
 import resource
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -40,6 +45,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # its connections busy, or its loop behind), not the platform, was the limit for it.
 LATE_S = 0.010
 MAX_HEADER = 65536
+# The oldest generation's threshold while a run goes on: a count of young collections no run
+# reaches (a full collection also waits for a quarter of the old objects to be new).
+FULL_COLLECTIONS_OFF = 10 ** 9
 
 
 @dataclasses.dataclass(slots=True)
@@ -90,13 +98,45 @@ def _new_loop():
 
 
 def run_loop(coro):
-    """Run `coro` to the end on a fresh (uvloop) event loop in this thread."""
+    """Run `coro` to the end on a fresh (uvloop) event loop in this thread, with no full garbage
+    collection meanwhile (no_full_collections)."""
     loop = _new_loop()
     try:
-        return loop.run_until_complete(coro)
+        with no_full_collections():
+            return loop.run_until_complete(coro)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+_gc_lock = threading.Lock()
+_gc_held = {"count": 0, "thresholds": None}
+
+
+@contextlib.contextmanager
+def no_full_collections():
+    """Hold off Python's full (oldest-generation) garbage collections while a run sends and
+    times requests, and run one before it. A full collection walks every object in the
+    process, the samples of the runs before included (16 ms with 50,000 held, 58 ms with
+    500,000): every answer that came meanwhile was timed late by as much, and every send due
+    then went late (docs/PERFORMANCE.md, "The injector's own pauses"). The young generations
+    still run (under 1 ms each), so cycles made during the run are still freed; a run makes
+    almost none. Nests, and across threads: the first hold sets the threshold, the last puts
+    it back."""
+    with _gc_lock:
+        if _gc_held["count"] == 0:
+            gc.collect()
+            _gc_held["thresholds"] = gc.get_threshold()
+            young, middle, _ = _gc_held["thresholds"]
+            gc.set_threshold(young, middle, FULL_COLLECTIONS_OFF)
+        _gc_held["count"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_held["count"] -= 1
+            if _gc_held["count"] == 0:
+                gc.set_threshold(*_gc_held["thresholds"])
 
 
 class Connection:
@@ -151,7 +191,7 @@ def request_bytes(host, port, fn_id, payload):
     return head.encode() + payload
 
 
-def _address(url):
+def address(url):
     parts = urllib.parse.urlsplit(url)
     return parts.hostname, parts.port or 80
 
@@ -167,7 +207,11 @@ async def _invoke(conn, request, name, intended, sent):
     except (OSError, ValueError):
         conn.close()
         return Sample(name, intended, sent, time.monotonic(), 0, False, "connection")
-    done = time.monotonic()
+    return answer_sample(name, intended, sent, time.monotonic(), status, body)
+
+
+def answer_sample(name, intended, sent, done, status, body):
+    """The Sample of an answered request: ok only for a 200 whose JSON says "ok": true."""
     try:
         answer = orjson.loads(body) if body else {}
     except orjson.JSONDecodeError:
@@ -186,7 +230,7 @@ class Client:
     def __init__(self, url=DEFAULT_URL, timeout=60.0):
         import http.client
         self._http = http.client
-        self.host, self.port = _address(url)
+        self.host, self.port = address(url)
         self.timeout = timeout
         self.conn = None
 
@@ -234,7 +278,7 @@ def run_closed(url, fn_id, threads, requests, payload, name=None, progress=None,
 
 
 async def _closed(url, fn_id, threads, requests, payload, name, progress, timeout):
-    host, port = _address(url)
+    host, port = address(url)
     request = request_bytes(host, port, fn_id, payload)
     conns = [Connection(host, port, timeout) for _ in range(threads)]
     opened = await asyncio.gather(*(c.open() for c in conns), return_exceptions=True)
@@ -354,7 +398,7 @@ def run_schedule(url, items, senders, progress=None, timeout=60.0):
 
 
 async def _schedule(url, items, senders, progress, timeout, started=None):
-    host, port = _address(url)
+    host, port = address(url)
     built = {}
     plan = []
     for offset, name, fn_id, payload in sorted(items, key=lambda item: item[0]):
@@ -362,6 +406,20 @@ async def _schedule(url, items, senders, progress, timeout, started=None):
         if key not in built:
             built[key] = request_bytes(host, port, fn_id, payload)
         plan.append((offset, name, built[key]))
+    started = (time.monotonic() + 0.02) if started is None else started
+    if os.environ.get("FAAS_INJECT_SENDER") == "streams":
+        samples, ended = await _schedule_streams(url, plan, senders, progress, timeout, started)
+    else:
+        from harness.load import openloop
+        samples, ended = await openloop.schedule(url, plan, senders, progress, timeout, started)
+    late = sum(1 for s in samples if s.sent - s.intended > LATE_S)
+    return samples, started, ended, late
+
+
+async def _schedule_streams(url, plan, senders, progress, timeout, started):
+    """The open loop on asyncio streams, a task per request: the fallback of openloop.schedule
+    (FAAS_INJECT_SENDER=streams), with the same contract and about twice its CPU a request."""
+    host, port = address(url)
     free = asyncio.Queue()
     opened = [0]
     samples = []
@@ -379,7 +437,6 @@ async def _schedule(url, items, senders, progress, timeout, started=None):
         if progress:
             progress(1)
 
-    started = (time.monotonic() + 0.02) if started is None else started
     clock = schedule_clock(asyncio.get_running_loop())
     try:
         for offset, name, request in plan:
@@ -395,8 +452,7 @@ async def _schedule(url, items, senders, progress, timeout, started=None):
     ended = time.monotonic()
     while not free.empty():
         free.get_nowait().close()
-    late = sum(1 for s in samples if s.sent - s.intended > LATE_S)
-    return samples, started, ended, late
+    return samples, ended
 
 
 def summarize(samples, started, ended):

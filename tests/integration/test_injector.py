@@ -1,9 +1,11 @@
 """The load injector against a tiny real HTTP server started in the test (keep-alive, errors, output)."""
 
 import asyncio
+import gc
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -72,6 +74,16 @@ def gateway():
     server.server_close()
 
 
+@pytest.fixture(params=["protocol", "streams"])
+def sender(request, monkeypatch):
+    """The open loop's senders: the protocols (the default) and the streams (the fallback)."""
+    if request.param == "streams":
+        monkeypatch.setenv("FAAS_INJECT_SENDER", "streams")
+    else:
+        monkeypatch.delenv("FAAS_INJECT_SENDER", raising=False)
+    return request.param
+
+
 def test_closed_loop_counts_every_request_on_kept_alive_connections(gateway):
     figures = injector.inject(gateway.url, "hello_1", threads=4, reqs=25, value="test data")
     assert figures["requests"] == 100
@@ -106,7 +118,7 @@ def test_connection_refused_is_an_error_not_a_crash():
     assert figures["errors"] == {"connection": 3}
 
 
-def test_open_loop_sends_every_scheduled_request(gateway):
+def test_open_loop_sends_every_scheduled_request(gateway, sender):
     items = [(i * 0.01, "f", "f_1", injector.payload_for(str(i))) for i in range(30)]
     samples, started, ended, late = injector.run_schedule(gateway.url, items, senders=4)
     assert len(samples) == 30 and all(s.ok for s in samples)
@@ -148,7 +160,7 @@ def test_inject_command_fails_when_requests_fail(gateway):
     assert "(successful: 0.00)" in next(l for l in proc.stdout.splitlines() if l.startswith("Requests/sec:"))
 
 
-def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway):
+def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway, sender):
     # 20 arrivals at once on 2 connections to a 50 ms function: most wait for a connection.
     items = [(0.0, "slow", "slow", injector.payload_for(str(i))) for i in range(20)]
     samples, started, ended, late = injector.run_schedule(gateway.url, items, senders=2)
@@ -161,7 +173,7 @@ def test_open_loop_counts_late_requests_when_every_connection_is_busy(gateway):
 
 
 @pytest.mark.parametrize("clock", ["timerfd", "sleep"])
-def test_open_loop_keeps_its_schedule_and_never_sends_early(gateway, monkeypatch, clock):
+def test_open_loop_keeps_its_schedule_and_never_sends_early(gateway, sender, monkeypatch, clock):
     """With the timerfd clock (the default) and the sleep clock (its fallback): gaps the clock
     waits for on its timer (20 ms) and gaps it waits for by going round the loop (50 us)."""
     monkeypatch.setenv("FAAS_INJECT_CLOCK", clock)
@@ -212,7 +224,134 @@ def test_the_injector_records_its_cpu_share(gateway):
     assert idle.share < 0.25
 
 
-def test_client_timeout_is_an_error_kind(gateway):
+def test_client_timeout_is_an_error_kind(gateway, sender):
     items = [(0.0, "slow", "slow", injector.payload_for("x"))]
     samples, _, _, _ = injector.run_schedule(gateway.url, items, senders=1, timeout=0.01)
     assert [s.kind for s in samples] == ["client_timeout"] and not samples[0].ok
+
+
+def test_the_open_loop_opens_a_connection_again_after_connection_close(gateway, sender):
+    items = [(i * 0.005, "close", "close", injector.payload_for(str(i))) for i in range(12)]
+    samples, _, _, late = injector.run_schedule(gateway.url, items, senders=3)
+    assert len(samples) == 12 and all(s.ok for s in samples), [s.kind for s in samples]
+    assert gateway.connections == 12
+
+
+def test_the_open_loop_against_nothing_counts_connection_errors(sender):
+    server = FakeGateway()
+    url = server.url
+    server.server_close()
+    items = [(i * 0.002, "f", "f", injector.payload_for(str(i))) for i in range(20)]
+    samples, _, _, _ = injector.run_schedule(url, items, senders=4, timeout=5.0)
+    assert [s.kind for s in samples] == ["connection"] * 20
+
+
+class HostileServer:
+    """A raw server on its own thread. Each connection gets a behaviour from `behaviours` (the
+    last repeats): "drop-second" answers the first request and closes on the second, unanswered
+    (a keep-alive the server ended as the request came); "drop" closes on the first; "garbage"
+    answers without a Content-Length; "ok" answers every request."""
+
+    ANSWER = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+    def __init__(self, behaviours):
+        self.behaviours, self.connections = list(behaviours), 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            behaviour = self.behaviours[min(self.connections, len(self.behaviours) - 1)]
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, behaviour), daemon=True).start()
+
+    def _answer(self, conn, behaviour):
+        with conn:
+            buffer, served = b"", 0
+            while True:
+                while b"\r\n\r\n" not in buffer or not _whole(buffer):
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                buffer = buffer[_whole(buffer):]
+                if behaviour == "drop" or (behaviour == "drop-second" and served == 1):
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n{}" if behaviour == "garbage" else self.ANSWER)
+                served += 1
+
+    def close(self):
+        self.sock.close()
+
+
+def _whole(buffer):
+    """The length of the first whole request in `buffer`, or 0."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    length = int(buffer[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return end + 4 + length if len(buffer) >= end + 4 + length else 0
+
+
+@pytest.mark.parametrize("behaviours, kinds, connections", [
+    (["drop-second", "ok"], [None, None, None], 2),     # the second request is sent again, once
+    (["drop-second", "drop", "ok"], [None, "connection", None], 3),     # and not a second time
+    (["drop"], ["connection"] * 3, 3),                  # a connection that never answered: no retry
+    (["garbage", "ok"], ["connection", None, None], 2),
+])
+def test_the_open_loop_against_a_hostile_server(sender, behaviours, kinds, connections):
+    server = HostileServer(behaviours)
+    try:
+        items = [(i * 0.05, "f", "f", injector.payload_for(str(i))) for i in range(3)]
+        samples, _, _, _ = injector.run_schedule(server.url, items, senders=1, timeout=5.0)
+    finally:
+        server.close()
+    assert [s.kind for s in sorted(samples, key=lambda s: s.intended)] == kinds
+    assert server.connections == connections
+
+
+@pytest.fixture
+def collections():
+    """The generation of every garbage collection that starts while the test runs."""
+    seen = []
+
+    def watch(phase, info):
+        if phase == "start":
+            seen.append(info["generation"])
+    gc.callbacks.append(watch)
+    yield seen
+    gc.callbacks.remove(watch)
+
+
+def test_no_full_collection_pauses_a_run(collections):
+    """A full collection walks every object of the process (20-40 ms with the samples of a few
+    runs held): during a run none starts, the young ones still do, and the thresholds come back
+    after it, also when two runs overlap on two threads."""
+    def allocate():
+        """The collections made while allocating past the point of a full one."""
+        first = len(collections)
+        held = [[i] for i in range(600_000)]
+        assert len(held) == 600_000
+        return collections[first:]
+
+    async def allocate_in_run():
+        return allocate()
+
+    before = gc.get_threshold()
+    assert 2 in allocate()                      # outside a run, this much makes a full one
+    inside = injector.run_loop(allocate_in_run())
+    assert 2 not in inside and 0 in inside
+    assert gc.get_threshold() == before
+
+    with injector.no_full_collections():
+        other = threading.Thread(target=lambda: injector.run_loop(allocate_in_run()))
+        other.start()
+        other.join()
+        assert gc.get_threshold()[2] == injector.FULL_COLLECTIONS_OFF   # the outer hold stands
+    assert gc.get_threshold() == before
