@@ -116,16 +116,15 @@ _gc_held = {"count": 0, "thresholds": None}
 @contextlib.contextmanager
 def no_full_collections():
     """Hold off Python's full (oldest-generation) garbage collections while a run sends and
-    times requests, and run one before it. A full collection walks every object in the
-    process, the samples of the runs before included (16 ms with 50,000 held, 58 ms with
-    500,000): every answer that came meanwhile was timed late by as much, and every send due
-    then went late (docs/PERFORMANCE.md, "The injector's own pauses"). The young generations
-    still run (under 1 ms each), so cycles made during the run are still freed; a run makes
-    almost none. Nests, and across threads: the first hold sets the threshold, the last puts
-    it back."""
+    times requests. A full collection walks every object in the process, the samples of the
+    runs before included (16 ms with 50,000 held, 58 ms with 500,000): every answer that came
+    meanwhile was timed late by as much, and every send due then went late (docs/PERFORMANCE.md,
+    "The injector's own pauses"). None is forced before the run either: the callers' CPU meters
+    count it. The young generations still run (under 1 ms each), so cycles made during the run
+    are still freed; a run makes almost none. Nests, and across threads: the first hold sets
+    the threshold, the last puts it back."""
     with _gc_lock:
         if _gc_held["count"] == 0:
-            gc.collect()
             _gc_held["thresholds"] = gc.get_threshold()
             young, middle, _ = _gc_held["thresholds"]
             gc.set_threshold(young, middle, FULL_COLLECTIONS_OFF)
