@@ -26,6 +26,8 @@ class FakeGateway(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.connections = 0
         self.bodies = []
+        self.in_flight = self.most_in_flight = 0
+        self.per_connection = {}    # client address -> requests it sent
         self.lock = threading.Lock()
         self.url = "http://127.0.0.1:%d" % self.server_address[1]
 
@@ -45,9 +47,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.bodies.append(body)
+        with self.server.lock:
+            self.server.per_connection[self.client_address] = self.server.per_connection.get(self.client_address, 0) + 1
         fn = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["fn"][0]
         if fn == "slow":
+            with self.server.lock:
+                self.server.in_flight += 1
+                self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
             time.sleep(0.05)
+            with self.server.lock:
+                self.server.in_flight -= 1
         if fn == "missing":
             status, answer = 404, {"ok": False, "error": "function not found", "kind": "not_found"}
         else:
@@ -76,7 +85,7 @@ def gateway():
 
 @pytest.fixture(params=["protocol", "streams"])
 def sender(request, monkeypatch):
-    """The open loop's senders: the protocols (the default) and the streams (the fallback)."""
+    """The injector's senders: the protocols (the default) and the streams (the fallback)."""
     if request.param == "streams":
         monkeypatch.setenv("FAAS_INJECT_SENDER", "streams")
     else:
@@ -84,13 +93,15 @@ def sender(request, monkeypatch):
     return request.param
 
 
-def test_closed_loop_counts_every_request_on_kept_alive_connections(gateway):
+def test_closed_loop_counts_every_request_on_kept_alive_connections(gateway, sender):
     figures = injector.inject(gateway.url, "hello_1", threads=4, reqs=25, value="test data")
     assert figures["requests"] == 100
     assert figures["ok"] == 100
     assert figures["errors"] == {}
-    # One connection per thread: keep-alive is what lets the injector outrun the platform.
+    # One connection per thread, each with its thread's requests (the seed's "requests per
+    # thread"): keep-alive is what lets the injector outrun the platform.
     assert gateway.connections == 4
+    assert sorted(gateway.per_connection.values()) == [25] * 4
     assert json.loads(gateway.bodies[0]) == {"input": "test data"}
     assert sum(figures["workers"].values()) == 100
     lat = figures["latency_ms"]
@@ -104,18 +115,26 @@ def test_closed_loop_counts_every_request_on_kept_alive_connections(gateway):
     assert all(b["errors"] == 0 for b in timeline)
 
 
-def test_errors_are_counted_by_kind(gateway):
+def test_errors_are_counted_by_kind(gateway, sender):
     figures = injector.inject(gateway.url, "missing", threads=2, reqs=5)
     assert figures["ok"] == 0
     assert figures["errors"] == {"not_found": 10}
 
 
-def test_connection_refused_is_an_error_not_a_crash():
+def test_connection_refused_is_an_error_not_a_crash(sender):
     server = FakeGateway()
     url = server.url
     server.server_close()   # nothing listens there any more
     figures = injector.inject(url, "hello", threads=1, reqs=3)
     assert figures["errors"] == {"connection": 3}
+
+
+def test_the_closed_loop_keeps_threads_requests_in_flight_never_more(gateway, sender):
+    """Each answer sends the next at once: THREADS calls of 50 ms overlap, and never more."""
+    samples, started, ended = injector.run_closed(gateway.url, "slow", 3, 4, injector.payload_for("x"))
+    assert len(samples) == 12 and all(s.ok for s in samples)
+    assert gateway.most_in_flight == 3 and gateway.connections == 3
+    assert all(started <= s.intended <= s.sent <= s.done <= ended for s in samples)
 
 
 def test_open_loop_sends_every_scheduled_request(gateway, sender):
@@ -204,13 +223,13 @@ def test_the_timerfd_clock_never_wakes_before_its_time():
     assert all(late >= 0 for late in injector.run_loop(waits()))
 
 
-def test_a_connection_the_server_closes_is_opened_again(gateway):
+def test_a_connection_the_server_closes_is_opened_again(gateway, sender):
     figures = injector.inject(gateway.url, "close", threads=2, reqs=5)
     assert figures["ok"] == 10 and figures["errors"] == {}
     assert gateway.connections == 10   # one per request: the server closed each after its answer
 
 
-def test_the_injector_records_its_cpu_share(gateway):
+def test_the_injector_records_its_cpu_share(gateway, sender):
     figures = injector.inject(gateway.url, "f_1", threads=2, reqs=20)
     assert 0.0 <= figures["injector_cpu_share"] <= 1.5
     # CPU of this thread, not wall time: on a shared machine the loop may get a fraction of a core.
@@ -305,11 +324,17 @@ def _whole(buffer):
     (["drop"], ["connection"] * 3, 3),                  # a connection that never answered: no retry
     (["garbage", "ok"], ["connection", None, None], 2),
 ])
-def test_the_open_loop_against_a_hostile_server(sender, behaviours, kinds, connections):
+@pytest.mark.parametrize("loop", ["open", "closed"])
+def test_the_injector_against_a_hostile_server(sender, loop, behaviours, kinds, connections):
+    """One connection, three requests one after the other: in the closed loop the connection is
+    opened before the first request, and is still no stale keep-alive to send it again on."""
     server = HostileServer(behaviours)
     try:
-        items = [(i * 0.05, "f", "f", injector.payload_for(str(i))) for i in range(3)]
-        samples, _, _, _ = injector.run_schedule(server.url, items, senders=1, timeout=5.0)
+        if loop == "open":
+            items = [(i * 0.05, "f", "f", injector.payload_for(str(i))) for i in range(3)]
+            samples, _, _, _ = injector.run_schedule(server.url, items, senders=1, timeout=5.0)
+        else:
+            samples, _, _ = injector.run_closed(server.url, "f", 1, 3, injector.payload_for("x"), timeout=5.0)
     finally:
         server.close()
     assert [s.kind for s in sorted(samples, key=lambda s: s.intended)] == kinds

@@ -1,16 +1,17 @@
-"""The open loop's senders as asyncio protocols: a request is written from the schedule's own
-coroutine onto an idle connection and its answer parsed in `data_received`, with no task, no
+"""The injector's senders as asyncio protocols, for the open loop and the closed: a request is
+written onto an idle connection and its answer parsed in `data_received`, with no task, no
 stream and no queue per request.
 
-Why: with a task, a StreamReader and a queue per request (`injector._schedule_streams`, kept as
-the fallback: FAAS_INJECT_SENDER=streams) the open loop took 20-25 % more CPU a request, CPU the
-stack under test shares on 2 cores (docs/PERFORMANCE.md, "The injector's own pauses, and its
-senders as protocols"). The contract is the streams version's, and tests/integration/test_injector.py
-runs on both: every item gives one Sample; a request waits for a free connection when all
-`senders` are busy (and counts that wait in its latency); a kept-alive connection the server
-closed while idle is opened again once for the request that found it closed; an answer with
-`Connection: close` closes it; a request past `timeout` is a "client_timeout" and its
-connection is dropped; nothing here raises for a platform or network failure.
+Why: with a task, a StreamReader and a queue per request (`injector._schedule_streams` and
+`injector._closed_streams`, kept as the fallback: FAAS_INJECT_SENDER=streams) the open loop
+took 20-25 % more CPU a request and the closed loop 20 % more, CPU the stack under test shares
+on 2 cores (docs/PERFORMANCE.md, "The injector's own pauses, and its senders as protocols").
+The contract is the streams version's, and tests/integration/test_injector.py runs on both:
+every request gives one Sample; a request waits for a free connection when all `senders` are
+busy (and counts that wait in its latency); a kept-alive connection the server closed while
+idle is opened again once for the request that found it closed; an answer with `Connection:
+close` closes it; a request past `timeout` is a "client_timeout" and its connection is dropped;
+nothing here raises for a platform or network failure.
 """
 
 import asyncio
@@ -22,10 +23,10 @@ from harness.load import injector
 
 class _Job:
     """One scheduled request on its way: when it was meant to go, when it went, and its timer."""
-    __slots__ = ("intended", "name", "request", "sent", "timer", "retried")
+    __slots__ = ("intended", "name", "request", "sent", "timer", "retried", "thread")
 
-    def __init__(self, intended, name, request):
-        self.intended, self.name, self.request = intended, name, request
+    def __init__(self, intended, name, request, thread=None):
+        self.intended, self.name, self.request, self.thread = intended, name, request, thread
         self.sent = self.timer = None
         self.retried = False
 
@@ -79,9 +80,9 @@ class _Sender(asyncio.Protocol):
         self.pool.lost(self)
 
 
-class OpenLoop:
-    """The connections of one open-loop run, opened as needed up to `senders`, and the requests
-    waiting for one (first come, first served)."""
+class Pool:
+    """The connections of one run, opened as needed up to `senders`, and the requests waiting
+    for one (first come, first served): the open loop submits each request at its time."""
 
     def __init__(self, loop, host, port, senders, timeout, progress):
         self.loop, self.host, self.port = loop, host, port
@@ -90,8 +91,8 @@ class OpenLoop:
         self.slots = 0              # connections open or opening
         self.samples, self.expected, self.finished = [], None, None
 
-    def submit(self, intended, name, request):
-        job = _Job(intended, name, request)
+    def submit(self, intended, name, request, thread=None):
+        job = _Job(intended, name, request, thread)
         if self.idle:
             self._start(self.idle.pop(), job)
         elif self.slots < self.senders:
@@ -99,6 +100,17 @@ class OpenLoop:
             self._open(job)
         else:
             self.waiting.append(job)
+
+    async def prepare(self, count):
+        """Open `count` connections before a run starts, idle (the closed loop's, whose requests
+        do not count the connect). One that fails is not retried here: a request opens it again
+        and counts the failure."""
+        opened = await asyncio.gather(*(self.loop.create_connection(lambda: _Sender(self), self.host, self.port)
+                                        for _ in range(count)), return_exceptions=True)
+        for result in opened:
+            if not isinstance(result, BaseException):
+                self.slots += 1
+                self.idle.append(result[1])
 
     async def wait(self, count):
         """Until `count` samples are in (every submitted request answered, failed or timed out)."""
@@ -116,7 +128,7 @@ class OpenLoop:
 
     def answered(self, sender, status, body, close):
         job = self._take(sender)
-        self._record(injector.answer_sample(job.name, job.intended, job.sent, time.monotonic(), status, body))
+        self._record(job, injector.answer_sample(job.name, job.intended, job.sent, time.monotonic(), status, body))
         if close:
             sender.pool = None      # its connection_lost is not news any more
             sender.transport.close()
@@ -130,7 +142,7 @@ class OpenLoop:
         sender.pool = None
         sender.transport.abort()
         if job is not None:
-            self._record(injector.Sample(job.name, job.intended, job.sent, time.monotonic(), 0, False, kind))
+            self._failure(job, kind)
         self._free_slot()
 
     def lost(self, sender):
@@ -149,7 +161,7 @@ class OpenLoop:
             job.retried = True
             self._open(job)         # the same slot
         else:
-            self._record(injector.Sample(job.name, job.intended, job.sent, time.monotonic(), 0, False, "connection"))
+            self._failure(job, "connection")
             self._free_slot()
 
     # -- inside ----------------------------------------------------------------------------------
@@ -165,8 +177,7 @@ class OpenLoop:
         except OSError:
             if job.timer is not None:       # else it timed out meanwhile, and is counted
                 self._take_timer(job)
-                self._record(injector.Sample(job.name, job.intended, job.sent, time.monotonic(), 0, False,
-                                             "connection"))
+                self._failure(job, "connection")
                 self._free_slot()
             return
         if job.timer is None:               # timed out while connecting: its slot is free already
@@ -195,7 +206,7 @@ class OpenLoop:
             sender.job = None
             sender.pool = None
             sender.transport.abort()
-        self._record(injector.Sample(job.name, job.intended, job.sent, time.monotonic(), 0, False, "client_timeout"))
+        self._failure(job, "client_timeout")
         self._free_slot()
 
     def _take(self, sender):
@@ -211,7 +222,10 @@ class OpenLoop:
             job.timer.cancel()
             job.timer = None
 
-    def _record(self, sample):
+    def _failure(self, job, kind):
+        self._record(job, injector.Sample(job.name, job.intended, job.sent, time.monotonic(), 0, False, kind))
+
+    def _record(self, job, sample):
         self.samples.append(sample)
         if self.progress:
             self.progress(1)
@@ -232,6 +246,34 @@ class OpenLoop:
             self.slots -= 1
 
 
+class ClosedLoop(Pool):
+    """THREADS x REQUESTS requests of one kind, as the seed's injector: each of THREADS sends its
+    REQUESTS one after the other, the next as soon as the last is answered, failed or timed
+    out, on the connection that one freed (or a new one, if it closed)."""
+
+    def __init__(self, loop, host, port, threads, requests, timeout, progress, name, request):
+        super().__init__(loop, host, port, threads, timeout, progress)
+        self.name, self.request = name, request
+        self.left = [requests] * threads if requests > 0 else []
+
+    def start(self):
+        for thread in range(len(self.left)):
+            self.left[thread] -= 1
+            self.submit(time.monotonic(), self.name, self.request, thread)
+
+    def _record(self, job, sample):
+        super()._record(job, sample)
+        thread = job.thread
+        if self.left[thread] > 0:
+            self.left[thread] -= 1
+            job = _Job(time.monotonic(), self.name, self.request, thread)
+            if self.slots < self.senders:   # its connection never opened: a new one
+                self.slots += 1
+                self._open(job)
+            else:   # the connection the last one freed takes it, not one another thread is done with
+                self.waiting.append(job)
+
+
 def _quiet(task):
     """Retrieve a connect task's outcome (it handles its own errors; this is for cancellation)."""
     if not task.cancelled():
@@ -242,7 +284,7 @@ async def schedule(url, plan, senders, progress, timeout, started):
     """The open loop over `plan` ((offset s, name, request bytes), sorted): see injector.run_schedule."""
     host, port = injector.address(url)
     loop = asyncio.get_running_loop()
-    pool = OpenLoop(loop, host, port, senders, timeout, progress)
+    pool = Pool(loop, host, port, senders, timeout, progress)
     clock = injector.schedule_clock(loop)
     try:
         for offset, name, request in plan:
@@ -255,3 +297,16 @@ async def schedule(url, plan, senders, progress, timeout, started):
     ended = time.monotonic()
     pool.close()
     return pool.samples, ended
+
+
+async def closed(url, name, request, threads, requests, progress, timeout):
+    """THREADS x REQUESTS requests, THREADS at a time: see injector.run_closed."""
+    host, port = injector.address(url)
+    pool = ClosedLoop(asyncio.get_running_loop(), host, port, threads, requests, timeout, progress, name, request)
+    await pool.prepare(len(pool.left))
+    started = time.monotonic()
+    pool.start()
+    await pool.wait(len(pool.left) * requests)
+    ended = time.monotonic()
+    pool.close()
+    return pool.samples, started, ended
