@@ -266,12 +266,12 @@ class ClosedLoop(Pool):
         thread = job.thread
         if self.left[thread] > 0:
             self.left[thread] -= 1
-            job = _Job(time.monotonic(), self.name, self.request, thread)
+            following = _Job(time.monotonic(), self.name, self.request, thread)
             if self.slots < self.senders:   # its connection never opened: a new one
                 self.slots += 1
-                self._open(job)
+                self._open(following)
             else:   # the connection the last one freed takes it, not one another thread is done with
-                self.waiting.append(job)
+                self.waiting.append(following)
 
 
 def _quiet(task):
