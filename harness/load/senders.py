@@ -77,7 +77,8 @@ class _Sender(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
-        self.pool.lost(self)
+        if self.pool is not None:   # else dropped (timed out, broken, closed): no one's news
+            self.pool.lost(self)
 
 
 class Pool:
@@ -149,8 +150,6 @@ class Pool:
         """The server closed the connection (or it broke): idle, it just leaves the pool; with a
         request on it, that request is sent again once on a new connection if this one had
         served answers before (a keep-alive the server closed while idle), else it fails."""
-        if sender.pool is None:
-            return
         sender.pool = None
         if sender in self.idle:
             self.idle.remove(sender)

@@ -83,6 +83,15 @@ def gateway():
     server.server_close()
 
 
+@pytest.fixture(autouse=True)
+def no_callback_errors(caplog):
+    """An exception in an event-loop callback is only logged (asyncio's "Exception in callback"),
+    never raised: any such log fails the test."""
+    yield
+    errors = [r.getMessage() for r in caplog.get_records("call") if r.name == "asyncio" and r.levelno >= 40]
+    assert errors == []
+
+
 @pytest.fixture(params=["protocol", "streams"])
 def sender(request, monkeypatch):
     """The injector's senders: the protocols (the default) and the streams (the fallback)."""
@@ -247,6 +256,13 @@ def test_client_timeout_is_an_error_kind(gateway, sender):
     items = [(0.0, "slow", "slow", injector.payload_for("x"))]
     samples, _, _, _ = injector.run_schedule(gateway.url, items, senders=1, timeout=0.01)
     assert [s.kind for s in samples] == ["client_timeout"] and not samples[0].ok
+
+
+def test_the_closed_loop_goes_on_past_timeouts(gateway, sender):
+    """Each thread's next request follows its timed-out one on a new connection."""
+    samples, _, _ = injector.run_closed(gateway.url, "slow", 2, 3, injector.payload_for("x"), timeout=0.01)
+    assert [s.kind for s in samples] == ["client_timeout"] * 6
+    assert gateway.connections == 6
 
 
 def test_the_open_loop_opens_a_connection_again_after_connection_close(gateway, sender):
