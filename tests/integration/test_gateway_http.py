@@ -1,6 +1,7 @@
 """The gateway's HTTP shapes, driven in-process through WSGI (like bottle's own tests), plus one
 real gateway process with no server behind it."""
 
+import codecs
 import json
 import os
 import pathlib
@@ -258,6 +259,46 @@ def test_input_decoding_rules(app, client, body, expected):
     assert call(app, "POST", "/invoke", body, query="fn=" + fn_id).status == 200
     assert client.calls[-1][1] == expected
     assert decode_input(body) == expected
+
+
+def _json_rule(data):
+    """The contract's input rule by the json module alone, what decode_input must agree with."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return data
+    if not isinstance(doc, dict) or "input" not in doc:
+        return data
+    value = doc["input"]
+    return (value if isinstance(value, str) else json.dumps(value)).encode("utf-8")
+
+
+def _bodies():
+    """Every first byte before texts that are objects, not objects, or neither; and an object
+    with "input" in each encoding json.loads detects, with and without a byte order mark and
+    leading whitespace."""
+    tails = [b'{"input": "x"}', b'"input": "x"}', b"", b"\x00", b"\x00\x00\x00", b"{\x00", b"plain"]
+    for first in range(256):
+        for tail in tails:
+            yield bytes([first]) + tail
+    doc = '{"input": "h\u00e9", "n": 1}'
+    for text in (doc, " " + doc, "\n\t " + doc, doc + " "):
+        for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le",
+                         "utf-32-be"):
+            yield text.encode(encoding)
+        yield codecs.BOM_UTF16_BE + text.encode("utf-16-be")     # "utf-16" writes the machine's order
+        yield codecs.BOM_UTF32_BE + text.encode("utf-32-be")
+
+
+def test_decode_input_agrees_with_the_json_module_on_every_first_byte():
+    """The fast paths (orjson, and a first byte that cannot open an object) give what the json
+    module's rule gives, for bodies that are JSON objects in any encoding it reads and for
+    those that are not."""
+    bodies = list(_bodies())
+    decoded = [body for body in bodies if _json_rule(body) != body]
+    assert len(decoded) >= 32      # the encoded objects do decode: the comparison is not vacuous
+    for body in bodies:
+        assert decode_input(body) == _json_rule(body), body
 
 
 def test_invoke_payload_too_large(store, client):
