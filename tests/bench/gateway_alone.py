@@ -13,6 +13,7 @@ bench's JSON {"input": "test data"}; a plain text takes the other branch of the 
 Read what it prints as the gateway's own cost at a high rate with warm caches: 8-12 k req/s
 here, where a hello request through the whole stack comes at 3-4 k req/s and costs the gateway
 20-35 % more (docs/PERFORMANCE.md, "An eighth look"). A change that pays here may not pay there.
+The user / system split it prints is the kernel's tick sampling on this VM: trust the total.
 """
 
 import asyncio
