@@ -96,7 +96,12 @@ class Pool:
         job = _Job(intended, name, request, thread)
         if self.idle:
             self._start(self.idle.pop(), job)
-        elif self.slots < self.senders:
+        else:
+            self._place(job)
+
+    def _place(self, job):
+        """A job no idle connection takes: on a new one while there is room, else in the queue."""
+        if self.slots < self.senders:
             self.slots += 1
             self._open(job)
         else:
@@ -265,12 +270,9 @@ class ClosedLoop(Pool):
         thread = job.thread
         if self.left[thread] > 0:
             self.left[thread] -= 1
-            following = _Job(time.monotonic(), self.name, self.request, thread)
-            if self.slots < self.senders:   # its connection never opened: a new one
-                self.slots += 1
-                self._open(following)
-            else:   # the connection the last one freed takes it, not one another thread is done with
-                self.waiting.append(following)
+            # Not on an idle connection, one another thread is done with: on the one the last
+            # request frees, which takes it from the queue next, or a new one if that never opened.
+            self._place(_Job(time.monotonic(), self.name, self.request, thread))
 
 
 def _quiet(task):

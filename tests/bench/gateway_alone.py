@@ -45,21 +45,13 @@ def serve(path):
     header, body = Outcome(stdout=b"Hello from FAAS!\ntest data", exec_ms=0.05, worker=1,
                            queue_ms=0.01).to_wire()
 
-    class StandIn(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport, self.buffer = transport, bytearray()
-
-        def data_received(self, data):
-            self.buffer += data
-            answers = []
-            while (frame := framing._split(self.buffer)) is not None:
-                asked = frame[0]
-                if asked.get("op") == "invoke":
-                    answers.append(framing.encode(dict(header, req=asked["req"]), body))
-                else:
-                    answers.append(framing.encode({"req": asked.get("req"), "server": True, "balancer": True,
-                                                  "workers": 1}))
-            self.transport.write(b"".join(answers))
+    class StandIn(framing.SinkProtocol):
+        def frame(self, asked, _):
+            if asked.get("op") == "invoke":
+                self.transport.write(framing.encode(dict(header, req=asked["req"]), body))
+            else:
+                self.transport.write(framing.encode({"req": asked.get("req"), "server": True, "balancer": True,
+                                                     "workers": 1}))
 
     async def main():
         server = await asyncio.get_running_loop().create_unix_server(StandIn, path)
