@@ -95,6 +95,8 @@ def measure(tree, seconds):
         before = _cpu(gateway.pid)
         figures = keepalive.run(url, "/invoke?fn=hello", BODY, CLIENTS, seconds)
         after = _cpu(gateway.pid)
+        if figures["errors"]:   # the gateway's CPU went to those too: no figure a request
+            raise RuntimeError("%d requests failed, the first: %s" % (figures["errors"], figures["first_error"]))
         n, tick = figures["requests"], os.sysconf("SC_CLK_TCK")
         user, system = ((b - a) / tick / n * 1e6 for a, b in zip(before, after))
         return figures["requests"] / seconds, user + system, user, system
