@@ -35,6 +35,7 @@ import collections
 import email.utils
 import io
 import logging
+import os
 import socket
 import sys
 import time
@@ -42,6 +43,7 @@ import urllib.parse
 
 import gevent
 import httptools
+from gevent.hub import Waiter
 from gevent.server import StreamServer
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,12 @@ class _Connection:
         self.current, self.ready = None, collections.deque()
         self.head_bytes = 0                 # of the request whose headers are still arriving
         self.greenlet = gevent.getcurrent()
+        # The client's bytes are read in the hub, by this watcher's callback (`_readable`), and
+        # handed to the connection's greenlet waiting in `_recv` (through `waiter`), or kept in
+        # `pending` until it asks (the watcher stopped meanwhile: one read ahead at most).
+        self.fd = sock.fileno()
+        self.watcher = gevent.get_hub().loop.io(self.fd, 1)     # 1: readable
+        self.waiter = self.pending = None
         # While this connection waits on its socket (a read or a send), when that wait ends: the
         # server's sweep (HTTPServer._sweep) ends it with socket.timeout. None when not waiting.
         self.deadline = None
@@ -208,6 +216,7 @@ class _Connection:
                         raise _Close(*message.error)
                     self.first_deadline = None
                     if not self._respond(message):
+                        self.stop_reading()
                         _linger(self.sock)
                         return
         except _Close as close:
@@ -242,7 +251,7 @@ class _Connection:
             timeout = self.server.idle_timeout
         self.deadline = time.monotonic() + timeout
         try:
-            data = self.sock.recv(READ_CHUNK)
+            data = self._recv()
         except socket.timeout:
             if message is not None and not message.headers_done and not message.complete:
                 raise _Close(408, "request line and headers not received within %g s" % self.server.header_timeout)
@@ -265,6 +274,45 @@ class _Connection:
                     if not message.headers else (431, "headers too large: at most %d bytes" % MAX_HEADER_BYTES)
         if message is not None and message.error and not message.lazy:
             self._fail_behind(*message.error)
+
+    def _recv(self):
+        """The client's next bytes (b"" at its end), as sock.recv would give them. Waiting costs
+        one switch to the hub and back; gevent's own recv tries a read that fails first, then
+        starts and stops a watcher each time (about 15 % of the gateway's CPU per request
+        through the stack: docs/PERFORMANCE.md, "A ninth look")."""
+        data = self.pending
+        if data is None:
+            if not self.watcher.active:
+                self.watcher.start(self._readable)
+            self.waiter = Waiter()
+            try:
+                data = self.waiter.get()
+            finally:
+                self.waiter = None
+        else:
+            self.pending = None
+        if isinstance(data, OSError):
+            raise data
+        return data
+
+    def _readable(self):
+        """In the hub: the client sent bytes (or closed, or failed)."""
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            data = exc
+        if self.waiter is not None:
+            self.waiter.switch(data)     # the greenlet runs now, until it waits again
+        else:
+            self.pending = data
+            self.watcher.stop()
+
+    def stop_reading(self):
+        """No more reads in the hub (before the socket is closed, or read in another way)."""
+        self.watcher.stop()
+        self.watcher.close()
 
     def _fail_behind(self, code, text):
         """Queue an error answer behind the requests already complete; the connection closes after it."""
@@ -476,6 +524,7 @@ class _Connection:
                 "Date: %s\r\nConnection: close\r\n\r\n" % (code, reason, len(body), SERVER, http_date()))
         try:
             self._send(head.encode() + body)
+            self.stop_reading()
             _linger(self.sock)
         except OSError:
             pass
@@ -594,6 +643,7 @@ class HTTPServer(StreamServer):
             pass                            # evicted
         finally:
             if connection is not None:
+                connection.stop_reading()
                 self.connections.discard(connection)
                 self.waiting.pop(connection, None)
             sock.close()
