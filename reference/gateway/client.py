@@ -9,10 +9,18 @@ A call waits for its answer without a timer of its own: one sweeper thread, star
 connection, fails the calls past their deadline every SWEEP_S (a timer per call, armed and
 cancelled under gevent, was about 5 % of the gateway's CPU per call). A deadline is kept to
 within SWEEP_S.
+
+In a gevent-patched process (`minifaas gateway`, reference/cli.py) there is no reader thread:
+the answers are read in gevent's hub, by a callback of the loop's watcher on the socket, and
+each goes straight to the greenlet waiting for it through a gevent Waiter. The reader greenlet's
+switches, its failed reads and gevent's Event cost about 10 % of the gateway's CPU per request
+through the stack (docs/PERFORMANCE.md, "A ninth look"). Threads (`--http waitress`, the tests'
+plain processes) keep the reader thread.
 """
 
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -22,6 +30,12 @@ from reference.wire import framing, ops
 from reference.wire.errors import FaasError, Timeout, Unavailable, from_wire
 from reference.wire.jobs import Outcome
 
+try:
+    from gevent import getcurrent, spawn
+    from gevent.hub import Waiter
+except ImportError:         # the gateway runs without gevent under waitress
+    getcurrent = spawn = Waiter = None
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 1.0
@@ -30,13 +44,96 @@ QUEUE_ALLOWANCE_S = 60.0
 SWEEP_S = 0.25          # how often calls past their deadline are failed
 
 
+def _gevent_hub():
+    """gevent's hub when this process is monkey-patched (threads are greenlets), else None."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return None
+    if not monkey.is_module_patched("threading"):
+        return None
+    from gevent.hub import get_hub
+    return get_hub()
+
+
 class _Slot:
+    """A call waiting for its answer: `settle()` (from any thread, or the hub) wakes `wait()`."""
+
     __slots__ = ("event", "header", "body", "error", "deadline", "timeout")
 
     def __init__(self, timeout):
         self.event = threading.Event()
         self.header = self.body = self.error = None
         self.timeout, self.deadline = timeout, time.monotonic() + timeout
+
+    def wait(self):
+        self.event.wait()
+
+    def settle(self):
+        self.event.set()
+
+
+class _HubSlot(_Slot):
+    """A slot under gevent: a Waiter, switched to from the hub at once, or by a callback the
+    hub runs when it is settled from a greenlet (a Waiter is switched to only from the hub)."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, timeout, hub):
+        self.event = Waiter()
+        self.hub = hub
+        self.header = self.body = self.error = None
+        self.timeout, self.deadline = timeout, time.monotonic() + timeout
+
+    def wait(self):
+        self.event.get()
+
+    def settle(self):
+        if getcurrent() is self.hub:
+            self.event.switch(None)
+        else:
+            self.hub.loop.run_callback(self.event.switch, None)
+
+
+class _HubReader:
+    """The answers of one connection, read in gevent's hub: the loop's watcher on the socket
+    calls `readable`, which reads what has arrived into a FrameSink and settles each answer's
+    slot, switching to its greenlet there and then. On EOF or an error the connection is dropped
+    (its waiting calls fail) and the socket closed, as the reader thread does."""
+
+    def __init__(self, client, sock, hub):
+        self.client, self.sock = client, sock
+        self.fd = sock.fileno()
+        self.sink = framing.FrameSink(client._answered)
+        self.watcher = hub.loop.io(self.fd, 1)      # 1: readable
+        self.watcher.start(self.readable)
+
+    def readable(self):
+        try:
+            while True:
+                try:
+                    n = os.readv(self.fd, [self.sink.space()])
+                except BlockingIOError:
+                    return
+                if not n:
+                    self._end("server unavailable: the connection was closed"
+                              + (" inside a frame" if self.sink.pending() else ""))
+                    return
+                self.sink.filled(n)
+        except (OSError, FaasError) as exc:
+            self._end("server unavailable: %s" % exc)
+
+    def _end(self, reason):
+        self.watcher.stop()
+        self.watcher.close()
+        # In a greenlet of its own: the hub must not block, and a call may hold the lock while
+        # its send waits for room on this socket.
+        spawn(self._dropped, reason)
+
+    def _dropped(self, reason):
+        with self.client._lock:
+            self.client._drop(self.sock, reason)
+        self.sock.close()   # only here: the watcher never reads a reused fd
 
 
 class ServerClient:
@@ -53,6 +150,7 @@ class ServerClient:
         self._ids = itertools.count(1)
         self._sweeper = None            # the thread failing calls past their deadline
         self._closed = False
+        self._hub = _gevent_hub()       # None: a reader thread; else answers read in the hub
 
     def invoke(self, meta, payload, limits=None, env=None):
         """Run the function described by `meta` (storage metadata) on `payload`; an Outcome.
@@ -79,7 +177,7 @@ class ServerClient:
         return self.call(ops.health(), timeout=2.0)[0]
 
     def call(self, header, body=b"", timeout=30.0):
-        slot = _Slot(timeout)
+        slot = _Slot(timeout) if self._hub is None else _HubSlot(timeout, self._hub)
         with self._lock:
             sock = self._connected()
             req = next(self._ids)
@@ -90,7 +188,7 @@ class ServerClient:
                 self._awaited.pop(req, None)
                 self._drop(sock, "server unavailable: %s" % exc)
                 raise Unavailable("server unavailable: %s" % exc) from None
-        slot.event.wait()           # set by the reader, a lost connection or the sweeper
+        slot.wait()                 # settled by the reader, a lost connection or the sweeper
         if slot.error is not None:
             raise slot.error
         if "fault" in slot.header:
@@ -117,7 +215,10 @@ class ServerClient:
         sock.settimeout(None)
         self._sock = sock
         self._closed = False            # a closed client used again connects again
-        threading.Thread(target=self._read_answers, args=(sock,), name="server-client", daemon=True).start()
+        if self._hub is None:
+            threading.Thread(target=self._read_answers, args=(sock,), name="server-client", daemon=True).start()
+        else:
+            _HubReader(self, sock, self._hub)
         if self._sweeper is None:
             self._sweeper = threading.Thread(target=self._sweep, name="server-client-sweep", daemon=True)
             self._sweeper.start()
@@ -137,25 +238,27 @@ class ServerClient:
                 slots = [entry[1] for entry in (self._awaited.pop(req, None) for req in late) if entry]
             for slot in slots:
                 slot.error = Timeout("no answer from the server within %g s" % round(slot.timeout, 3))
-                slot.event.set()
+                slot.settle()
 
     def _read_answers(self, sock):
         reason = "server unavailable: the connection was closed"
         frames = framing.FrameReader(sock)
         try:
             while True:
-                header, body = frames.read_frame()
-                # dict.pop is atomic: no lock per answer (the sweeper and _drop pop the same way).
-                _, slot = self._awaited.pop(header.get("req"), (None, None))
-                if slot is not None:
-                    slot.header, slot.body = header, body
-                    slot.event.set()
+                self._answered(*frames.read_frame())
         except (EOFError, OSError, FaasError) as exc:
             if not isinstance(exc, EOFError):
                 reason = "server unavailable: %s" % exc
         with self._lock:
             self._drop(sock, reason)
         sock.close()  # only this thread closes, so its blocking read never sees a reused fd
+
+    def _answered(self, header, body):
+        # dict.pop is atomic: no lock per answer (the sweeper and _drop pop the same way).
+        _, slot = self._awaited.pop(header.get("req"), (None, None))
+        if slot is not None:
+            slot.header, slot.body = header, body
+            slot.settle()
 
     def _drop(self, sock, reason):
         """Forget a dead connection and fail every call waiting on it. Caller holds the lock."""
@@ -168,4 +271,4 @@ class ServerClient:
         for req, (owner, slot) in list(self._awaited.items()):
             if owner is sock and self._awaited.pop(req, None) is not None:
                 slot.error = Unavailable(reason)
-                slot.event.set()
+                slot.settle()
