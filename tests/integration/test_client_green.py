@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from support import ROOT
@@ -24,9 +25,9 @@ CLIENT = textwrap.dedent("""
     from reference.gateway.client import ServerClient
     from reference.wire.errors import FaasError
 
-    def outcome(op, timeout=5.0, n=0):
+    def outcome(op, timeout=5.0, n=0, body=None):
         try:
-            return client.call({"op": op, "n": n}, str(n).encode(), timeout)[1].decode()
+            return client.call({"op": op, "n": n}, body or str(n).encode(), timeout)[1].decode()[:20]
         except FaasError as exc:
             return "%s: %s" % (type(exc).__name__, exc.message)
 
@@ -49,6 +50,14 @@ CLIENT = textwrap.dedent("""
     # A frame too large: the calls on that connection fail, the next one connects again.
     seen["huge"] = outcome("huge", 30.0)
     seen["after_huge"] = outcome("echo", 5.0, 9)
+    # The server stops reading, then hangs up, while a call's send of 8 MB waits for room with
+    # the client's lock held and another call waits for its answer: the hub sees the hang-up
+    # and must not block on that lock; both calls fail, the next one connects again.
+    stalled = gevent.spawn(outcome, "stall", 30.0)
+    gevent.sleep(0.1)
+    seen["blocked"] = outcome("echo", 30.0, 10, b"b" * (8 << 20))
+    seen["stalled"] = stalled.get()
+    seen["after_stall"] = outcome("echo", 5.0, 11)
     seen["awaited"] = len(client._awaited)
     client.close()
     print(json.dumps(seen))
@@ -59,7 +68,8 @@ CLIENT = textwrap.dedent("""
 def hostile_server(tmp_path):
     """Answers "echo" at once; holds "later" until "flush", then answers them last first; never
     answers "never"; closes the connection on "hangup"; answers "huge" with a frame whose
-    announced body is past the limit. Each connection in a thread of its own."""
+    announced body is past the limit; on "stall", reads nothing for a second, then closes. Each
+    connection in a thread of its own."""
     path = str(tmp_path / "s.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -80,6 +90,10 @@ def hostile_server(tmp_path):
                 elif op == "echo":
                     framing.send_all(conn, answer)
                 elif op == "hangup":
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+                elif op == "stall":
+                    time.sleep(1.0)
                     conn.shutdown(socket.SHUT_RDWR)
                     return
                 elif op == "huge":
@@ -121,5 +135,8 @@ def test_green_client_settles_every_call_however_the_server_behaves(hostile_serv
     assert seen["again"] == "8"
     assert seen["huge"].startswith("Unavailable: server unavailable: frame too large"), seen["huge"]
     assert seen["after_huge"] == "9"
+    assert seen["blocked"].startswith("Unavailable: server unavailable"), seen["blocked"]
+    assert seen["stalled"].startswith("Unavailable: server unavailable"), seen["stalled"]
+    assert seen["after_stall"] == "11"
     assert seen["awaited"] == 0
     assert b"Traceback" not in proc.stderr, proc.stderr.decode()

@@ -26,6 +26,9 @@ def app(environ, start_response):
         start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"no"]
     body = environ["wsgi.input"].read()
+    if path == "/slow":             # busy for a while, the time for the client to send more
+        import gevent
+        gevent.sleep(0.3)
     if path == "/stream":           # more than the 8 MiB output buffer, with no length
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (b"s" * (1 << 20) for _ in range(9))
@@ -108,6 +111,29 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(server):
     seen = json.loads(second[2])
     assert (seen["REQUEST_METHOD"], seen["body"], seen["CONTENT_LENGTH"]) == ("POST", "abc", "3")
     assert json.loads(third[2])["PATH_INFO"] == "/three"
+
+
+def test_what_arrives_while_a_request_is_answered_is_kept_even_the_end(server):
+    """Bytes that come while the connection's greenlet is busy are read ahead in the hub and
+    kept until it asks: a second request in two writes during a slow answer, then a third and
+    the client's end of sending, all during the app's 0.3 s. Nothing is lost, nothing doubled,
+    and the end comes after the answers."""
+    sock, f = connect(server)
+    with sock, f:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(0.1)
+        sock.sendall(b"POST /two HTTP/1.1\r\nHost: h\r\nContent-")
+        time.sleep(0.05)
+        sock.sendall(b"Length: 3\r\n\r\nabc")
+        time.sleep(0.05)
+        sock.sendall(b"GET /three HTTP/1.1\r\nHost: h\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answers = [read_response(f) for _ in range(3)]
+        rest = f.read()
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [json.loads(a[2])["PATH_INFO"] for a in answers] == ["/slow", "/two", "/three"]
+    assert json.loads(answers[1][2])["body"] == "abc"
+    assert rest == b""
 
 
 def test_a_chunked_body_reaches_the_app_whole(server):
