@@ -278,7 +278,7 @@ class _Connection:
     def _recv(self):
         """The client's next bytes (b"" at its end), as sock.recv would give them. Waiting costs
         one switch to the hub and back; gevent's own recv tries a read that fails first, then
-        starts and stops a watcher each time (about 15 % of the gateway's CPU per request
+        starts and stops a watcher each time (about 8 % of the gateway's CPU per request
         through the stack: docs/PERFORMANCE.md, "A ninth look")."""
         data = self.pending
         if data is None:
