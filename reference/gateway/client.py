@@ -46,14 +46,11 @@ SWEEP_S = 0.25          # how often calls past their deadline are failed
 
 def _gevent_hub():
     """gevent's hub when this process is monkey-patched (threads are greenlets), else None."""
-    try:
-        from gevent import monkey
-    except ImportError:
+    if Waiter is None:
         return None
-    if not monkey.is_module_patched("threading"):
-        return None
+    from gevent import monkey
     from gevent.hub import get_hub
-    return get_hub()
+    return get_hub() if monkey.is_module_patched("threading") else None
 
 
 class _Slot:
