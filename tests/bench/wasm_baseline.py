@@ -13,7 +13,7 @@ worker caches it), and per call a fresh Store with the memory limit and a deadli
 instance, `_start`, the output into memory. Not in it: the Job, the Outcome, the deadline
 thread, the worker's pipes, and everything before the worker.
 
-Until 2026-12-07 "pre" was wasmtime's InstancePre with wasmtime's WASI on files: about 430 us
+Until 2026-12-06 (late) "pre" was wasmtime's InstancePre with wasmtime's WASI on files: about 430 us
 a call, 250 of them opening and dropping the WASI files, against the worker's 95 us call, so
 issue 20's (c) was measured against a ceiling a quarter of the real one (docs/PERFORMANCE.md,
 "A tenth look").
