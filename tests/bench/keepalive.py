@@ -2,7 +2,10 @@
 that on a 2-core machine the client costs as little CPU as possible next to the server it measures.
 
 `run(url, path, body, clients, duration)` keeps `clients` connections busy back to back and
-returns requests/s, latency percentiles and the CPU the client itself used.
+returns requests/s, latency percentiles and the CPU the client itself used. With `rate`, the
+same connections send on a fixed schedule instead (rate/clients a second each, their sends
+spread evenly), so that two stacks can be compared at the same rate; a send that falls behind
+its schedule goes at once and is counted as late.
 """
 
 import json
@@ -86,8 +89,9 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": true'):
-    """Keep `clients` connections busy for warmup + duration seconds; figures of the measured part.
+def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": true', rate=None):
+    """Keep `clients` connections busy for warmup + duration seconds (or, with `rate`, send
+    `rate` requests a second across them on a fixed schedule); figures of the measured part.
 
     Only answers that complete inside the measured window count. An answer that is not a 200
     containing `check` is an error (counted, and the first one kept to show).
@@ -99,13 +103,23 @@ def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": tru
     window = {}
     results = [None] * clients
 
+    interval = clients / rate if rate else 0.0
+
     def client(i):
-        latencies, errors, first_error = [], 0, None
+        latencies, errors, first_error, late = [], 0, None, 0
         conn = Connection(host, port, request)
         try:
             start_barrier.wait()
             begin, end = window["begin"], window["end"]
+            due = begin - warmup + interval * i / clients
             while True:
+                if rate:
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    else:
+                        late += wait < -interval       # a whole interval behind
+                    due += interval
                 sent = time.perf_counter()
                 if sent >= end:
                     break
@@ -120,7 +134,7 @@ def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": tru
                     first_error = first_error or (status, answer[:300])
         finally:
             conn.close()
-        results[i] = (latencies, errors, first_error, conn.reconnects)
+        results[i] = (latencies, errors, first_error, conn.reconnects, late)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
@@ -144,6 +158,8 @@ def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": tru
         "errors": errors,
         "first_error": repr(first_error) if first_error else None,
         "reconnects": sum(r[3] for r in results),
+        "rate": rate,
+        "late": sum(r[4] for r in results),
         "duration_s": duration,
         "rps": len(latencies) / duration,
         "p50_ms": _ms(percentile(latencies, 0.50)),
