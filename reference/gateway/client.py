@@ -106,8 +106,9 @@ class _HubReader:
     def readable(self):
         try:
             while True:
+                space = self.sink.space()
                 try:
-                    n = os.readv(self.fd, [self.sink.space()])
+                    n = os.readv(self.fd, [space])
                 except BlockingIOError:
                     return
                 if not n:
@@ -115,6 +116,10 @@ class _HubReader:
                               + (" inside a frame" if self.sink.pending() else ""))
                     return
                 self.sink.filled(n)
+                if n < len(space):
+                    # A short read took all there was: the watcher is level-triggered and calls
+                    # again when more comes. Reading on would fail (EAGAIN) once a wake-up.
+                    return
         except (OSError, FaasError) as exc:
             self._end("server unavailable: %s" % exc)
 

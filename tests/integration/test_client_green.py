@@ -41,6 +41,12 @@ CLIENT = textwrap.dedent("""
     # A call never answered fails at its deadline; the connection serves on.
     seen["never"] = outcome("never", 0.5)
     seen["echo"] = outcome("echo", 5.0, 7)
+    # An answer that comes in pieces (each a short read) with another call's whole answer
+    # behind it: both reach their callers.
+    dripped = gevent.spawn(outcome, "drip", 5.0, 12)
+    gevent.sleep(0.05)
+    seen["behind"] = outcome("echo", 5.0, 13)
+    seen["drip"] = dripped.get()
     # The server hangs up with three calls waiting: all three fail at once; the next connects again.
     waiting = [gevent.spawn(outcome, "never", 30.0, i) for i in range(3)]
     gevent.sleep(0.2)
@@ -67,7 +73,8 @@ CLIENT = textwrap.dedent("""
 @pytest.fixture
 def hostile_server(tmp_path):
     """Answers "echo" at once; holds "later" until "flush", then answers them last first; never
-    answers "never"; closes the connection on "hangup"; answers "huge" with a frame whose
+    answers "never"; sends "drip"'s answer in four pieces 0.1 s apart (the next frame's answer
+    waits behind it, since a connection's session answers in order); closes the connection on "hangup"; answers "huge" with a frame whose
     announced body is past the limit; on "stall", reads nothing for a second, then closes. Each
     connection in a thread of its own."""
     path = str(tmp_path / "s.sock")
@@ -89,6 +96,10 @@ def hostile_server(tmp_path):
                     held = []
                 elif op == "echo":
                     framing.send_all(conn, answer)
+                elif op == "drip":
+                    for at in range(0, len(answer), -(-len(answer) // 4)):
+                        framing.send_all(conn, answer[at:at - (-len(answer) // 4)])
+                        time.sleep(0.1)
                 elif op == "hangup":
                     conn.shutdown(socket.SHUT_RDWR)
                     return
@@ -130,6 +141,7 @@ def test_green_client_settles_every_call_however_the_server_behaves(hostile_serv
     assert seen["held"] == [str(i) for i in range(30)]  # each answer reached its own caller
     assert seen["never"] == "Timeout: no answer from the server within 0.5 s", seen["never"]
     assert seen["echo"] == "7"
+    assert seen["drip"] == "12" and seen["behind"] == "13", (seen["drip"], seen["behind"])
     assert seen["hangup"].startswith("Unavailable: server unavailable")
     assert all(w.startswith("Unavailable: server unavailable") for w in seen["waiting"]), seen["waiting"]
     assert seen["again"] == "8"
