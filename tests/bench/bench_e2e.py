@@ -219,9 +219,10 @@ def baseline_tree(tmp_path):
 def fresh_gateway_cpu(rate, **options):
     """The gateway's CPU us per hello request of a stack started for this measure alone and
     warmed first (its cold starts and first routes are not counted), under the 16 clients at
-    their full rate and then at `rate` (None: the full rate, to be set from it), as
-    ({"full", "equal"}: us, {"full", "equal"}: req/s, late sends). Both sides of a pair are
-    measured alike, neither one a long-lived stack that earlier loads have filled."""
+    their full rate and then at `rate` (None: EQUAL_RATE_SHARE of the full rate), as {"full",
+    "equal": us, "rate": the equal rate, "rps": [full, equal], "late": late sends at the equal
+    rate}. Both sides of a pair are measured alike, neither one a long-lived stack that earlier
+    loads have filled."""
     fresh = started(strategy="RR", workers=4, **options)
     try:
         keepalive.deploy(fresh.url, "hello", "c", (EXAMPLES / "hello.c").read_bytes())
@@ -229,8 +230,8 @@ def fresh_gateway_cpu(rate, **options):
         full, full_load = cpu_per_request(fresh)
         rate = rate or EQUAL_RATE_SHARE * full_load["rps"]
         equal, equal_load = cpu_per_request(fresh, rate=rate)
-        return ({"full": full["gateway"], "equal": equal["gateway"]},
-                {"full": full_load["rps"], "equal": equal_load["rps"]}, equal_load["late"], rate)
+        return {"full": full["gateway"], "equal": equal["gateway"], "rate": rate,
+                "rps": [round(full_load["rps"]), round(equal_load["rps"])], "late": equal_load["late"]}
     finally:
         fresh.close()
 
@@ -243,29 +244,29 @@ def test_gateway_cpu_against_the_commit_issue_20_was_filed_at(benchmark, tmp_pat
     (the host's drift falls on both sides alike). Each side is measured twice: at the 16
     clients' full rate (issue 20's own method, which favours the faster tree: this tree's stack
     serves hello about 1.4 x faster) and at one equal rate for all pairs, EQUAL_RATE_SHARE of
-    the first baseline stack's full rate (near the load 294 us was measured at). The verdict, target <= 0.5, is the equal rate's: the median of the
-    pairs' ratios with its 94 % interval, "met" only when all of the interval is
-    (stats.median_against)."""
+    the first baseline stack's full rate (near the load 294 us was measured at). The verdict,
+    target <= 0.5, is the equal rate's: the median of the pairs' ratios with its 94 % interval,
+    "met" only when all of the interval is (stats.median_against)."""
     tree = baseline_tree(tmp_path)
     section = "the gateway's CPU per hello request (issue 20)"
     if tree is None:
         record(section, "this tree / %s (<= 0.5)" % ISSUE_20_FILED_AT, ratio=None, met=None,
                why="no git history here to take that commit from")
         pytest.skip("needs the git history (commit %s) for the baseline" % ISSUE_20_FILED_AT)
-    pairs, rates, equal = [], [], {}
+    pairs, rates, rate = [], [], None
 
     def measure():
+        nonlocal rate
         for n in range(BASELINE_PAIRS):
             sides = [("old", {"cwd": str(tree), "env": {"PYTHONPATH": str(tree)}}), ("new", {})]
             measured = {}
             for side, options in (sides if n % 2 == 0 else sides[::-1]):      # the first is old
-                cpu, rps, late, equal["rate"] = fresh_gateway_cpu(equal.get("rate"), **options)
-                measured[side] = cpu
-                rates.append([side, round(rps["full"]), round(rps["equal"]), late])
+                measured[side] = fresh_gateway_cpu(rate, **options)
+                rate = measured[side]["rate"]
+                rates.append([side, *measured[side]["rps"], measured[side]["late"]])
             pairs.append((measured["old"], measured["new"]))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
-    rate = equal["rate"]
     verdicts = {}
     for kind in ("full", "equal"):
         ratios = [new[kind] / old[kind] for old, new in pairs]

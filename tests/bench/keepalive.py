@@ -111,7 +111,7 @@ def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": tru
         try:
             start_barrier.wait()
             begin, end = window["begin"], window["end"]
-            due = begin - warmup + interval * i / clients
+            due = window["start"] + interval * i / clients
             while True:
                 if rate:
                     wait = due - time.perf_counter()
@@ -140,7 +140,7 @@ def run(url, path, body, clients=16, duration=3.0, warmup=0.5, check=b'"ok": tru
     for t in threads:
         t.start()
     now = time.perf_counter()
-    window["begin"], window["end"] = now + warmup, now + warmup + duration
+    window["start"], window["begin"], window["end"] = now, now + warmup, now + warmup + duration
     start_barrier.wait()
     time.sleep(warmup)
     cpu_start = time.process_time()

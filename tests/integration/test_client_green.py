@@ -97,8 +97,9 @@ def hostile_server(tmp_path):
                 elif op == "echo":
                     framing.send_all(conn, answer)
                 elif op == "drip":
-                    for at in range(0, len(answer), -(-len(answer) // 4)):
-                        framing.send_all(conn, answer[at:at - (-len(answer) // 4)])
+                    piece = -(-len(answer) // 4)        # four pieces, the last one shorter
+                    for at in range(0, len(answer), piece):
+                        framing.send_all(conn, answer[at:at + piece])
                         time.sleep(0.1)
                 elif op == "hangup":
                     conn.shutdown(socket.SHUT_RDWR)
